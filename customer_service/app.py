@@ -1,0 +1,69 @@
+"""`create_app(settings)`: the customer service with its engine, CRM client and retry job."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from customer_service.config import Settings, SyncMode
+from customer_service.crm.client import CrmClient, build_http_client
+from customer_service.customers.router import router as customers_router
+from customer_service.db import create_engine, create_sessionmaker
+from customer_service.deps import require_api_key
+from customer_service.errors import install_handlers
+from customer_service.ops import router as ops_router
+from customer_service.sync.delivery import Deliverer
+from customer_service.sync.dispatcher import Dispatcher
+from customer_service.sync.http_sender import HttpSender
+from customer_service.sync.router import router as failed_router
+from customer_service.sync.scheduler import RetryJob, build_scheduler
+
+
+def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) -> FastAPI:
+    """The customer service; `run_scheduler=False` leaves the periodic retry job off
+    (tests drive passes themselves; immediate delivery after a write still runs)."""
+    settings = settings or Settings()
+    if settings.sync_mode == SyncMode.KAFKA:
+        raise NotImplementedError("SYNC_MODE=kafka is not built yet; use http")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        sessionmaker = create_sessionmaker(engine)
+        http = build_http_client(settings)
+        client = CrmClient(http)
+        deliverer = Deliverer(sessionmaker, HttpSender(client), settings)
+        retry_job = RetryJob(sessionmaker, deliverer, settings, client)
+        dispatcher = Dispatcher(deliverer)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker
+        app.state.deliverer = deliverer
+        app.state.dispatcher = dispatcher
+        app.state.retry_job = retry_job
+        scheduler = build_scheduler(retry_job, settings) if run_scheduler else None
+        if scheduler is not None:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+            await dispatcher.close()
+            await retry_job.wait_forced()
+            await http.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="crm-sync customer service",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Customers, kept in step with the CRM through a durable outbox.",
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(ops_router)
+    api_key = [Depends(require_api_key)]
+    app.include_router(customers_router, dependencies=api_key)
+    app.include_router(failed_router, dependencies=api_key)
+    return app

@@ -1,0 +1,138 @@
+"""The `customer-service` command: serve | migrate | retry | failed list/replay/discard."""
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from customer_service.config import Settings, describe_error
+from customer_service.logs import configure_logging
+
+PROG = "customer-service"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="The crm-sync customer service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP API and the retry job")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser("retry", help="run one retry pass now and print what it did")
+    failed = commands.add_parser("failed", help="look at and act on undelivered requests")
+    actions = failed.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="list undelivered requests")
+    listing.add_argument("--status", choices=["pending", "failed", "dead"])
+    listing.add_argument("--customer-id", type=int)
+    listing.add_argument("--limit", type=int, default=100)
+    for name, text in (("replay", "make a dead request due again"), ("discard", "delete one")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("id", type=int)
+    return parser
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+async def _with_session(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    from customer_service.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
+async def _failed(settings: Settings, args: argparse.Namespace) -> int:
+    from customer_service.columns import utc_now
+    from customer_service.sync import repository
+    from customer_service.sync.models import RequestStatus
+    from customer_service.sync.schemas import FailedRequestRead
+
+    async def work(session: Any) -> int:
+        if args.action == "list":
+            status = RequestStatus(args.status) if args.status else None
+            rows, total = await repository.page(session, status, args.customer_id, args.limit, 0)
+            items = [FailedRequestRead.model_validate(r).model_dump(by_alias=True) for r in rows]
+            _print({"items": items, "total": total})
+            return 0
+        found = (
+            await repository.replay(session, args.id, utc_now())
+            if args.action == "replay"
+            else await repository.discard(session, args.id)
+        )
+        if found is None:
+            print(f"{PROG}: failed request {args.id} does not exist", file=sys.stderr)
+            return 1
+        print(f"{args.action}: failed request {args.id} of customer {found.customer_id}")
+        return 0
+
+    return await _with_session(settings, work)
+
+
+async def _retry(settings: Settings) -> int:
+    from customer_service.crm.client import CrmClient, build_http_client
+    from customer_service.db import create_engine, create_sessionmaker
+    from customer_service.sync.delivery import Deliverer
+    from customer_service.sync.http_sender import HttpSender
+    from customer_service.sync.scheduler import RetryJob
+
+    engine = create_engine(settings.database_url)
+    http = build_http_client(settings)
+    try:
+        sessionmaker = create_sessionmaker(engine)
+        deliverer = Deliverer(sessionmaker, HttpSender(CrmClient(http)), settings)
+        counts = await RetryJob(sessionmaker, deliverer, settings).run_pass(force=True)
+    finally:
+        await http.aclose()
+        await engine.dispose()
+    _print(counts.as_dict())
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from customer_service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"{PROG}: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format)
+    try:
+        if args.command == "serve":
+            return _serve(settings)
+        if args.command == "migrate":
+            from customer_service.migrate import migrate
+
+            asyncio.run(migrate(settings.database_url))
+            print(f"{PROG}: database is up to date")
+            return 0
+        if args.command == "retry":
+            return asyncio.run(_retry(settings))
+        return asyncio.run(_failed(settings, args))
+    except NotImplementedError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ConnectionError) as exc:
+        print(f"{PROG}: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Settings of the customer service, read from the environment and `.env`."""
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SyncMode(StrEnum):
+    HTTP = "http"
+    KAFKA = "kafka"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every knob of SPEC section 2; a bad value stops start-up (see `describe_error`)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    database_url: str = Field(default="sqlite+aiosqlite:///./customer_service.db", min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    crm_base_url: str = Field(default="http://127.0.0.1:8081", pattern=r"^https?://")
+    crm_api_token: str = ""
+    crm_timeout_seconds: PositiveSeconds = 2.0
+    sync_mode: SyncMode = SyncMode.HTTP
+    retry_interval_seconds: PositiveSeconds = 60.0
+    retry_concurrency: int = Field(default=16, ge=1, le=1000)
+    retry_max_attempts: int = Field(default=25, ge=1)
+    retry_backoff_base_seconds: PositiveSeconds = 1.0
+    retry_backoff_max_seconds: PositiveSeconds = 3600.0
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = Field(default="customer-events", min_length=1)
+    api_key: str = ""
+    log_format: LogFormat = LogFormat.TEXT
+    # Not in the SPEC table: how often a replica probes a CRM it saw failing, so that a
+    # backlog starts draining within seconds of the CRM's return (guarantee 7).
+    recovery_probe_seconds: PositiveSeconds = 1.0
+    # How long a replica's claim on one customer's requests lasts before another may take it
+    # over (guarantee 6); renewed before every CRM call.
+    claim_lease_seconds: PositiveSeconds = 30.0
+
+
+def describe_error(error: ValidationError) -> str:
+    """One clear line naming the first bad variable, for a start-up failure."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    return f"invalid setting {name}: {first['msg']}"

@@ -1,0 +1,96 @@
+"""The httpx client of the CRM: one shared `httpx.AsyncClient`, thin calls, no policy.
+
+Every call names an `Idempotency-Key`, so a call repeated after a lost answer changes
+nothing on the CRM. What an answer means is decided by `sync.http_sender`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from customer_service.config import Settings
+
+CUSTOMERS = "/api/crm/customers"
+
+
+class CrmUnreachable(Exception):
+    """No answer: connection refused, timeout, broken connection."""
+
+
+@dataclass(frozen=True)
+class CrmAnswer:
+    status: int
+    body: Any
+    retry_after: str | None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def describe(self) -> str:
+        detail = (
+            self.body.get("detail") or self.body.get("title")
+            if isinstance(self.body, dict)
+            else None
+        )
+        return f"CRM answered {self.status}" + (f": {detail}" if detail else "")
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one client of the process: pooled connections, the timeout, the bearer token."""
+    headers = {"Accept": "application/json"}
+    if settings.crm_api_token:
+        headers["Authorization"] = f"Bearer {settings.crm_api_token}"
+    return httpx.AsyncClient(
+        base_url=settings.crm_base_url,
+        timeout=httpx.Timeout(settings.crm_timeout_seconds),
+        headers=headers,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+
+class CrmClient:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        key: str | None = None,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> CrmAnswer:
+        headers = {"Idempotency-Key": key} if key else None
+        try:
+            response = await self._http.request(
+                method, path, json=json, params=params, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise CrmUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            body = None
+        return CrmAnswer(response.status_code, body, response.headers.get("Retry-After"))
+
+    async def create(self, body: dict[str, Any], key: str) -> CrmAnswer:
+        return await self._call("POST", CUSTOMERS, key, json=body)
+
+    async def replace(self, crm_id: str, body: dict[str, Any], key: str) -> CrmAnswer:
+        return await self._call("PUT", f"{CUSTOMERS}/{crm_id}", key, json=body)
+
+    async def remove(self, crm_id: str, key: str) -> CrmAnswer:
+        return await self._call("DELETE", f"{CUSTOMERS}/{crm_id}", key)
+
+    async def find(self, external_id: str) -> CrmAnswer:
+        return await self._call("GET", CUSTOMERS, params={"externalId": external_id, "limit": 100})
+
+    async def ping(self) -> bool:
+        """Does the CRM answer its customer API now?"""
+        try:
+            answer = await self._call("GET", CUSTOMERS, params={"limit": 1})
+        except CrmUnreachable:
+            return False
+        return answer.ok

@@ -1,0 +1,62 @@
+"""The customer endpoints: parse, call the service, shape the answer."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from customer_service.customers import service
+from customer_service.customers.schemas import CustomerCreate, CustomerRead
+from customer_service.deps import SessionDep
+from customer_service.schemas import Page
+
+router = APIRouter(prefix="/api/customers", tags=["customers"])
+
+
+def _etag(response: Response, read: CustomerRead) -> CustomerRead:
+    response.headers["ETag"] = f'"{read.version}"'
+    return read
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CustomerRead)
+async def create_customer(
+    body: CustomerCreate, session: SessionDep, response: Response
+) -> CustomerRead:
+    customer = await service.create(session, body)
+    (read,) = await service.read_models(session, [customer])
+    response.headers["Location"] = f"/api/customers/{customer.id}"
+    return _etag(response, read)
+
+
+@router.get("", response_model=Page[CustomerRead])
+async def list_customers(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[CustomerRead]:
+    customers, total = await service.page(session, limit, offset)
+    return Page(items=await service.read_models(session, customers), total=total)
+
+
+@router.get("/{customer_id}", response_model=CustomerRead)
+async def get_customer(customer_id: int, session: SessionDep, response: Response) -> CustomerRead:
+    (read,) = await service.read_models(session, [await service.get(session, customer_id)])
+    return _etag(response, read)
+
+
+@router.put("/{customer_id}", response_model=CustomerRead)
+async def replace_customer(
+    customer_id: int,
+    body: CustomerCreate,
+    session: SessionDep,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+) -> CustomerRead:
+    customer = await service.replace(session, customer_id, body, if_match)
+    (read,) = await service.read_models(session, [customer])
+    return _etag(response, read)
+
+
+@router.delete("/{customer_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_customer(customer_id: int, session: SessionDep) -> Response:
+    await service.delete(session, customer_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,151 @@
+"""Customer writes: each one changes the row and enqueues its CRM request, in one transaction.
+
+The service only flushes; the caller's transaction commits (see `deps.get_session`).
+"""
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from customer_service.columns import utc_now
+from customer_service.customers import repository
+from customer_service.customers.models import Customer
+from customer_service.customers.schemas import CrmState, CrmStatus, CustomerCreate, CustomerRead
+from customer_service.errors import (
+    ConcurrentUpdate,
+    CustomerNotFound,
+    EmailTaken,
+    VersionMismatch,
+)
+from customer_service.sync import outbox
+from customer_service.sync import repository as sync_repository
+from customer_service.sync.models import Operation, RequestStatus
+
+ANY_VERSION = "*"
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an `If-Match` asks for (quoted or bare); None when any will do."""
+    if value is None or value.strip() == ANY_VERSION:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise VersionMismatch(f"If-Match {value!r} is not a version of this customer")
+    return int(text)
+
+
+def crm_status(statuses: set[str]) -> CrmStatus:
+    """The customer's sync state from the statuses of its undelivered requests."""
+    for status in (RequestStatus.DEAD, RequestStatus.FAILED, RequestStatus.PENDING):
+        if status in statuses:
+            return CrmStatus(status.value)
+    return CrmStatus.SYNCED
+
+
+def _apply(customer: Customer, data: CustomerCreate) -> None:
+    address = data.address
+    customer.first_name = data.first_name
+    customer.last_name = data.last_name
+    customer.email = str(data.email)
+    customer.email_key = str(data.email).lower()
+    customer.phone = data.phone
+    customer.street = address.street if address else None
+    customer.city = address.city if address else None
+    customer.state = address.state if address else None
+    customer.postal_code = address.postal_code if address else None
+    customer.country = address.country if address else None
+
+
+async def _flush(session: AsyncSession, customer: Customer, email: str) -> None:
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise EmailTaken(email) from exc
+    except StaleDataError as exc:
+        raise ConcurrentUpdate(customer.id) from exc
+
+
+async def _ensure_email_free(session: AsyncSession, email: str, customer_id: int | None) -> None:
+    owner = await repository.email_owner(session, email.lower())
+    if owner is not None and owner != customer_id:
+        raise EmailTaken(email)
+
+
+async def create(session: AsyncSession, data: CustomerCreate) -> Customer:
+    await _ensure_email_free(session, str(data.email), None)
+    now = utc_now()
+    customer = Customer(version=1, created_at=now, updated_at=now)
+    _apply(customer, data)
+    session.add(customer)
+    await _flush(session, customer, str(data.email))
+    outbox.enqueue(session, customer, Operation.CREATE)
+    return customer
+
+
+async def get(session: AsyncSession, customer_id: int) -> Customer:
+    customer = await repository.get(session, customer_id)
+    if customer is None:
+        raise CustomerNotFound(customer_id)
+    return customer
+
+
+async def replace(
+    session: AsyncSession, customer_id: int, data: CustomerCreate, if_match: str | None
+) -> Customer:
+    customer = await get(session, customer_id)
+    expected = parse_if_match(if_match)
+    if expected is not None and expected != customer.version:
+        raise VersionMismatch(
+            f"customer {customer_id} is at version {customer.version}, not {expected}"
+        )
+    await _ensure_email_free(session, str(data.email), customer_id)
+    _apply(customer, data)
+    customer.updated_at = utc_now()
+    # The row is written (and locked) before its request, so request ids follow versions.
+    await _flush(session, customer, str(data.email))
+    outbox.enqueue(session, customer, Operation.UPDATE)
+    return customer
+
+
+async def delete(session: AsyncSession, customer_id: int) -> None:
+    customer = await get(session, customer_id)
+    await session.delete(customer)
+    await _flush(session, customer, customer.email)
+    outbox.enqueue(session, customer, Operation.DELETE)
+
+
+async def page(session: AsyncSession, limit: int, offset: int) -> tuple[list[Customer], int]:
+    return await repository.page(session, limit, offset)
+
+
+async def read_models(session: AsyncSession, customers: list[Customer]) -> list[CustomerRead]:
+    """Customers as the API shows them, with their CRM sync state."""
+    statuses = await sync_repository.statuses_of(session, [c.id for c in customers])
+    return [to_read(c, statuses.get(c.id, set())) for c in customers]
+
+
+def to_read(customer: Customer, statuses: set[str]) -> CustomerRead:
+    return CustomerRead.model_validate(
+        {
+            "id": customer.id,
+            "first_name": customer.first_name,
+            "last_name": customer.last_name,
+            "email": customer.email,
+            "phone": customer.phone,
+            "address": {
+                "street": customer.street,
+                "city": customer.city,
+                "state": customer.state,
+                "postal_code": customer.postal_code,
+                "country": customer.country,
+            },
+            "version": customer.version,
+            "created_at": customer.created_at,
+            "updated_at": customer.updated_at,
+            "crm": CrmState(
+                id=customer.crm_id,
+                status=crm_status(statuses),
+                synced_version=customer.crm_synced_version,
+            ),
+        }
+    )

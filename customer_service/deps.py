@@ -1,0 +1,49 @@
+"""FastAPI dependencies: one transaction per request, the settings, the API key."""
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.config import Settings
+from customer_service.errors import Unauthorized
+from customer_service.sync.outbox import PENDING_KICKS
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's transaction: committed when the handler returns, rolled back if it
+    raises. Once committed, the outbox rows it wrote are handed to the dispatcher."""
+    state = request.app.state
+    async with state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+        kicks = session.info.pop(PENDING_KICKS, None)
+    if kicks:
+        state.dispatcher.kick(sorted(kicks))
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+# scope="function": the commit happens before the response is sent, so a client that
+# got 201 can read its write back at once.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def require_api_key(
+    settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None
+) -> None:
+    """When `API_KEY` is set, every /api call must carry it in `X-API-Key`."""
+    if not settings.api_key:
+        return
+    if x_api_key is None or not secrets.compare_digest(x_api_key, settings.api_key):
+        raise Unauthorized("a valid X-API-Key header is required")

@@ -1,0 +1,188 @@
+"""Deliver one customer's queue: claim it, send oldest first, record each answer.
+
+No database transaction stays open during a CRM call: each step (claim and read the
+queue; record the answer) is its own short transaction, so a slow CRM never holds a
+lock that an API write needs.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from customer_service.columns import utc_now
+from customer_service.config import Settings
+from customer_service.sync import repository
+from customer_service.sync.models import FailedRequest
+from customer_service.sync.outcome import Delivered, Failed, Outcome
+from customer_service.sync.plan import Batch, Hold, plan_next
+from customer_service.sync.retry import (
+    is_exhausted,
+    is_permanent,
+    next_attempt_at,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome: ...
+
+
+@dataclass
+class PassCounts:
+    """Requests (rows) attempted, and what became of them."""
+
+    attempted: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+
+    def add(self, other: "PassCounts") -> None:
+        self.attempted += other.attempted
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.dead += other.dead
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "attempted": self.attempted,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dead": self.dead,
+        }
+
+
+@dataclass
+class CrmHealth:
+    """What this replica last saw of the CRM: a transient failure makes it `suspect`.
+
+    A new process starts suspect, so its first probe (and the forced pass that follows a
+    good answer) sends what an earlier process left behind without waiting for backoff.
+    """
+
+    suspect: bool = True
+    on_recovery: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        sender: Sender,
+        settings: Settings,
+        health: CrmHealth | None = None,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._sender = sender
+        self._settings = settings
+        self.health = health or CrmHealth()
+        # Unique per process: the name under which this replica claims customers.
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+
+    async def deliver_customer(self, customer_id: int, force: bool = False) -> PassCounts:
+        """Send `customer_id`'s due requests, oldest first, until one fails or none is due.
+
+        `force` makes the oldest request due whatever its backoff (dead ones stay dead).
+        Returns without sending when another replica holds the customer's claim.
+        """
+        counts = PassCounts()
+        while True:
+            claimed = await self._drain(customer_id, force, counts)
+            if not claimed or not await self._has_due(customer_id):
+                return counts
+            # A request committed while we were releasing the claim: take it too.
+            force = False
+
+    async def _drain(self, customer_id: int, force: bool, counts: PassCounts) -> bool:
+        try:
+            while True:
+                async with self._sessionmaker() as session, session.begin():
+                    now = utc_now()
+                    if not await repository.claim(
+                        session, customer_id, self.owner, now, self._settings.claim_lease_seconds
+                    ):
+                        return False
+                    rows = await repository.queue_of(session, customer_id)
+                    crm_id = await repository.current_crm_id(session, customer_id)
+                plan = plan_next(rows, now, force)
+                if isinstance(plan, Hold):
+                    return True
+                failed = await self._attempt(plan, crm_id, counts)
+                if failed:
+                    return True
+        finally:
+            async with self._sessionmaker() as session, session.begin():
+                await repository.release(session, customer_id, self.owner)
+
+    async def _attempt(
+        self, batch: Batch[FailedRequest], crm_id: str | None, counts: PassCounts
+    ) -> bool:
+        """Send one batch and record its answer; True when it failed."""
+        counts.attempted += len(batch.settles)
+        outcome = await self._sender.send(batch.send, crm_id or batch.send.crm_id)
+        now = utc_now()
+        async with self._sessionmaker() as session, session.begin():
+            if isinstance(outcome, Delivered):
+                await repository.settle(session, batch.settles, outcome.crm_id, batch.send.version)
+            else:
+                dead = self._record(outcome, batch, counts)
+                retry_after = parse_retry_after(outcome.retry_after, now)
+                attempts = max(r.attempts for r in batch.settles) + 1
+                due = next_attempt_at(
+                    now,
+                    attempts,
+                    self._settings.retry_backoff_base_seconds,
+                    self._settings.retry_backoff_max_seconds,
+                    retry_after,
+                )
+                await repository.record_failure(
+                    session, batch.settles, outcome.error, dead, due, now
+                )
+        if isinstance(outcome, Delivered):
+            counts.delivered += len(batch.settles)
+            self._saw_crm_healthy()
+            return False
+        return True
+
+    def _record(self, outcome: Failed, batch: Batch[FailedRequest], counts: PassCounts) -> bool:
+        """Count a failure; True when it makes the batch dead."""
+        attempts = max(r.attempts for r in batch.settles) + 1
+        dead = is_permanent(outcome.status) or is_exhausted(
+            attempts, self._settings.retry_max_attempts
+        )
+        if dead:
+            counts.dead += len(batch.settles)
+            log.warning(
+                "request %s of customer %s is dead after %s attempts: %s",
+                batch.send.id,
+                batch.send.customer_id,
+                attempts,
+                outcome.error,
+            )
+        else:
+            counts.failed += len(batch.settles)
+            self.health.suspect = self.health.suspect or not is_permanent(outcome.status)
+            log.info(
+                "request %s of customer %s failed (attempt %s): %s",
+                batch.send.id,
+                batch.send.customer_id,
+                attempts,
+                outcome.error,
+            )
+        return dead
+
+    def _saw_crm_healthy(self) -> None:
+        if self.health.suspect:
+            self.health.suspect = False
+            for callback in self.health.on_recovery:
+                callback()
+
+    async def _has_due(self, customer_id: int) -> bool:
+        async with self._sessionmaker() as session:
+            rows = await repository.queue_of(session, customer_id, limit=1)
+        return isinstance(plan_next(rows, utc_now(), force=False), Batch)

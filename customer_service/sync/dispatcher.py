@@ -1,0 +1,60 @@
+"""Start delivery right after a commit, without holding the API response.
+
+`kick` is called once the transaction that wrote outbox rows has committed. Each kicked
+customer gets one background task at a time in this process; a kick that arrives while
+its task runs makes the task go round once more, so no commit is left unattended.
+"""
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from customer_service.sync.delivery import Deliverer
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, deliverer: Deliverer, concurrency: int = 64) -> None:
+        self._deliverer = deliverer
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._again: set[int] = set()
+        self._closed = False
+
+    def kick(self, customer_ids: Iterable[int]) -> None:
+        """Deliver these customers' requests soon (called after the commit)."""
+        if self._closed:
+            return
+        for customer_id in customer_ids:
+            if customer_id in self._running:
+                self._again.add(customer_id)
+                continue
+            task = asyncio.create_task(self._run(customer_id), name=f"deliver-{customer_id}")
+            self._running[customer_id] = task
+
+    async def _run(self, customer_id: int) -> None:
+        try:
+            async with self._slots:
+                while True:
+                    self._again.discard(customer_id)
+                    try:
+                        await self._deliverer.deliver_customer(customer_id)
+                    except Exception:
+                        # The row is safe in the outbox; the retry job will take it.
+                        log.exception("delivery of customer %s failed", customer_id)
+                    if customer_id not in self._again or self._closed:
+                        break
+        finally:
+            self._running.pop(customer_id, None)
+
+    async def close(self) -> None:
+        """Stop taking kicks and wait for the deliveries in flight."""
+        self._closed = True
+        tasks = list(self._running.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)

@@ -1,0 +1,84 @@
+"""The outbox tables: `failed_requests` and the per-customer delivery claims.
+
+State machine of a row of `failed_requests` (one CRM request not yet delivered):
+
+    (committed with the customer write)
+              |
+              v
+          pending --delivered--> (row deleted)
+              |
+      transient failure (5xx, 408, 409*, 425, 429, timeout, refused)
+              v
+          failed  --delivered--> (row deleted)
+              |  \\__ transient failure: attempts += 1, next_attempt_at = now + backoff
+              |
+      permanent failure (other 4xx) or attempts == RETRY_MAX_ATTEMPTS
+              v
+            dead  --replay--> pending (attempts reset)
+              \\--discard--> (row deleted)
+
+(*) a 409 on CREATE is not a failure: the existing CRM record is adopted.
+
+A customer's rows are delivered one at a time, oldest first. A row that is not yet
+due, or dead, holds back the newer rows of the same customer, so the CRM never sees an
+older state after a newer one.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from customer_service.columns import BigIntId, UTCDateTime, utc_now
+from customer_service.db import Base
+
+
+class Operation(StrEnum):
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class FailedRequest(Base):
+    """One change owed to the CRM: the outbox row written in the customer's transaction."""
+
+    __tablename__ = "failed_requests"
+    __table_args__ = (
+        Index("ix_failed_requests_customer_id_id", "customer_id", "id"),
+        Index("ix_failed_requests_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    # No foreign key: a DELETE outlives its customer row.
+    customer_id: Mapped[int] = mapped_column(Integer)
+    operation: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(10), default=RequestStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    # The customer's version this request carries, and its CRM body (null for DELETE).
+    version: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The CRM id known when the request was written (DELETE needs it after the row is gone).
+    crm_id: Mapped[str | None] = mapped_column(String(100))
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class SyncClaim(Base):
+    """Which replica delivers one customer's requests now, until when (guarantee 6)."""
+
+    __tablename__ = "sync_claims"
+
+    customer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

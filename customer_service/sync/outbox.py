@@ -1,0 +1,39 @@
+"""Enqueue a CRM request in the caller's transaction (the transactional outbox).
+
+The row commits, or rolls back, with the customer write itself: a crash at any instant
+leaves either neither or both. Delivery starts only after the commit (see `dispatcher`).
+"""
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.columns import utc_now
+from customer_service.crm.mapper import CustomerMapper
+from customer_service.customers.models import Customer
+from customer_service.sync.models import FailedRequest, Operation, RequestStatus
+
+# Customer ids whose requests were written in this session, to kick after commit.
+PENDING_KICKS = "outbox_customer_ids"
+
+
+def enqueue(session: AsyncSession, customer: Customer, operation: Operation) -> FailedRequest:
+    """Add the CRM request for `operation` on `customer` to the session's transaction."""
+    now = utc_now()
+    payload = None if operation == Operation.DELETE else CustomerMapper.to_crm(customer).to_json()
+    row = FailedRequest(
+        customer_id=customer.id,
+        operation=operation,
+        status=RequestStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        version=customer.version,
+        payload=payload,
+        crm_id=customer.crm_id,
+        idempotency_key=str(uuid.uuid4()),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.info.setdefault(PENDING_KICKS, set()).add(customer.id)
+    return row

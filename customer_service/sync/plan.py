@@ -1,0 +1,72 @@
+"""Pure planning of one customer's queue: what to send next, or why to wait.
+
+A customer's rows are taken oldest first. The head decides:
+- dead: the queue waits for an operator (replay or discard), so the CRM never gets a
+  newer state before an older one that was never delivered;
+- not due yet (and not forced): the queue waits for its backoff;
+- otherwise the head is sent, and a run of UPDATEs right behind an UPDATE head is
+  coalesced: only the newest state is sent, and all of them are settled by its answer.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, Protocol, TypeVar
+
+from customer_service.sync.models import Operation, RequestStatus
+
+
+class QueuedRequest(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def next_attempt_at(self) -> datetime: ...
+
+
+R = TypeVar("R", bound=QueuedRequest)
+T = TypeVar("T")
+
+
+class Hold(StrEnum):
+    EMPTY = "empty"
+    DEAD = "dead"
+    NOT_DUE = "not-due"
+
+
+@dataclass(frozen=True)
+class Batch(Generic[R]):
+    """`send` carries the state to deliver; `settles` are every row its success removes."""
+
+    send: R
+    settles: list[R]
+
+
+def plan_next(rows: list[R], now: datetime, force: bool) -> Batch[R] | Hold:
+    """The next batch of a customer's queue (`rows` oldest first), or why it waits."""
+    if not rows:
+        return Hold.EMPTY
+    head = rows[0]
+    if head.status == RequestStatus.DEAD:
+        return Hold.DEAD
+    if not force and head.next_attempt_at > now:
+        return Hold.NOT_DUE
+    if head.operation != Operation.UPDATE:
+        return Batch(send=head, settles=[head])
+    run = [head]
+    for row in rows[1:]:
+        if row.operation != Operation.UPDATE or row.status == RequestStatus.DEAD:
+            break
+        run.append(row)
+    return Batch(send=run[-1], settles=run)
+
+
+def group_by_customer(pairs: list[tuple[int, T]]) -> dict[int, list[T]]:
+    """Rows grouped by customer id, keeping their order inside each group."""
+    groups: dict[int, list[T]] = {}
+    for customer_id, item in pairs:
+        groups.setdefault(customer_id, []).append(item)
+    return groups

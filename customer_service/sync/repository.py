@@ -1,0 +1,183 @@
+"""All SQL of the outbox: rows of `failed_requests` and the per-customer claims."""
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.customers.models import Customer
+from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
+
+OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.FAILED)
+
+
+async def due_customer_ids(session: AsyncSession, now: datetime, force: bool) -> list[int]:
+    """Customers with a request to try now, the longest waiting first.
+
+    Only a customer's oldest request counts (a newer one never overtakes it); a customer
+    whose oldest request is dead is left for the operator.
+    """
+    heads = (
+        select(FailedRequest.customer_id, func.min(FailedRequest.id).label("head_id"))
+        .group_by(FailedRequest.customer_id)
+        .subquery()
+    )
+    query = (
+        select(heads.c.customer_id)
+        .join(FailedRequest, FailedRequest.id == heads.c.head_id)
+        .where(FailedRequest.status.in_(OPEN_STATUSES))
+        .order_by(heads.c.head_id)
+    )
+    if not force:
+        query = query.where(FailedRequest.next_attempt_at <= now)
+    return list((await session.scalars(query)).all())
+
+
+async def queue_of(
+    session: AsyncSession, customer_id: int, limit: int = 100
+) -> list[FailedRequest]:
+    """One customer's requests, oldest first."""
+    query = (
+        select(FailedRequest)
+        .where(FailedRequest.customer_id == customer_id)
+        .order_by(FailedRequest.id)
+        .limit(limit)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def current_crm_id(session: AsyncSession, customer_id: int) -> str | None:
+    return await session.scalar(select(Customer.crm_id).where(Customer.id == customer_id))
+
+
+async def settle(
+    session: AsyncSession, rows: list[FailedRequest], crm_id: str | None, version: int
+) -> None:
+    """Record a delivery: remove the settled rows and note what the CRM now holds."""
+    customer_id = rows[0].customer_id
+    await session.execute(delete(FailedRequest).where(FailedRequest.id.in_([r.id for r in rows])))
+    if crm_id is None:
+        return
+    # Later requests of the customer (a DELETE, after its row is gone) learn the CRM id.
+    await session.execute(
+        update(FailedRequest)
+        .where(FailedRequest.customer_id == customer_id, FailedRequest.crm_id.is_(None))
+        .values(crm_id=crm_id)
+    )
+    synced = Customer.crm_synced_version
+    await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(
+            crm_id=crm_id,
+            crm_synced_version=case(
+                (synced.is_(None), version), (synced < version, version), else_=synced
+            ),
+        )
+    )
+
+
+async def record_failure(
+    session: AsyncSession,
+    rows: list[FailedRequest],
+    error: str,
+    dead: bool,
+    next_attempt_at: datetime,
+    now: datetime,
+) -> None:
+    """Count a failed attempt on the batch's rows; `dead` ones wait for an operator."""
+    await session.execute(
+        update(FailedRequest)
+        .where(FailedRequest.id.in_([r.id for r in rows]))
+        .values(
+            attempts=FailedRequest.attempts + 1,
+            last_error=error[:2000],
+            status=RequestStatus.DEAD if dead else RequestStatus.FAILED,
+            next_attempt_at=next_attempt_at,
+            updated_at=now,
+        )
+    )
+
+
+async def claim(
+    session: AsyncSession, customer_id: int, owner: str, now: datetime, lease: float
+) -> bool:
+    """Take (or renew) the right to deliver `customer_id`'s requests; False if another holds it.
+
+    One statement, atomic on both backends: insert the claim, or take over one that is
+    ours or has expired (a crashed replica's).
+    """
+    dialect = session.bind.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    expires = now + timedelta(seconds=lease)
+    statement = insert(SyncClaim).values(customer_id=customer_id, owner=owner, expires_at=expires)
+    statement = statement.on_conflict_do_update(
+        index_elements=[SyncClaim.customer_id],
+        set_={"owner": owner, "expires_at": expires},
+        where=(SyncClaim.owner == owner) | (SyncClaim.expires_at < now),
+    ).returning(SyncClaim.owner)
+    return (await session.scalar(statement)) == owner
+
+
+async def release(session: AsyncSession, customer_id: int, owner: str) -> None:
+    await session.execute(
+        delete(SyncClaim).where(SyncClaim.customer_id == customer_id, SyncClaim.owner == owner)
+    )
+
+
+async def replay(session: AsyncSession, request_id: int, now: datetime) -> FailedRequest | None:
+    """Make a request due again with a fresh budget; None if there is no such request."""
+    row = await session.get(FailedRequest, request_id)
+    if row is None:
+        return None
+    row.status = RequestStatus.PENDING
+    row.attempts = 0
+    row.next_attempt_at = now
+    row.updated_at = now
+    return row
+
+
+async def discard(session: AsyncSession, request_id: int) -> FailedRequest | None:
+    row = await session.get(FailedRequest, request_id)
+    if row is not None:
+        await session.delete(row)
+    return row
+
+
+async def page(
+    session: AsyncSession,
+    status: RequestStatus | None,
+    customer_id: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[FailedRequest], int]:
+    """A page of requests, oldest first, with the total that match."""
+    query = select(FailedRequest)
+    if status is not None:
+        query = query.where(FailedRequest.status == status)
+    if customer_id is not None:
+        query = query.where(FailedRequest.customer_id == customer_id)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(FailedRequest.id).limit(limit).offset(offset))
+    return list(rows.all()), int(total or 0)
+
+
+async def statuses_of(session: AsyncSession, customer_ids: list[int]) -> dict[int, set[str]]:
+    """For each customer, the statuses of its undelivered requests."""
+    if not customer_ids:
+        return {}
+    query = (
+        select(FailedRequest.customer_id, FailedRequest.status)
+        .where(FailedRequest.customer_id.in_(customer_ids))
+        .distinct()
+    )
+    found: dict[int, set[str]] = {}
+    for customer_id, status in (await session.execute(query)).all():
+        found.setdefault(customer_id, set()).add(status)
+    return found
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    query = select(FailedRequest.status, func.count()).group_by(FailedRequest.status)
+    return {status: int(n) for status, n in (await session.execute(query)).all()}

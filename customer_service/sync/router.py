@@ -1,0 +1,54 @@
+"""The failed-request endpoints: look at the outbox, retry it, replay or discard a row."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from customer_service.columns import utc_now
+from customer_service.deps import SessionDep
+from customer_service.errors import RequestNotFound
+from customer_service.schemas import Page
+from customer_service.sync import repository
+from customer_service.sync.models import RequestStatus
+from customer_service.sync.outbox import PENDING_KICKS
+from customer_service.sync.schemas import FailedRequestRead, RetryReport
+
+router = APIRouter(prefix="/api/failed-requests", tags=["failed requests"])
+
+
+@router.get("", response_model=Page[FailedRequestRead])
+async def list_failed_requests(
+    session: SessionDep,
+    status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
+    customer_id: Annotated[int | None, Query(alias="customerId")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[FailedRequestRead]:
+    rows, total = await repository.page(session, status_, customer_id, limit, offset)
+    return Page(items=[FailedRequestRead.model_validate(r) for r in rows], total=total)
+
+
+@router.post("/retry", response_model=RetryReport)
+async def retry_now(request: Request) -> RetryReport:
+    """One pass now over every pending and failed request, due or not."""
+    counts = await request.app.state.retry_job.run_pass(force=True)
+    return RetryReport(**counts.as_dict())
+
+
+@router.post("/{request_id}/replay", response_model=FailedRequestRead)
+async def replay(request_id: int, session: SessionDep) -> FailedRequestRead:
+    row = await repository.replay(session, request_id, utc_now())
+    if row is None:
+        raise RequestNotFound(request_id)
+    session.info.setdefault(PENDING_KICKS, set()).add(row.customer_id)
+    return FailedRequestRead.model_validate(row)
+
+
+@router.delete("/{request_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def discard(request_id: int, session: SessionDep) -> Response:
+    row = await repository.discard(session, request_id)
+    if row is None:
+        raise RequestNotFound(request_id)
+    # A discarded dead request no longer holds back the customer's newer ones.
+    session.info.setdefault(PENDING_KICKS, set()).add(row.customer_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
