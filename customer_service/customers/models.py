@@ -13,6 +13,8 @@ class Customer(Base):
     """A customer as this service stores it, plus what it knows of the CRM's copy."""
 
     __tablename__ = "customers"
+    # Never reuse the id of a deleted customer: it is the CRM's externalId.
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     first_name: Mapped[str] = mapped_column(String(100))

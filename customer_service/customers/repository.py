@@ -11,7 +11,10 @@ async def get(session: AsyncSession, customer_id: int) -> Customer | None:
 
 
 async def email_owner(session: AsyncSession, email_key: str) -> int | None:
-    return await session.scalar(select(Customer.id).where(Customer.email_key == email_key))
+    owner: int | None = await session.scalar(
+        select(Customer.id).where(Customer.email_key == email_key)
+    )
+    return owner
 
 
 async def page(session: AsyncSession, limit: int, offset: int) -> tuple[list[Customer], int]:

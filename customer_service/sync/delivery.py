@@ -119,9 +119,7 @@ class Deliverer:
             async with self._sessionmaker() as session, session.begin():
                 await repository.release(session, customer_id, self.owner)
 
-    async def _attempt(
-        self, batch: Batch[FailedRequest], crm_id: str | None, counts: PassCounts
-    ) -> bool:
+    async def _attempt(self, batch: Batch, crm_id: str | None, counts: PassCounts) -> bool:
         """Send one batch and record its answer; True when it failed."""
         counts.attempted += len(batch.settles)
         outcome = await self._sender.send(batch.send, crm_id or batch.send.crm_id)
@@ -149,7 +147,7 @@ class Deliverer:
             return False
         return True
 
-    def _record(self, outcome: Failed, batch: Batch[FailedRequest], counts: PassCounts) -> bool:
+    def _record(self, outcome: Failed, batch: Batch, counts: PassCounts) -> bool:
         """Count a failure; True when it makes the batch dead."""
         attempts = max(r.attempts for r in batch.settles) + 1
         dead = is_permanent(outcome.status) or is_exhausted(

@@ -54,6 +54,8 @@ class FailedRequest(Base):
     __table_args__ = (
         Index("ix_failed_requests_customer_id_id", "customer_id", "id"),
         Index("ix_failed_requests_status_next_attempt_at", "status", "next_attempt_at"),
+        # Ids order a customer's requests: never hand out a smaller one again.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)

@@ -11,24 +11,8 @@ A customer's rows are taken oldest first. The head decides:
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
 
-from customer_service.sync.models import Operation, RequestStatus
-
-
-class QueuedRequest(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def operation(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def next_attempt_at(self) -> datetime: ...
-
-
-R = TypeVar("R", bound=QueuedRequest)
-T = TypeVar("T")
+from customer_service.sync.models import FailedRequest, Operation, RequestStatus
 
 
 class Hold(StrEnum):
@@ -38,14 +22,14 @@ class Hold(StrEnum):
 
 
 @dataclass(frozen=True)
-class Batch(Generic[R]):
+class Batch:
     """`send` carries the state to deliver; `settles` are every row its success removes."""
 
-    send: R
-    settles: list[R]
+    send: FailedRequest
+    settles: list[FailedRequest]
 
 
-def plan_next(rows: list[R], now: datetime, force: bool) -> Batch[R] | Hold:
+def plan_next(rows: list[FailedRequest], now: datetime, force: bool) -> Batch | Hold:
     """The next batch of a customer's queue (`rows` oldest first), or why it waits."""
     if not rows:
         return Hold.EMPTY
@@ -62,11 +46,3 @@ def plan_next(rows: list[R], now: datetime, force: bool) -> Batch[R] | Hold:
             break
         run.append(row)
     return Batch(send=run[-1], settles=run)
-
-
-def group_by_customer(pairs: list[tuple[int, T]]) -> dict[int, list[T]]:
-    """Rows grouped by customer id, keeping their order inside each group."""
-    groups: dict[int, list[T]] = {}
-    for customer_id, item in pairs:
-        groups.setdefault(customer_id, []).append(item)
-    return groups

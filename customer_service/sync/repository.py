@@ -108,16 +108,21 @@ async def claim(
     One statement, atomic on both backends: insert the claim, or take over one that is
     ours or has expired (a crashed replica's).
     """
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     expires = now + timedelta(seconds=lease)
-    statement = insert(SyncClaim).values(customer_id=customer_id, owner=owner, expires_at=expires)
-    statement = statement.on_conflict_do_update(
-        index_elements=[SyncClaim.customer_id],
-        set_={"owner": owner, "expires_at": expires},
-        where=(SyncClaim.owner == owner) | (SyncClaim.expires_at < now),
-    ).returning(SyncClaim.owner)
-    return (await session.scalar(statement)) == owner
+    statement = (
+        insert(SyncClaim)
+        .values(customer_id=customer_id, owner=owner, expires_at=expires)
+        .on_conflict_do_update(
+            index_elements=[SyncClaim.customer_id],
+            set_={"owner": owner, "expires_at": expires},
+            where=(SyncClaim.owner == owner) | (SyncClaim.expires_at < now),
+        )
+        .returning(SyncClaim.owner)
+    )
+    holder: str | None = await session.scalar(statement)
+    return holder == owner
 
 
 async def release(session: AsyncSession, customer_id: int, owner: str) -> None:

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customers")),
         sa.UniqueConstraint("email_key", name=op.f("uq_customers_email_key")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "failed_requests",
@@ -57,6 +58,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_failed_requests")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_failed_requests_idempotency_key")),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_failed_requests_customer_id_id", "failed_requests", ["customer_id", "id"])
     op.create_index(

@@ -1,0 +1,57 @@
+"""The `crm-mock` command: `serve` runs the HTTP API, `consume` the Kafka consumer."""
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from crm_mock.config import CrmSettings, describe_settings_error
+
+PROG = "crm-mock"
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `crm-mock`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A stand-in for a third-party CRM. Settings come from the environment "
+        "and a .env file (HOST, PORT, CRM_DATABASE_URL, CRM_API_TOKEN, KAFKA_*, LOG_FORMAT).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the CRM's HTTP API on HOST:PORT")
+    commands.add_parser("consume", help="apply the customer events of KAFKA_TOPIC to the CRM")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `crm-mock`; returns the exit status (2 for bad usage or a bad setting)."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = CrmSettings()
+    except ValidationError as error:
+        print(f"{PROG}: {describe_settings_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        return serve(settings)
+    return consume(settings)
+
+
+def serve(settings: CrmSettings) -> int:
+    """Run the HTTP API in the foreground until interrupted."""
+    # Imported here so that `--help` and a bad setting answer fast.
+    import uvicorn
+
+    from crm_mock.app import create_app
+    from crm_mock.logging_config import configure_logging
+
+    configure_logging(settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    return 0
+
+
+def consume(settings: CrmSettings) -> int:
+    """The Kafka consumer of SPEC section 5; not built yet, so it says so and fails."""
+    del settings  # the consumer will read the KAFKA_* settings
+    print(f"{PROG} consume: the Kafka consumer is not built yet", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,64 @@
+"""What a request handler needs from the running app, as `Annotated` dependencies."""
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+
+from crm_mock.config import CrmSettings
+from crm_mock.faults import FaultSettings
+from crm_mock.locks import KeyedLocks
+
+
+@dataclass
+class CrmRuntime:
+    """Everything the lifespan sets up, kept on `app.state.runtime`.
+
+    `faults` is replaced whole by `PUT /api/crm/_faults`; it lives in memory only, so a
+    restart of the mock brings back a healthy CRM.
+    """
+
+    settings: CrmSettings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    idempotency_locks: KeyedLocks = field(default_factory=KeyedLocks)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def runtime_of(app: Starlette) -> CrmRuntime:
+    """The runtime of a started app; fails loudly if the lifespan has not run."""
+    runtime = getattr(app.state, "runtime", None)
+    if not isinstance(runtime, CrmRuntime):
+        raise RuntimeError("the CRM mock is not started: its lifespan has not run")
+    return runtime
+
+
+def get_runtime(request: Request) -> CrmRuntime:
+    """Dependency: the runtime of the app serving the request."""
+    return runtime_of(request.app)
+
+
+RuntimeDep = Annotated[CrmRuntime, Depends(get_runtime)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """Dependency: one transaction per request, committed when the handler returns normally.
+
+    Used with `scope="function"` so the commit happens before the answer leaves: a client
+    that got 201 can read the record at once.
+    """
+    async with runtime.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

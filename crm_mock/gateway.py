@@ -1,0 +1,326 @@
+"""What stands in front of every `/api/crm/customers*` call, as a real CRM's edge would.
+
+For each call, in this order:
+
+1. faults: sleep `latencyMs`, then answer `statusCode` (and `Retry-After`) when the CRM is
+   `down` or the call loses the `errorRate` draw; such a call changes nothing;
+2. auth: when `CRM_API_TOKEN` is set, a call without `Authorization: Bearer <token>` gets 401;
+3. idempotency: a POST, PUT or DELETE whose `Idempotency-Key` was seen before gets the first
+   answer again and changes nothing; repeats of one key run one at a time;
+4. the endpoint itself;
+5. the request log: every call, whatever happened to it, is appended to `crm_request_log`
+   with the status it was answered, before the answer leaves (so a client that has the
+   answer also finds the entry).
+
+A pure ASGI middleware rather than dependencies, because it must see the status actually
+sent, including the 422 FastAPI answers before any dependency runs.
+"""
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_mock import store
+from crm_mock.deps import CrmRuntime, runtime_of
+from crm_mock.faults import InjectedFault, decide_fault
+from crm_mock.problems import PROBLEM_MEDIA_TYPE, build_problem, problem_bytes
+from crm_mock.routes import CUSTOMERS_PATH
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# The headers a replayed answer repeats; the length is recomputed, the date is new.
+_REPLAYED_HEADERS = ("content-type", "location")
+
+
+def is_customer_call(path: str) -> bool:
+    """Whether `path` is under `/api/crm/customers` (the only faulted, guarded, logged part)."""
+    return path == CUSTOMERS_PATH or path.startswith(CUSTOMERS_PATH + "/")
+
+
+def crm_id_in_path(path: str) -> str | None:
+    """The `{id}` of `/api/crm/customers/{id}`, or None for any other path."""
+    rest = path[len(CUSTOMERS_PATH) + 1 :] if path.startswith(CUSTOMERS_PATH + "/") else ""
+    return rest if rest and "/" not in rest else None
+
+
+def is_authorized(authorization: str | None, token: str) -> bool:
+    """Whether an `Authorization` header value carries the bearer `token` (always, if unset)."""
+    if not token:
+        return True
+    scheme, _, credentials = (authorization or "").partition(" ")
+    # compare_digest: the time taken must not tell how much of a guess was right.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode(), token.encode()
+    )
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The JSON value of a request body, or None when it is empty or not JSON."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and PostgreSQL's json type refuses them.
+    raise ValueError(f"{name} is not JSON")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A complete HTTP answer, held whole so it can be logged before it is sent."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    @classmethod
+    def problem(
+        cls, status: int, detail: str, extra_headers: Mapping[str, str] | None = None
+    ) -> "Answer":
+        """A problem+json answer."""
+        body = problem_bytes(build_problem(status, detail))
+        headers = {
+            "content-type": PROBLEM_MEDIA_TYPE,
+            "content-length": str(len(body)),
+            **(extra_headers or {}),
+        }
+        return cls(status, [(k.encode(), v.encode()) for k, v in headers.items()], body)
+
+    @classmethod
+    def fault(cls, fault: InjectedFault) -> "Answer":
+        """The answer of a call failed on purpose."""
+        extra = {}
+        if fault.retry_after_seconds is not None:
+            extra["retry-after"] = str(fault.retry_after_seconds)
+        return cls.problem(fault.status_code, f"fault injected: {fault.reason}", extra)
+
+    @classmethod
+    def replay(cls, stored: store.IdempotentAnswer) -> "Answer":
+        """The first answer to an idempotency key, again."""
+        body = stored.body.encode()
+        headers: dict[str, str] = json.loads(stored.headers)
+        headers["content-length"] = str(len(body))
+        headers["idempotent-replayed"] = "true"
+        if stored.status_code in (204, 304):
+            del headers["content-length"]
+        return cls(stored.status_code, [(k.encode(), v.encode()) for k, v in headers.items()], body)
+
+    def header(self, name: str) -> str | None:
+        """The value of a header of this answer, if present."""
+        wanted = name.encode()
+        return next((v.decode("latin-1") for k, v in self.headers if k.lower() == wanted), None)
+
+
+@dataclass
+class Call:
+    """What the gateway knows of one incoming call."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    query: dict[str, list[str]]
+    raw_body: bytes
+    received_at: datetime
+    body: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.body = parse_json_body(self.raw_body)
+
+    @classmethod
+    def from_scope(cls, scope: Scope, raw_body: bytes, received_at: datetime) -> "Call":
+        """Read a call from its ASGI scope and body."""
+        return cls(
+            method=scope["method"],
+            path=scope["path"],
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
+            raw_body=raw_body,
+            received_at=received_at,
+        )
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The `Idempotency-Key` header; an empty one counts as absent."""
+        return self.headers.get("idempotency-key") or None
+
+    def stated_external_id(self) -> str | None:
+        """The external id the call names itself: in its body, or (listing) in its query."""
+        if isinstance(self.body, dict):
+            value = self.body.get("externalId")
+            if isinstance(value, str) and value:
+                return value
+        if self.method == "GET" and self.path == CUSTOMERS_PATH:
+            values = self.query.get("externalId")
+            return values[0] if values and values[0] else None
+        return None
+
+
+class CustomerCallsGateway:
+    """ASGI middleware applying faults, auth, idempotency and the request log (module doc)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_customer_call(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        received_at = store.utc_now()
+        runtime = runtime_of(scope["app"])
+        raw_body = await _read_body(receive)
+        if raw_body is None:
+            return  # the client left before its request was complete: there is nobody to answer
+        call = Call.from_scope(scope, raw_body, received_at)
+        # Looked up before the call runs: after a DELETE the record is gone.
+        external_id = call.stated_external_id() or await self._external_id_of_record(runtime, call)
+        answer = await self._answer(runtime, call, scope, receive)
+        await self._log(runtime, call, answer, external_id)
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _answer(
+        self, runtime: CrmRuntime, call: Call, scope: Scope, receive: Receive
+    ) -> Answer:
+        latency_ms = runtime.faults.latency_ms
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
+        # Decided after the delay, with the switches of that moment: a CRM can go down while
+        # a request waits.
+        fault = decide_fault(runtime.faults, runtime.rng.random())
+        if fault is not None:
+            return Answer.fault(fault)
+        if not is_authorized(call.headers.get("authorization"), runtime.settings.crm_api_token):
+            return Answer.problem(
+                401, "a valid bearer token is required", {"www-authenticate": "Bearer"}
+            )
+        key = call.idempotency_key
+        if key is None or call.method not in IDEMPOTENT_METHODS:
+            return await self._execute(call, scope, receive)
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            return Answer.problem(
+                400, f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+        # The lock covers look-up, execution and saving, so a repeat arriving while the first
+        # call still runs waits for its answer instead of executing a second time.
+        async with runtime.idempotency_locks.hold(key):
+            stored = await self._find_answer(runtime, key)
+            if stored is not None:
+                return Answer.replay(stored)
+            answer = await self._execute(call, scope, receive)
+            # A 5xx changed nothing (or nobody knows what it did): let a retry run again.
+            if answer.status < 500:
+                await self._save_answer(runtime, key, call, answer)
+            return answer
+
+    async def _execute(self, call: Call, scope: Scope, receive: Receive) -> Answer:
+        """Run the endpoint on the buffered body and capture its whole answer."""
+        body_delivered = False
+
+        async def replay_receive() -> Message:
+            nonlocal body_delivered
+            if not body_delivered:
+                body_delivered = True
+                return {"type": "http.request", "body": call.raw_body, "more_body": False}
+            return await receive()
+
+        status = 500
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, replay_receive, capture)
+        except Exception:
+            logger.exception("unhandled error answering %s %s", call.method, call.path)
+            return Answer.problem(500, "the CRM failed to process the request")
+        return Answer(status, headers, b"".join(chunks))
+
+    async def _external_id_of_record(self, runtime: CrmRuntime, call: Call) -> str | None:
+        crm_id = crm_id_in_path(call.path)
+        if crm_id is None:
+            return None
+        try:
+            async with runtime.sessionmaker() as session, session.begin():
+                return await store.find_external_id(session, crm_id)
+        except Exception:
+            logger.exception("could not look up the external id of %s", crm_id)
+            return None
+
+    async def _find_answer(self, runtime: CrmRuntime, key: str) -> store.IdempotentAnswer | None:
+        async with runtime.sessionmaker() as session, session.begin():
+            return await store.find_idempotent_answer(session, key)
+
+    async def _save_answer(self, runtime: CrmRuntime, key: str, call: Call, answer: Answer) -> None:
+        headers = {name: value for name in _REPLAYED_HEADERS if (value := answer.header(name))}
+        stored = store.IdempotentAnswer(
+            key=key,
+            method=call.method,
+            path=call.path,
+            status_code=answer.status,
+            headers=json.dumps(headers),
+            body=answer.body.decode("utf-8", errors="replace"),
+            created_at=store.utc_now(),
+        )
+        try:
+            async with runtime.sessionmaker() as session, session.begin():
+                await store.save_idempotent_answer(session, stored)
+        except Exception:
+            # The change itself is committed; a retry without the saved answer meets the
+            # record (409) or its absence (404) instead, which a client handles anyway.
+            logger.exception("could not save the answer to Idempotency-Key %r", key)
+
+    async def _log(
+        self, runtime: CrmRuntime, call: Call, answer: Answer, external_id: str | None
+    ) -> None:
+        entry = store.RequestLogEntry(
+            method=call.method,
+            path=call.path,
+            status=answer.status,
+            external_id=external_id,
+            idempotency_key=call.idempotency_key,
+            body=call.body,
+            received_at=call.received_at,
+        )
+        try:
+            async with runtime.sessionmaker() as session, session.begin():
+                await store.append_request_log(session, entry)
+        except Exception:
+            # The caller's answer matters more than the log; say loudly that an entry is missing.
+            logger.exception(
+                "could not log %s %s (status %s)", call.method, call.path, answer.status
+            )
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)

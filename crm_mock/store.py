@@ -1,0 +1,358 @@
+"""The CRM mock's tables and every query on them.
+
+The mock is not migrated: `create_tables` makes the tables at start-up if they are missing,
+which is all a stand-in for a third party needs. The SQL stays portable between SQLite (the
+embedded default) and PostgreSQL.
+
+Functions here only `flush()`; the caller owns the transaction (see `deps.get_session`), except
+that an integrity error is rolled back on the spot, because PostgreSQL refuses every further
+statement of a transaction that failed.
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    event,
+    func,
+    select,
+)
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from crm_mock.schemas import CrmCustomerRequest
+
+# The log keeps at least this many of the newest entries (SPEC section 4) ...
+REQUEST_LOG_RETENTION = 100_000
+# ... and prunes older ones once per this many inserts, so pruning costs little.
+REQUEST_LOG_PRUNE_EVERY = 1_000
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# Stable constraint names, whatever the backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite stores no zone itself)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def new_crm_id() -> str:
+    """A fresh CRM id; its own namespace, so it can never be mistaken for an external id."""
+    return f"crm_{uuid4().hex[:16]}"
+
+
+class CrmCustomerRecord(Base):
+    """A customer as the CRM keeps it."""
+
+    __tablename__ = "crm_customers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    email: Mapped[str] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(100))
+    address: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_crm_customers_created_at_id", "created_at", "id"),)
+
+
+class IdempotentAnswer(Base):
+    """The first answer given to an `Idempotency-Key`, replayed to every repeat of it."""
+
+    __tablename__ = "crm_idempotency"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(Integer)
+    # The headers worth replaying (content type, location) as a JSON object, and the body text.
+    headers: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RequestLogEntry(Base):
+    """One request received on `/api/crm/customers*`, with the status it was answered."""
+
+    __tablename__ = "crm_request_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    external_id: Mapped[str | None] = mapped_column(Text, index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class CustomerNotFound(Exception):
+    """No CRM record has this id."""
+
+    def __init__(self, crm_id: str) -> None:
+        super().__init__(f"no CRM customer with id {crm_id!r}")
+        self.crm_id = crm_id
+
+
+class ExternalIdTaken(Exception):
+    """Another CRM record already carries this external id."""
+
+    def __init__(self, existing: CrmCustomerRecord) -> None:
+        super().__init__(
+            f"externalId {existing.external_id!r} belongs to CRM customer {existing.id!r}"
+        )
+        self.existing = existing
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether `url` names an SQLite database."""
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An engine for `url`.
+
+    On SQLite: WAL (readers do not block the writer), a busy timeout, and `BEGIN IMMEDIATE`
+    for every transaction. The last matters because a deferred transaction that read first
+    cannot upgrade to a writer once another connection has committed (SQLITE_BUSY_SNAPSHOT,
+    which no timeout cures); taking the write lock up front makes concurrent requests wait
+    their turn instead of failing.
+    """
+    if not is_sqlite(url):
+        return create_async_engine(url, pool_pre_ping=True)
+
+    engine = create_async_engine(url)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _prepare_sqlite(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy (the driver's own BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose objects stay readable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def create_tables(engine: AsyncEngine) -> None:
+    """Create the mock's tables that do not exist yet (existing data is kept)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+
+
+# --- customers ---------------------------------------------------------------------------
+
+
+async def create_customer(session: AsyncSession, request: CrmCustomerRequest) -> CrmCustomerRecord:
+    """Insert a record with a fresh CRM id.
+
+    Raises `ExternalIdTaken` with the existing record when the external id is known. The
+    insert is tried first and the unique index decides, so two concurrent creates of one
+    external id cannot both succeed.
+    """
+    now = utc_now()
+    record = CrmCustomerRecord(id=new_crm_id(), created_at=now, updated_at=now)
+    _copy_fields(record, request)
+    session.add(record)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        existing = await find_customer_by_external_id(session, request.external_id)
+        if existing is None:
+            raise  # not the external id after all: a real error
+        raise ExternalIdTaken(existing) from None
+    return record
+
+
+async def get_customer(session: AsyncSession, crm_id: str) -> CrmCustomerRecord:
+    """The record with this CRM id; raises `CustomerNotFound`."""
+    record = await session.get(CrmCustomerRecord, crm_id)
+    if record is None:
+        raise CustomerNotFound(crm_id)
+    return record
+
+
+async def find_customer_by_external_id(
+    session: AsyncSession, external_id: str
+) -> CrmCustomerRecord | None:
+    """The record carrying this external id, if any."""
+    statement = select(CrmCustomerRecord).where(CrmCustomerRecord.external_id == external_id)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def find_external_id(session: AsyncSession, crm_id: str) -> str | None:
+    """The external id of the record with this CRM id, or None when there is no such record."""
+    statement = select(CrmCustomerRecord.external_id).where(CrmCustomerRecord.id == crm_id)
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def replace_customer(
+    session: AsyncSession, crm_id: str, request: CrmCustomerRequest
+) -> CrmCustomerRecord:
+    """Replace every field of a record; raises `CustomerNotFound` or `ExternalIdTaken`."""
+    record = await get_customer(session, crm_id)
+    _copy_fields(record, request)
+    record.updated_at = utc_now()
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        holder = await find_customer_by_external_id(session, request.external_id)
+        if holder is None:
+            raise
+        raise ExternalIdTaken(holder) from None
+    return record
+
+
+async def delete_customer(session: AsyncSession, crm_id: str) -> None:
+    """Delete a record; raises `CustomerNotFound`."""
+    record = await get_customer(session, crm_id)
+    await session.delete(record)
+    await session.flush()
+
+
+async def list_customers(
+    session: AsyncSession, *, external_id: str | None, limit: int, offset: int
+) -> tuple[Sequence[CrmCustomerRecord], int]:
+    """One page of records, oldest first, and the number of records matching the filter."""
+    condition = CrmCustomerRecord.external_id == external_id if external_id is not None else None
+    page = select(CrmCustomerRecord).order_by(CrmCustomerRecord.created_at, CrmCustomerRecord.id)
+    count = select(func.count()).select_from(CrmCustomerRecord)
+    if condition is not None:
+        page = page.where(condition)
+        count = count.where(condition)
+    items = (await session.execute(page.limit(limit).offset(offset))).scalars().all()
+    total = (await session.execute(count)).scalar_one()
+    return items, total
+
+
+def _copy_fields(record: CrmCustomerRecord, request: CrmCustomerRequest) -> None:
+    record.external_id = request.external_id
+    record.first_name = request.first_name
+    record.last_name = request.last_name
+    record.email = request.email
+    record.phone = request.phone
+    record.address = request.address
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+async def find_idempotent_answer(session: AsyncSession, key: str) -> IdempotentAnswer | None:
+    """The answer first given to this `Idempotency-Key`, if any."""
+    return await session.get(IdempotentAnswer, key)
+
+
+async def save_idempotent_answer(session: AsyncSession, answer: IdempotentAnswer) -> bool:
+    """Keep the first answer to a key; False when one was kept already (the first one wins)."""
+    session.add(answer)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        return False
+    return True
+
+
+# --- request log ---------------------------------------------------------------------------
+
+
+async def append_request_log(
+    session: AsyncSession,
+    entry: RequestLogEntry,
+    *,
+    retention: int = REQUEST_LOG_RETENTION,
+    prune_every: int = REQUEST_LOG_PRUNE_EVERY,
+) -> None:
+    """Append an entry, and now and then drop the entries older than the newest `retention`."""
+    session.add(entry)
+    await session.flush()
+    # Keyed on the id rather than an in-memory counter, so it holds across restarts and
+    # processes; a gap in the ids only delays a prune.
+    if entry.id % prune_every == 0:
+        await session.execute(
+            sql_delete(RequestLogEntry).where(RequestLogEntry.id <= entry.id - retention)
+        )
+
+
+async def list_request_log(
+    session: AsyncSession, *, external_id: str | None, limit: int
+) -> tuple[list[RequestLogEntry], int]:
+    """The newest `limit` matching entries, oldest first, and the number of matching entries."""
+    newest_first = select(RequestLogEntry).order_by(
+        RequestLogEntry.received_at.desc(), RequestLogEntry.id.desc()
+    )
+    count = select(func.count()).select_from(RequestLogEntry)
+    if external_id is not None:
+        newest_first = newest_first.where(RequestLogEntry.external_id == external_id)
+        count = count.where(RequestLogEntry.external_id == external_id)
+    items = list((await session.execute(newest_first.limit(limit))).scalars().all())
+    items.reverse()
+    total = (await session.execute(count)).scalar_one()
+    return items, total

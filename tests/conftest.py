@@ -1,0 +1,109 @@
+"""Shared fixtures: every database test runs on SQLite and again on PostgreSQL.
+
+PostgreSQL is required, not optional: `TEST_DATABASE_URL` (default
+postgresql+asyncpg://postgres@127.0.0.1:5432/test) must answer, or the PostgreSQL
+variants fail. The schema is built by the alembic migrations, as in production.
+"""
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from support import (
+    CrmControl,
+    LiveServer,
+    drop_postgres_schema,
+    free_port,
+    live,
+    postgres_url,
+    reset_postgres,
+)
+
+from crm_mock.app import create_app as create_crm_app
+from crm_mock.config import CrmSettings
+from customer_service.app import create_app
+from customer_service.config import Settings
+from customer_service.migrate import migrate
+
+_pg_ready = False
+
+
+async def _migrated_postgres() -> str:
+    global _pg_ready
+    url = postgres_url()
+    if not _pg_ready:
+        try:
+            await drop_postgres_schema(url)
+        except (OSError, ConnectionError) as exc:
+            pytest.fail(f"PostgreSQL at {url} is required for the tests and did not answer: {exc}")
+        await migrate(url)
+        _pg_ready = True
+    await reset_postgres(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty customer-service database on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'customer_service.db'}"
+        await migrate(url)
+        return url
+    return await _migrated_postgres()
+
+
+@pytest.fixture
+async def crm(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """The real CRM mock on a loopback port, with its own SQLite store."""
+    settings = CrmSettings(crm_database_url=f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}")
+    async with live(LiveServer(lambda: create_crm_app(settings))) as server:
+        yield server
+
+
+@pytest.fixture
+async def crm_control(crm: LiveServer) -> AsyncIterator[CrmControl]:
+    control = CrmControl(crm.url)
+    yield control
+    await control.close()
+
+
+@pytest.fixture
+def make_settings(database_url: str, crm: LiveServer) -> Callable[..., Settings]:
+    """Settings for the service under test: the periodic job is slow unless a test says."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "crm_base_url": crm.url,
+            "crm_timeout_seconds": 2.0,
+            "retry_interval_seconds": 3600,
+            "recovery_probe_seconds": 3600,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@pytest.fixture
+async def service_app(make_settings: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
+    app = create_app(make_settings(), run_scheduler=False)
+    async with LifespanManager(app):
+        yield app
+
+
+@pytest.fixture
+async def client(service_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The customer service in process (ASGI), talking to the live CRM mock."""
+    transport = httpx.ASGITransport(app=service_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as http:
+        yield http
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()

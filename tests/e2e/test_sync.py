@@ -1,0 +1,387 @@
+"""HTTP sync end to end: the service against the real CRM mock on loopback.
+
+Every test runs on SQLite and on PostgreSQL (the `database_url` fixture).
+"""
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from support import CrmControl, LiveServer, crm_view, eventually, expected_crm_record
+
+from customer_service.app import create_app
+from customer_service.columns import utc_now
+from customer_service.config import Settings
+from customer_service.sync.models import SyncClaim
+
+ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
+
+
+async def _create(client: httpx.AsyncClient, email: str = "ada@example.com") -> dict[str, Any]:
+    response = await client.post("/api/customers", json={**ADA, "email": email})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _update(client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any) -> None:
+    body = {**ADA, "email": customer["email"], **changes}
+    response = await client.put(f"/api/customers/{customer['id']}", json=body)
+    assert response.status_code == 200, response.text
+
+
+async def _customer(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]:
+    body: dict[str, Any] = (await client.get(f"/api/customers/{customer_id}")).json()
+    return body
+
+
+async def _outbox(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    page = (await client.get("/api/failed-requests", params={"limit": 500, **params})).json()
+    items: list[dict[str, Any]] = page["items"]
+    return items
+
+
+async def _synced(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        customer = await _customer(client, customer_id)
+        return customer if customer["crm"]["status"] == "synced" else None
+
+    return await eventually(check)
+
+
+async def _retry(client: httpx.AsyncClient) -> dict[str, int]:
+    response = await client.post("/api/failed-requests/retry")
+    assert response.status_code == 200
+    body: dict[str, int] = response.json()
+    return body
+
+
+async def _assert_equal_sides(client: httpx.AsyncClient, crm: CrmControl, customer_id: int) -> None:
+    customer = await _customer(client, customer_id)
+    records = await crm.records(customer_id)
+    assert len(records) == 1, records
+    assert crm_view(records[0]) == expected_crm_record(customer)
+    assert customer["crm"] == {
+        "id": records[0]["id"],
+        "status": "synced",
+        "syncedVersion": customer["version"],
+    }
+
+
+async def test_healthy_crm_gets_create_update_delete(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    customer = await _create(client)
+    await _synced(client, customer["id"])
+    await _update(client, customer, firstName="Augusta")
+    await eventually(lambda: _check_first_name(crm_control, customer["id"], "Augusta"))
+    await _synced(client, customer["id"])
+    await _assert_equal_sides(client, crm_control, customer["id"])
+    assert (await client.delete(f"/api/customers/{customer['id']}")).status_code == 204
+    await eventually(lambda: _no_records(crm_control, customer["id"]))
+    assert await _outbox(client) == []
+
+
+async def _check_first_name(crm: CrmControl, customer_id: int, name: str) -> bool:
+    records = await crm.records(customer_id)
+    return bool(records) and records[0]["firstName"] == name
+
+
+async def _no_records(crm: CrmControl, customer_id: int) -> bool:
+    return await crm.records(customer_id) == []
+
+
+async def test_write_answers_without_waiting_for_a_slow_crm(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(latencyMs=1500)
+    customer = await _create(client)
+    # Had the write waited for the CRM, its request would be delivered and gone by now.
+    assert customer["crm"]["status"] == "pending"
+    assert [r["operation"] for r in await _outbox(client)] == ["CREATE"]
+    await _synced(client, customer["id"])
+    await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_crm_down_by_fault_switch_keeps_requests_and_retry_delivers(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True, statusCode=503)
+    customer = await _create(client)
+    await _update(client, customer, lastName="King")
+
+    async def failed() -> list[dict[str, Any]] | None:
+        rows = await _outbox(client)
+        return rows if rows and rows[0]["status"] == "failed" else None
+
+    rows = await eventually(failed)
+    assert [r["operation"] for r in rows] == ["CREATE", "UPDATE"]
+    assert "503" in rows[0]["lastError"]
+    assert (await _customer(client, customer["id"]))["crm"]["status"] == "failed"
+    assert await crm_control.records(customer["id"]) == []
+
+    await crm_control.faults(down=False)
+    report = await _retry(client)
+    assert report == {"attempted": 2, "delivered": 2, "failed": 0, "dead": 0}
+    assert await _outbox(client) == []
+    await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_crm_process_stopped_refuses_connections_and_retry_delivers(
+    client: httpx.AsyncClient, crm: LiveServer, crm_control: CrmControl
+) -> None:
+    await crm.stop()
+    customer = await _create(client)
+
+    async def failed() -> list[dict[str, Any]] | None:
+        rows = await _outbox(client, status="failed")
+        return rows or None
+
+    rows = await eventually(failed)
+    assert "unreachable" in rows[0]["lastError"]
+    report = await _retry(client)
+    assert report["delivered"] == 0 and report["failed"] == 1
+
+    await crm.start()
+    assert (await _retry(client))["delivered"] == 1
+    await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_ten_updates_during_outage_end_with_the_last_delivered_in_order(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True)
+    customer = await _create(client)
+    for n in range(1, 11):
+        await _update(client, customer, firstName=f"v{n}")
+    assert len(await _outbox(client)) == 11
+    back_at = datetime.now(UTC).isoformat()
+    await crm_control.faults(down=False)
+    await _retry(client)
+    await _assert_equal_sides(client, crm_control, customer["id"])
+    assert (await crm_control.records(customer["id"]))[0]["firstName"] == "v10"
+
+    delivered = [
+        r
+        for r in await crm_control.requests(customer["id"])
+        if r["receivedAt"] >= back_at and r["status"] < 300
+    ]
+    assert delivered[0]["method"] == "POST"
+    versions = [int(r["body"]["firstName"][1:]) for r in delivered[1:]]
+    assert versions == sorted(versions) and versions[-1] == 10
+
+
+async def test_create_whose_answer_is_lost_leaves_exactly_one_crm_record(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    app = create_app(make_settings(crm_timeout_seconds=0.5), run_scheduler=False)
+    async with LifespanManager(app), _client(app) as client:
+        await crm_control.faults(latencyMs=1500)
+        customer = await _create(client)
+        rows = await eventually(lambda: _outbox(client, status="failed"))
+        assert "Timeout" in rows[0]["lastError"]
+        # The CRM did create the record; only its answer was lost.
+        await eventually(lambda: crm_control.records(customer["id"]))
+        await crm_control.faults(latencyMs=0)
+        assert (await _retry(client))["delivered"] == 1
+        await _assert_equal_sides(client, crm_control, customer["id"])
+        posts = [r for r in await crm_control.requests(customer["id"]) if r["method"] == "POST"]
+        assert len(posts) == 2 and posts[0]["idempotencyKey"] == posts[1]["idempotencyKey"]
+
+
+async def test_create_answered_409_adopts_the_existing_crm_record(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True)
+    customer = await _create(client, email="grace@example.com")
+    # Someone else created the record with our externalId (and stale data) meanwhile.
+    await crm_control.faults(down=False)
+    stale = {**expected_crm_record({**customer, "firstName": "Old"})}
+    made = await crm_control.http.post("/api/crm/customers", json=stale)
+    assert made.status_code == 201
+    await _retry(client)
+    await _assert_equal_sides(client, crm_control, customer["id"])
+    assert (await _customer(client, customer["id"]))["crm"]["id"] == made.json()["id"]
+
+
+async def test_permanent_error_makes_request_dead_and_replay_delivers(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True, statusCode=422)
+    customer = await _create(client)
+    rows = await eventually(lambda: _outbox(client, status="dead"))
+    assert rows[0]["attempts"] == 1
+    assert (await _customer(client, customer["id"]))["crm"]["status"] == "dead"
+
+    await crm_control.faults(down=False)
+    assert (await _retry(client))["attempted"] == 0  # dead stays dead
+    assert (await _outbox(client, status="dead"))[0]["id"] == rows[0]["id"]
+
+    replayed = await client.post(f"/api/failed-requests/{rows[0]['id']}/replay")
+    assert replayed.status_code == 200 and replayed.json()["status"] == "pending"
+    await _synced(client, customer["id"])
+    await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_dead_request_holds_back_newer_ones_until_discarded(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True, statusCode=400)
+    customer = await _create(client)
+    dead = (await eventually(lambda: _outbox(client, status="dead")))[0]
+    await crm_control.faults(down=False)
+    await _update(client, customer, firstName="Later")
+    await _retry(client)
+    assert await crm_control.records(customer["id"]) == []
+    assert (await client.delete(f"/api/failed-requests/{dead['id']}")).status_code == 204
+    # The UPDATE, now at the head, creates the record with the latest state.
+    await _synced(client, customer["id"])
+    await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_max_attempts_makes_request_dead(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    app = create_app(make_settings(retry_max_attempts=2), run_scheduler=False)
+    async with LifespanManager(app), _client(app) as client:
+        await crm_control.faults(down=True)
+        await _create(client)
+        await eventually(lambda: _outbox(client, status="failed"))
+        assert (await _retry(client))["dead"] == 1
+        rows = await _outbox(client)
+        assert rows[0]["status"] == "dead" and rows[0]["attempts"] == 2
+
+
+async def test_retry_after_is_honoured(client: httpx.AsyncClient, crm_control: CrmControl) -> None:
+    await crm_control.faults(down=True, statusCode=503, retryAfterSeconds=600)
+    before = utc_now()
+    await _create(client)
+    row = (await eventually(lambda: _outbox(client, status="failed")))[0]
+    due = datetime.fromisoformat(row["nextAttemptAt"])
+    assert due >= before + timedelta(seconds=599)
+
+
+async def test_retry_groups_run_in_parallel_across_customers_and_serially_within_one(
+    client: httpx.AsyncClient, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True)
+    customers = [await _create(client, email=f"c{n}@example.com") for n in range(2)]
+    for customer in customers:
+        await _update(client, customer, firstName="Changed")
+        assert (await client.delete(f"/api/customers/{customer['id']}")).status_code == 204
+    latency = 0.4
+    back_at = datetime.now(UTC).isoformat()
+    await crm_control.faults(down=False, latencyMs=int(latency * 1000))
+    assert (await _retry(client))["delivered"] == 6
+
+    arrivals: dict[int, list[datetime]] = {}
+    for customer in customers:
+        log = [r for r in await crm_control.requests(customer["id"]) if r["receivedAt"] >= back_at]
+        assert [r["method"] for r in log] == ["POST", "PUT", "DELETE"]
+        arrivals[customer["id"]] = [datetime.fromisoformat(r["receivedAt"]) for r in log]
+    for times in arrivals.values():
+        gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
+        assert min(gaps) >= latency * 0.95, gaps  # one at a time within a customer
+    first, second = arrivals.values()
+    assert abs((first[0] - second[0]).total_seconds()) < latency  # groups overlap
+
+
+async def test_backlog_drains_within_seconds_of_crm_return(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    settings = make_settings(recovery_probe_seconds=0.2)
+    app = create_app(settings, run_scheduler=True)
+    async with LifespanManager(app), _client(app) as client:
+        await crm_control.faults(down=True)
+        customer = await _create(client)
+        await eventually(lambda: _outbox(client, status="failed"))
+        await crm_control.faults(down=False)
+        # The retry interval is an hour: only the recovery probe can deliver this.
+        await _synced(client, customer["id"])
+        await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_scheduler_retries_every_interval(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    settings = make_settings(
+        retry_interval_seconds=0.3, retry_backoff_base_seconds=0.1, retry_backoff_max_seconds=0.2
+    )
+    app = create_app(settings, run_scheduler=True)
+    async with LifespanManager(app), _client(app) as client:
+        await crm_control.faults(down=True)
+        customer = await _create(client)
+        rows = await eventually(lambda: _outbox(client, status="failed"))
+        await eventually(lambda: _attempts_at_least(client, 3))
+        assert rows[0]["operation"] == "CREATE"
+        await crm_control.faults(down=False)
+        await _synced(client, customer["id"])
+
+
+async def _attempts_at_least(client: httpx.AsyncClient, n: int) -> bool:
+    rows = await _outbox(client)
+    return bool(rows) and rows[0]["attempts"] >= n
+
+
+async def test_two_replicas_never_deliver_one_customer_at_once(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    first = create_app(make_settings(), run_scheduler=False)
+    second = create_app(make_settings(), run_scheduler=False)
+    async with (
+        LifespanManager(first),
+        LifespanManager(second),
+        _client(first) as a,
+        _client(second) as b,
+    ):
+        await crm_control.faults(down=True)
+        customers = [await _create(a, email=f"r{n}@example.com") for n in range(4)]
+        for customer in customers:
+            await _update(b, customer, firstName="Changed")
+            assert (await b.delete(f"/api/customers/{customer['id']}")).status_code == 204
+        back_at = datetime.now(UTC).isoformat()
+        await crm_control.faults(down=False, latencyMs=200)
+        reports = await asyncio.gather(_retry(a), _retry(b), _retry(a), _retry(b))
+        assert sum(r["delivered"] for r in reports) == 12
+        assert await _outbox(a) == []
+    for customer in customers:
+        log = [r for r in await crm_control.requests(customer["id"]) if r["receivedAt"] >= back_at]
+        assert [r["method"] for r in log] == ["POST", "PUT", "DELETE"], log
+        times = [datetime.fromisoformat(r["receivedAt"]) for r in log]
+        gaps = [(y - x).total_seconds() for x, y in pairwise(times)]
+        assert min(gaps) >= 0.19, gaps
+
+
+async def test_claim_of_a_crashed_replica_expires_and_is_taken_over(
+    client: httpx.AsyncClient, service_app: FastAPI, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True)
+    customer = await _create(client)
+    await eventually(lambda: _outbox(client, status="failed"))
+    await crm_control.faults(down=False)
+    sessionmaker = service_app.state.sessionmaker
+    async with sessionmaker() as session, session.begin():
+        session.add(
+            SyncClaim(
+                customer_id=customer["id"],
+                owner="live-replica",
+                expires_at=utc_now() + timedelta(minutes=5),
+            )
+        )
+    assert (await _retry(client))["attempted"] == 0  # another replica holds it
+    async with sessionmaker() as session, session.begin():
+        claim = await session.get(SyncClaim, customer["id"])
+        assert claim is not None
+        claim.owner = "crashed-replica"
+        claim.expires_at = utc_now() - timedelta(seconds=1)
+    assert (await _retry(client))["delivered"] == 1
+    await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service")

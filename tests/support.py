@@ -1,0 +1,172 @@
+"""Test helpers: live servers on loopback, polling with a deadline, database set-up."""
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+T = TypeVar("T")
+
+DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+TABLES = ("customers", "failed_requests", "sync_claims")
+
+
+def postgres_url() -> str:
+    return os.environ.get("TEST_DATABASE_URL", DEFAULT_PG_URL)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], within: float = 15.0, interval: float = 0.05
+) -> T:
+    """Poll `check` until it returns a truthy value; fail with its last value at the deadline."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while True:
+        try:
+            last = await check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+class LiveServer:
+    """A real uvicorn server for `app` on 127.0.0.1, in this event loop; stop and start
+    it again on the same port to simulate a process going away."""
+
+    def __init__(self, app_factory: Callable[[], FastAPI], port: int | None = None) -> None:
+        self._factory = app_factory
+        self.port = port or free_port()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self._factory(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        await eventually(
+            lambda: asyncio.sleep(0, self._server is not None and self._server.started)
+        )
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, timeout=10)
+        self._server = None
+        self._task = None
+
+
+@contextlib.asynccontextmanager
+async def live(server: LiveServer) -> AsyncIterator[LiveServer]:
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def reset_postgres(url: str) -> None:
+    """Empty our tables (the schema stays, migrated once per session)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
+    finally:
+        await engine.dispose()
+
+
+async def drop_postgres_schema(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table in (*TABLES, "alembic_version"):
+                await conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+class CrmControl:
+    """Drive the CRM mock over HTTP: its fault switch, its records, its request log."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+
+    async def faults(self, **changes: Any) -> dict[str, Any]:
+        response = await self.http.put("/api/crm/_faults", json=changes)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def records(self, external_id: str | int | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": 1000}
+        if external_id is not None:
+            params["externalId"] = str(external_id)
+        response = await self.http.get("/api/crm/customers", params=params)
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def requests(self, external_id: str | int | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": 100000}
+        if external_id is not None:
+            params["externalId"] = str(external_id)
+        response = await self.http.get("/api/crm/_requests", params=params)
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def expected_crm_record(customer: dict[str, Any]) -> dict[str, Any]:
+    """What the CRM must hold for a customer as the service's API shows it."""
+    address = customer.get("address") or {}
+    parts = [address.get(k) for k in ("street", "city", "state", "postalCode", "country")]
+    return {
+        "externalId": str(customer["id"]),
+        "firstName": customer["firstName"],
+        "lastName": customer["lastName"],
+        "email": customer["email"],
+        "phone": customer["phone"],
+        "address": ", ".join(p for p in parts if p),
+    }
+
+
+def crm_view(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("externalId", "firstName", "lastName", "email", "phone", "address")
+    return {k: record.get(k) for k in keys}

@@ -1,0 +1,64 @@
+"""The httpx CRM client, against respx (unit level: no CRM process)."""
+
+import httpx
+import pytest
+import respx
+
+from customer_service.config import Settings
+from customer_service.crm.client import CrmClient, CrmUnreachable, build_http_client
+
+BASE = "http://crm.test"
+
+
+@pytest.fixture
+async def client() -> CrmClient:
+    settings = Settings(crm_base_url=BASE, crm_api_token="s3cret", crm_timeout_seconds=0.5)
+    return CrmClient(build_http_client(settings))
+
+
+@respx.mock
+async def test_create_sends_idempotency_key_and_bearer_token(client: CrmClient) -> None:
+    route = respx.post(f"{BASE}/api/crm/customers").mock(
+        return_value=httpx.Response(201, json={"id": "c1"})
+    )
+    answer = await client.create({"externalId": "1"}, "key-1")
+    assert answer.status == 201 and answer.body == {"id": "c1"}
+    sent = route.calls.last.request
+    assert sent.headers["Idempotency-Key"] == "key-1"
+    assert sent.headers["Authorization"] == "Bearer s3cret"
+
+
+@respx.mock
+async def test_no_token_no_authorization_header() -> None:
+    client = CrmClient(build_http_client(Settings(crm_base_url=BASE)))
+    route = respx.delete(f"{BASE}/api/crm/customers/c1").mock(return_value=httpx.Response(204))
+    answer = await client.remove("c1", "k")
+    assert answer.ok
+    assert "Authorization" not in route.calls.last.request.headers
+
+
+@respx.mock
+async def test_timeout_is_unreachable(client: CrmClient) -> None:
+    respx.put(f"{BASE}/api/crm/customers/c1").mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(CrmUnreachable):
+        await client.replace("c1", {}, "k")
+
+
+@respx.mock
+async def test_retry_after_header_is_kept(client: CrmClient) -> None:
+    respx.post(f"{BASE}/api/crm/customers").mock(
+        return_value=httpx.Response(503, headers={"Retry-After": "30"}, json={"detail": "down"})
+    )
+    answer = await client.create({}, "k")
+    assert not answer.ok
+    assert answer.retry_after == "30"
+    assert answer.describe() == "CRM answered 503: down"
+
+
+@respx.mock
+async def test_ping_is_false_on_5xx_and_true_on_200(client: CrmClient) -> None:
+    route = respx.get(f"{BASE}/api/crm/customers")
+    route.mock(return_value=httpx.Response(503))
+    assert not await client.ping()
+    route.mock(return_value=httpx.Response(200, json={"items": [], "total": 0}))
+    assert await client.ping()

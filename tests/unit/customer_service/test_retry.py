@@ -1,0 +1,67 @@
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from customer_service.sync.retry import (
+    JITTER,
+    backoff_seconds,
+    is_exhausted,
+    is_permanent,
+    next_attempt_at,
+    parse_retry_after,
+)
+
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+def test_other_4xx_are_permanent(status: int) -> None:
+    assert is_permanent(status)
+
+
+@pytest.mark.parametrize("status", [None, 408, 409, 425, 429, 500, 502, 503, 504])
+def test_timeouts_throttling_and_5xx_are_transient(status: int | None) -> None:
+    assert not is_permanent(status)
+
+
+def test_backoff_doubles_within_jitter_and_is_capped() -> None:
+    rand = random.Random(7)
+    for attempts in range(1, 30):
+        expected = min(3600.0, 2.0 ** (attempts - 1))
+        delay = backoff_seconds(attempts, 1.0, 3600.0, rand)
+        assert expected * (1 - JITTER) <= delay <= min(3600.0, expected * (1 + JITTER))
+
+
+def test_jitter_spreads_delays() -> None:
+    rand = random.Random(1)
+    delays = {round(backoff_seconds(5, 1.0, 3600.0, rand), 6) for _ in range(20)}
+    assert len(delays) > 10
+
+
+def test_default_budget_spans_about_fourteen_hours() -> None:
+    mean_total = sum(min(3600.0, 2.0 ** (n - 1)) for n in range(1, 25))
+    assert 12 * 3600 < mean_total < 16 * 3600
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("120", NOW) == 120.0
+    later = "Tue, 24 Nov 2026 10:05:00 GMT"
+    assert parse_retry_after(later, NOW) == 300.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+
+
+def test_retry_after_longer_than_backoff_wins() -> None:
+    due = next_attempt_at(NOW, 1, 1.0, 3600.0, retry_after=120.0)
+    assert due == NOW + timedelta(seconds=120)
+
+
+def test_backoff_longer_than_retry_after_wins() -> None:
+    due = next_attempt_at(NOW, 10, 1.0, 3600.0, retry_after=1.0, rand=random.Random(3))
+    assert due > NOW + timedelta(seconds=400)
+
+
+def test_exhausted_at_max_attempts() -> None:
+    assert not is_exhausted(24, 25)
+    assert is_exhausted(25, 25)
