@@ -2,12 +2,13 @@
 
 For each call, in this order:
 
-1. faults: sleep `latencyMs`, then answer `statusCode` (and `Retry-After`) when the CRM is
+1. idempotency: a POST, PUT or DELETE with an `Idempotency-Key` takes the key's lock (repeats
+   of one key run one at a time) and looks up the answer first given to the key;
+2. faults: sleep `latencyMs`, then answer `statusCode` (and `Retry-After`) when the CRM is
    `down` or the call loses the `errorRate` draw; such a call changes nothing;
-2. auth: when `CRM_API_TOKEN` is set, a call without `Authorization: Bearer <token>` gets 401;
-3. idempotency: a POST, PUT or DELETE whose `Idempotency-Key` was seen before gets the first
-   answer again and changes nothing; repeats of one key run one at a time;
-4. the endpoint itself;
+3. auth: when `CRM_API_TOKEN` is set, a call without `Authorization: Bearer <token>` gets 401;
+4. the first answer again if the key was seen before (nothing changes), else the endpoint
+   itself, whose answer is then kept for the key (unless it is a 5xx);
 5. the request log: every call, whatever happened to it, is appended to `crm_request_log`
    with the status it was answered, before the answer leaves (so a client that has the
    answer also finds the entry).
@@ -197,6 +198,35 @@ class CustomerCallsGateway:
     async def _answer(
         self, runtime: CrmRuntime, call: Call, scope: Scope, receive: Receive
     ) -> Answer:
+        key = call.idempotency_key
+        if key is None or call.method not in IDEMPOTENT_METHODS:
+            answer, _ = await self._process(runtime, call, scope, receive, stored=None)
+            return answer
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            return Answer.problem(
+                400, f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            )
+        # The lock spans look-up, delay, execution and saving: a repeat that arrives while
+        # the first call is still being processed waits for its answer instead of running too.
+        async with runtime.idempotency_locks.hold(key):
+            stored = await self._find_answer(runtime, key)
+            answer, executed = await self._process(runtime, call, scope, receive, stored=stored)
+            # Only an answer of a call that ran is kept. A 5xx changed nothing (or nobody knows
+            # what it did), a fault or a 401 never ran: a retry with the key must run again.
+            if executed and answer.status < 500:
+                await self._save_answer(runtime, key, call, answer)
+            return answer
+
+    async def _process(
+        self,
+        runtime: CrmRuntime,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        *,
+        stored: store.IdempotentAnswer | None,
+    ) -> tuple[Answer, bool]:
+        """Delay, fault, auth, then replay `stored` or run the endpoint; True if it ran."""
         latency_ms = runtime.faults.latency_ms
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)
@@ -204,29 +234,15 @@ class CustomerCallsGateway:
         # a request waits.
         fault = decide_fault(runtime.faults, runtime.rng.random())
         if fault is not None:
-            return Answer.fault(fault)
+            return Answer.fault(fault), False
         if not is_authorized(call.headers.get("authorization"), runtime.settings.crm_api_token):
-            return Answer.problem(
+            refusal = Answer.problem(
                 401, "a valid bearer token is required", {"www-authenticate": "Bearer"}
             )
-        key = call.idempotency_key
-        if key is None or call.method not in IDEMPOTENT_METHODS:
-            return await self._execute(call, scope, receive)
-        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            return Answer.problem(
-                400, f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-            )
-        # The lock covers look-up, execution and saving, so a repeat arriving while the first
-        # call still runs waits for its answer instead of executing a second time.
-        async with runtime.idempotency_locks.hold(key):
-            stored = await self._find_answer(runtime, key)
-            if stored is not None:
-                return Answer.replay(stored)
-            answer = await self._execute(call, scope, receive)
-            # A 5xx changed nothing (or nobody knows what it did): let a retry run again.
-            if answer.status < 500:
-                await self._save_answer(runtime, key, call, answer)
-            return answer
+            return refusal, False
+        if stored is not None:
+            return Answer.replay(stored), False
+        return await self._execute(call, scope, receive), True
 
     async def _execute(self, call: Call, scope: Scope, receive: Receive) -> Answer:
         """Run the endpoint on the buffered body and capture its whole answer."""

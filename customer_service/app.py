@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await dispatcher.close()
-            await retry_job.wait_forced()
+            await retry_job.close()
             await http.aclose()
             await engine.dispose()
 

@@ -44,9 +44,10 @@ class Settings(BaseSettings):
     # Not in the SPEC table: how often a replica probes a CRM it saw failing, so that a
     # backlog starts draining within seconds of the CRM's return (guarantee 7).
     recovery_probe_seconds: PositiveSeconds = 1.0
-    # How long a replica's claim on one customer's requests lasts before another may take it
-    # over (guarantee 6); renewed before every CRM call.
-    claim_lease_seconds: PositiveSeconds = 30.0
+    # How long a replica's claim on one customer's requests lasts unless renewed; a live
+    # replica renews it every third of that while it delivers, so this bounds how long the
+    # customers of a crashed replica wait before another takes them over (guarantee 6).
+    claim_lease_seconds: PositiveSeconds = 10.0
 
 
 def describe_error(error: ValidationError) -> str:

@@ -82,6 +82,8 @@ def make_settings(database_url: str, crm: LiveServer) -> Callable[..., Settings]
             "crm_timeout_seconds": 2.0,
             "retry_interval_seconds": 3600,
             "recovery_probe_seconds": 3600,
+            # Long backoff: a failed request waits for the test's own retry pass.
+            "retry_backoff_base_seconds": 30,
         }
         values.update(overrides)
         return Settings(**values)

@@ -5,9 +5,11 @@ queue; record the answer) is its own short transaction, so a slow CRM never hold
 lock that an API write needs.
 """
 
+import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,12 +43,15 @@ class PassCounts:
     delivered: int = 0
     failed: int = 0
     dead: int = 0
+    # Customers skipped because another replica (or a crashed one) holds their claim.
+    busy: int = 0
 
     def add(self, other: "PassCounts") -> None:
         self.attempted += other.attempted
         self.delivered += other.delivered
         self.failed += other.failed
         self.dead += other.dead
+        self.busy += other.busy
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -81,7 +86,8 @@ class Deliverer:
         self._sender = sender
         self._settings = settings
         self.health = health or CrmHealth()
-        # Unique per process: the name under which this replica claims customers.
+        # This replica's name; each drain claims under `<owner>:<drain>`, so two drains of
+        # one customer in the same process exclude each other as two replicas do.
         self.owner = f"{uuid.uuid4().hex[:12]}"
 
     async def deliver_customer(self, customer_id: int, force: bool = False) -> PassCounts:
@@ -93,31 +99,70 @@ class Deliverer:
         counts = PassCounts()
         while True:
             claimed = await self._drain(customer_id, force, counts)
-            if not claimed or not await self._has_due(customer_id):
+            if not claimed:
+                counts.busy += 1
+                return counts
+            if not await self._has_due(customer_id):
                 return counts
             # A request committed while we were releasing the claim: take it too.
             force = False
 
-    async def _drain(self, customer_id: int, force: bool, counts: PassCounts) -> bool:
-        try:
+    async def _claim(self, customer_id: int, token: str) -> bool:
+        async with self._sessionmaker() as session, session.begin():
+            return await repository.claim(
+                session, customer_id, token, utc_now(), self._settings.claim_lease_seconds
+            )
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, customer_id: int, token: str) -> AsyncIterator[None]:
+        """Keep renewing our claim while we work, so a slow CRM call never lets it lapse."""
+
+        async def renew() -> None:
             while True:
-                async with self._sessionmaker() as session, session.begin():
-                    now = utc_now()
-                    if not await repository.claim(
-                        session, customer_id, self.owner, now, self._settings.claim_lease_seconds
-                    ):
-                        return False
-                    rows = await repository.queue_of(session, customer_id)
-                    crm_id = await repository.current_crm_id(session, customer_id)
-                plan = plan_next(rows, now, force)
-                if isinstance(plan, Hold):
-                    return True
-                failed = await self._attempt(plan, crm_id, counts)
-                if failed:
-                    return True
+                await asyncio.sleep(self._settings.claim_lease_seconds / 3)
+                try:
+                    await self._claim(customer_id, token)
+                except Exception:
+                    log.warning("could not renew the claim on customer %s", customer_id)
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _drain(self, customer_id: int, force: bool, counts: PassCounts) -> bool:
+        token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        if not await self._claim(customer_id, token):
+            return False
+        try:
+            async with self._heartbeat(customer_id, token):
+                return await self._send_queue(customer_id, token, force, counts)
         finally:
             async with self._sessionmaker() as session, session.begin():
-                await repository.release(session, customer_id, self.owner)
+                await repository.release(session, customer_id, token)
+
+    async def _send_queue(
+        self, customer_id: int, token: str, force: bool, counts: PassCounts
+    ) -> bool:
+        """Send batches until the queue holds; False if the claim was lost meanwhile."""
+        while True:
+            async with self._sessionmaker() as session, session.begin():
+                now = utc_now()
+                # Renewing is also the check that the claim is still ours.
+                if not await repository.claim(
+                    session, customer_id, token, now, self._settings.claim_lease_seconds
+                ):
+                    return False
+                rows = await repository.queue_of(session, customer_id)
+                crm_id = await repository.current_crm_id(session, customer_id)
+            plan = plan_next(rows, now, force)
+            if isinstance(plan, Hold):
+                return True
+            if await self._attempt(plan, crm_id, counts):
+                return True
 
     async def _attempt(self, batch: Batch, crm_id: str | None, counts: PassCounts) -> bool:
         """Send one batch and record its answer; True when it failed."""

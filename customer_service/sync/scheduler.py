@@ -39,6 +39,7 @@ class RetryJob:
         self._settings = settings
         self._client = client
         self._forced: asyncio.Task[PassCounts] | None = None
+        self._follow_up: asyncio.Task[None] | None = None
         deliverer.health.on_recovery.append(self.start_forced_pass)
 
     async def run_pass(self, force: bool = False) -> PassCounts:
@@ -67,14 +68,29 @@ class RetryJob:
 
     async def tick(self) -> None:
         try:
-            await self.run_pass()
+            self._follow_up_if_busy(await self.run_pass())
         except Exception:
             log.exception("retry pass failed")
 
     def start_forced_pass(self) -> None:
         """Drain everything now (the CRM is back); one such pass at a time."""
         if self._forced is None or self._forced.done():
-            self._forced = asyncio.create_task(self.run_pass(force=True), name="forced-retry")
+            self._forced = asyncio.create_task(self._forced_pass(), name="forced-retry")
+
+    async def _forced_pass(self) -> PassCounts:
+        counts = await self.run_pass(force=True)
+        self._follow_up_if_busy(counts)
+        return counts
+
+    def _follow_up_if_busy(self, counts: PassCounts) -> None:
+        """Customers claimed elsewhere may be a crashed replica's (or this process's before
+        a restart): look again once such a claim has expired, not only at the next tick."""
+        if counts.busy and (self._follow_up is None or self._follow_up.done()):
+            self._follow_up = asyncio.create_task(self._after_lease(), name="claim-follow-up")
+
+    async def _after_lease(self) -> None:
+        await asyncio.sleep(self._settings.claim_lease_seconds + 0.5)
+        await self.tick()
 
     async def probe(self) -> None:
         """While the CRM is suspect, ask it if it is back; if so, drain at once."""
@@ -85,9 +101,12 @@ class RetryJob:
             self._deliverer.health.suspect = False
             self.start_forced_pass()
 
-    async def wait_forced(self) -> None:
-        if self._forced is not None:
-            await asyncio.gather(self._forced, return_exceptions=True)
+    async def close(self) -> None:
+        """Stop the follow-up and wait for a forced pass in flight."""
+        if self._follow_up is not None:
+            self._follow_up.cancel()
+        tasks = [t for t in (self._forced, self._follow_up) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def build_scheduler(job: RetryJob, settings: Settings) -> AsyncIOScheduler:

@@ -22,9 +22,11 @@ async def service_process(
         "DATABASE_URL": database_url,
         "CRM_BASE_URL": crm_url,
         "PORT": str(port),
-        "CRM_TIMEOUT_SECONDS": "30",
+        "CRM_TIMEOUT_SECONDS": "10",
         "RETRY_INTERVAL_SECONDS": "3600",
         "RECOVERY_PROBE_SECONDS": "0.2",
+        # The killed process's claims lapse after this; short, so the test is quick.
+        "CLAIM_LEASE_SECONDS": "2",
     }
     process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
         [sys.executable, "-m", "customer_service", "serve"],
