@@ -3,9 +3,11 @@
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -13,7 +15,7 @@ from crm_mock import store
 from crm_mock.config import CrmSettings
 from crm_mock.deps import CrmRuntime
 from crm_mock.gateway import CustomerCallsGateway
-from crm_mock.problems import field_errors, problem_response
+from crm_mock.problems import PROBLEM_MEDIA_TYPE, field_errors, problem_response
 from crm_mock.routes import admin_router, customers_router, health_router
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ def create_app(settings: CrmSettings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.add_middleware(CustomerCallsGateway)
     _add_problem_handlers(app)
+    _document_problems(app)
     return app
 
 
@@ -76,6 +79,30 @@ def _add_problem_handlers(app: FastAPI) -> None:
         return problem_response(409, str(error))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, _error: Exception) -> JSONResponse:
-        # Starlette logs the exception itself; the client gets the same shape as other errors.
+    async def _unexpected(_request: Request, _error: Exception) -> JSONResponse:
+        # Starlette re-raises after answering, so the traceback still reaches the server log.
         return problem_response(500, "the CRM failed to process the request")
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make `/openapi.json` show error answers as they are sent: problem+json, not JSON."""
+    problem_schema = {"$ref": "#/components/schemas/Problem"}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            for operation in _operations(schema):
+                for code, answer in operation.get("responses", {}).items():
+                    content = answer.get("content", {})
+                    if code == "422" or PROBLEM_MEDIA_TYPE in content:
+                        answer["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_schema}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    return [operation for path in schema.get("paths", {}).values() for operation in path.values()]

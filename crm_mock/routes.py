@@ -28,7 +28,14 @@ _PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_PROBLEM, "description": "No such record"}}
 _INVALID: dict[int | str, dict[str, Any]] = {422: {**_PROBLEM, "description": "Invalid input"}}
 
-customers_router = APIRouter(prefix=CUSTOMERS_PATH, tags=["customers"])
+customers_router = APIRouter(
+    prefix=CUSTOMERS_PATH,
+    tags=["customers"],
+    responses={
+        401: {**_PROBLEM, "description": "CRM_API_TOKEN is set and the bearer token is not"},
+        503: {**_PROBLEM, "description": "A fault injected by /api/crm/_faults (its statusCode)"},
+    },
+)
 admin_router = APIRouter(prefix="/api/crm", tags=["test controls"])
 health_router = APIRouter(tags=["health"])
 

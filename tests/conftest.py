@@ -5,9 +5,12 @@ postgresql+asyncpg://postgres@127.0.0.1:5432/test) must answer, or the PostgreSQ
 variants fail. The schema is built by the alembic migrations, as in production.
 """
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -16,7 +19,8 @@ from fastapi import FastAPI
 from support import (
     CrmControl,
     LiveServer,
-    drop_postgres_schema,
+    create_database,
+    drop_database,
     free_port,
     live,
     postgres_url,
@@ -29,21 +33,28 @@ from customer_service.app import create_app
 from customer_service.config import Settings
 from customer_service.migrate import migrate
 
-_pg_ready = False
+T = TypeVar("T")
 
 
-async def _migrated_postgres() -> str:
-    global _pg_ready
-    url = postgres_url()
-    if not _pg_ready:
-        try:
-            await drop_postgres_schema(url)
-        except (OSError, ConnectionError) as exc:
-            pytest.fail(f"PostgreSQL at {url} is required for the tests and did not answer: {exc}")
-        await migrate(url)
-        _pg_ready = True
-    await reset_postgres(url)
-    return url
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """This run's own database on the PostgreSQL server (so runs never share tables),
+    migrated once; dropped at the end."""
+    server = postgres_url()
+    name = f"crm_sync_test_{os.getpid()}"
+    try:
+        url = _run_aside(create_database(server, name))
+    except (OSError, ConnectionError) as exc:
+        pytest.fail(f"PostgreSQL at {server} is required for the tests and did not answer: {exc}")
+    _run_aside(migrate(url))
+    yield url
+    _run_aside(drop_database(server, name))
+
+
+def _run_aside(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to the end on its own loop in a thread (a test's loop may be running)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -53,7 +64,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite+aiosqlite:///{tmp_path / 'customer_service.db'}"
         await migrate(url)
         return url
-    return await _migrated_postgres()
+    url = request.getfixturevalue("postgres_database")
+    await reset_postgres(url)
+    return str(url)
 
 
 @pytest.fixture

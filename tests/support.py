@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 T = TypeVar("T")
@@ -108,12 +108,23 @@ async def reset_postgres(url: str) -> None:
         await engine.dispose()
 
 
-async def drop_postgres_schema(url: str) -> None:
-    engine = create_async_engine(url)
+async def create_database(server_url: str, name: str) -> str:
+    """A new, empty database `name` on the server of `server_url`; returns its URL."""
+    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
-        async with engine.begin() as conn:
-            for table in (*TABLES, "alembic_version"):
-                await conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+    return str(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         await engine.dispose()
 

@@ -1,5 +1,11 @@
-"""Fixtures that run the CRM mock in-process on a temporary SQLite file."""
+"""Fixtures that run the CRM mock in-process, on SQLite and again on PostgreSQL.
 
+As for the rest of the suite, PostgreSQL is required: `TEST_DATABASE_URL` (default
+postgresql+asyncpg://postgres@127.0.0.1:5432/test) must answer. Only the mock's own `crm_*`
+tables are dropped there before each test; nothing else in that database is touched.
+"""
+
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -7,16 +13,40 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy.exc import DBAPIError
 
+from crm_mock import store
 from crm_mock.app import create_app
 from crm_mock.config import CrmSettings
+
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 StartCrm = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
-@pytest.fixture
-def crm_database_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'crm_mock.db'}"
+def postgres_test_url() -> str:
+    """`TEST_DATABASE_URL` (or the default) as an asyncpg URL."""
+    url = os.environ.get("TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def crm_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL with no CRM data in it, on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'crm_mock.db'}"
+    url = postgres_test_url()
+    engine = store.create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(store.Base.metadata.drop_all)
+    except (OSError, DBAPIError) as error:
+        pytest.fail(f"PostgreSQL at {url} is required for the tests and did not answer: {error}")
+    finally:
+        await engine.dispose()
+    return url
 
 
 @pytest.fixture
@@ -44,7 +74,7 @@ def start_crm(crm_database_url: str) -> StartCrm:
 
 
 @pytest.fixture
-async def crm(start_crm: StartCrm) -> AsyncIterator[httpx.AsyncClient]:
+async def crm_api(start_crm: StartCrm) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a running CRM mock without an API token."""
     async with start_crm() as client:
         yield client

@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -88,10 +89,14 @@ async def test_create_tables_keeps_existing_data(crm_database_url: str) -> None:
     assert total == 1
 
 
-async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
-        journal_mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
-        busy_timeout = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    engine = store.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'pragmas.db'}")
+    try:
+        async with engine.connect() as connection:
+            journal_mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            busy_timeout = (await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+    finally:
+        await engine.dispose()
 
     assert journal_mode == "wal"
     assert busy_timeout == store.SQLITE_BUSY_TIMEOUT_MS
