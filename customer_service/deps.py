@@ -4,11 +4,12 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.config import Settings
 from customer_service.errors import Unauthorized
+from customer_service.schemas import INT32_MAX, INT64_MAX
 from customer_service.sync.outbox import PENDING_KICKS
 
 
@@ -37,6 +38,8 @@ def get_settings(request: Request) -> Settings:
 # got 201 can read its write back at once.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CustomerId = Annotated[int, Path(ge=1, le=INT32_MAX)]
+RequestId = Annotated[int, Path(ge=1, le=INT64_MAX)]
 
 
 async def require_api_key(

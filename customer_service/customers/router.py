@@ -6,8 +6,8 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from customer_service.customers import service
 from customer_service.customers.schemas import CustomerCreate, CustomerRead
-from customer_service.deps import SessionDep
-from customer_service.schemas import Page
+from customer_service.deps import CustomerId, SessionDep
+from customer_service.schemas import INT32_MAX, Page
 
 router = APIRouter(prefix="/api/customers", tags=["customers"])
 
@@ -31,21 +31,23 @@ async def create_customer(
 async def list_customers(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Page[CustomerRead]:
     customers, total = await service.page(session, limit, offset)
     return Page(items=await service.read_models(session, customers), total=total)
 
 
 @router.get("/{customer_id}", response_model=CustomerRead)
-async def get_customer(customer_id: int, session: SessionDep, response: Response) -> CustomerRead:
+async def get_customer(
+    customer_id: CustomerId, session: SessionDep, response: Response
+) -> CustomerRead:
     (read,) = await service.read_models(session, [await service.get(session, customer_id)])
     return _etag(response, read)
 
 
 @router.put("/{customer_id}", response_model=CustomerRead)
 async def replace_customer(
-    customer_id: int,
+    customer_id: CustomerId,
     body: CustomerCreate,
     session: SessionDep,
     response: Response,
@@ -57,6 +59,6 @@ async def replace_customer(
 
 
 @router.delete("/{customer_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_customer(customer_id: int, session: SessionDep) -> Response:
+async def delete_customer(customer_id: CustomerId, session: SessionDep) -> Response:
     await service.delete(session, customer_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from pydantic import EmailStr, Field, StringConstraints
 
-from customer_service.schemas import CamelModel
+from customer_service.schemas import CamelModel, InputModel
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
-class Address(CamelModel):
+class Address(InputModel):
     street: Annotated[str | None, Field(max_length=200)] = None
     city: Annotated[str | None, Field(max_length=100)] = None
     state: Annotated[str | None, Field(max_length=100)] = None
@@ -19,7 +19,7 @@ class Address(CamelModel):
     country: Annotated[str | None, Field(max_length=100)] = None
 
 
-class CustomerCreate(CamelModel):
+class CustomerCreate(InputModel):
     """The body of POST and PUT (PUT is a full replacement)."""
 
     first_name: Name

@@ -5,9 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from customer_service.columns import utc_now
-from customer_service.deps import SessionDep
+from customer_service.deps import RequestId, SessionDep
 from customer_service.errors import RequestNotFound
-from customer_service.schemas import Page
+from customer_service.schemas import INT32_MAX, Page
 from customer_service.sync import repository
 from customer_service.sync.models import RequestStatus
 from customer_service.sync.outbox import PENDING_KICKS
@@ -20,9 +20,9 @@ router = APIRouter(prefix="/api/failed-requests", tags=["failed requests"])
 async def list_failed_requests(
     session: SessionDep,
     status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
-    customer_id: Annotated[int | None, Query(alias="customerId")] = None,
+    customer_id: Annotated[int | None, Query(alias="customerId", ge=1, le=INT32_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Page[FailedRequestRead]:
     rows, total = await repository.page(session, status_, customer_id, limit, offset)
     return Page(items=[FailedRequestRead.model_validate(r) for r in rows], total=total)
@@ -36,7 +36,7 @@ async def retry_now(request: Request) -> RetryReport:
 
 
 @router.post("/{request_id}/replay", response_model=FailedRequestRead)
-async def replay(request_id: int, session: SessionDep) -> FailedRequestRead:
+async def replay(request_id: RequestId, session: SessionDep) -> FailedRequestRead:
     row = await repository.replay(session, request_id, utc_now())
     if row is None:
         raise RequestNotFound(request_id)
@@ -45,7 +45,7 @@ async def replay(request_id: int, session: SessionDep) -> FailedRequestRead:
 
 
 @router.delete("/{request_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def discard(request_id: int, session: SessionDep) -> Response:
+async def discard(request_id: RequestId, session: SessionDep) -> Response:
     row = await repository.discard(session, request_id)
     if row is None:
         raise RequestNotFound(request_id)

@@ -402,3 +402,22 @@ async def test_claim_of_a_crashed_replica_expires_and_is_taken_over(
 
 def _client(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service")
+
+
+async def test_two_drains_of_one_customer_in_one_process_never_overlap(
+    client: httpx.AsyncClient, service_app: FastAPI, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(down=True)
+    customer = await _create(client)
+    await _update(client, customer, firstName="Changed")
+    await eventually(lambda: _idle(client))
+    await crm_control.faults(down=False, latencyMs=300)
+    deliverer = service_app.state.deliverer
+    first, second = await asyncio.gather(
+        deliverer.deliver_customer(customer["id"], force=True),
+        deliverer.deliver_customer(customer["id"], force=True),
+    )
+    assert first.delivered + second.delivered == 2
+    assert first.busy + second.busy == 1
+    writes = [r for r in await crm_control.requests(customer["id"]) if r["status"] < 300]
+    assert [r["method"] for r in writes if r["method"] != "GET"] == ["POST", "PUT"]

@@ -224,3 +224,29 @@ async def test_api_key_is_required_when_set(make_settings: Any) -> None:
             ok = await http.get("/api/customers", headers={"X-API-Key": "k3y"})
             assert ok.status_code == 200
             assert (await http.get("/health")).status_code == 200
+
+
+@pytest.mark.parametrize("customer_id", ["0", "-1", "99999999999999999999", "2147483648"])
+async def test_out_of_range_ids_are_422_not_a_database_error(
+    client: httpx.AsyncClient, customer_id: str
+) -> None:
+    _problem(await client.get(f"/api/customers/{customer_id}"), 422)
+    _problem(await client.delete(f"/api/failed-requests/{customer_id}0000000000"), 422)
+
+
+async def test_huge_offset_or_customer_filter_is_422(client: httpx.AsyncClient) -> None:
+    _problem(await client.get("/api/customers", params={"offset": 10**12}), 422)
+    _problem(await client.get("/api/failed-requests", params={"customerId": 10**12}), 422)
+
+
+async def test_nul_character_is_422_and_nothing_is_stored(client: httpx.AsyncClient) -> None:
+    body = {**ADA, "firstName": "A\x00da", "address": {"city": "Lon\x00don"}}
+    errors = _problem(await client.post("/api/customers", json=body), 422)["errors"]
+    assert {e["field"] for e in errors} == {"firstName", "address.city"}
+    assert (await client.get("/api/customers")).json()["total"] == 0
+
+
+async def test_wrong_json_types_are_422(client: httpx.AsyncClient) -> None:
+    _problem(await client.post("/api/customers", json=[1, 2]), 422)
+    _problem(await client.post("/api/customers", json={**ADA, "address": "London"}), 422)
+    _problem(await client.post("/api/customers", json={**ADA, "phone": 12}), 422)
