@@ -1,6 +1,5 @@
 """Database engine, session factory and the metadata every model shares."""
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import MetaData, event
@@ -49,16 +48,3 @@ def create_engine(url: str) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-async def session_scope(
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[AsyncSession]:
-    """One transaction: commit when the block ends normally, roll back otherwise."""
-    async with sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise

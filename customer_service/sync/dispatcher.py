@@ -48,12 +48,20 @@ class Dispatcher:
         finally:
             self._running.pop(customer_id, None)
 
-    async def close(self) -> None:
-        """Stop taking kicks and wait for the deliveries in flight."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop taking kicks; give deliveries in flight `grace` seconds, then cancel them.
+
+        A cancelled delivery loses nothing: its row stays in the outbox, and a CRM call that
+        did land is recognised by its Idempotency-Key when the row is sent again.
+        """
         self._closed = True
         tasks = list(self._running.values())
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def in_flight(self) -> int:

@@ -102,10 +102,10 @@ class RetryJob:
             self.start_forced_pass()
 
     async def close(self) -> None:
-        """Stop the follow-up and wait for a forced pass in flight."""
-        if self._follow_up is not None:
-            self._follow_up.cancel()
+        """Cancel the background passes (what they did not finish stays in the outbox)."""
         tasks = [t for t in (self._forced, self._follow_up) if t is not None]
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
