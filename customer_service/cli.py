@@ -80,6 +80,7 @@ async def _retry(settings: Settings) -> int:
     from customer_service.db import create_engine, create_sessionmaker
     from customer_service.sync.delivery import Deliverer
     from customer_service.sync.http_sender import HttpSender
+    from customer_service.sync.retry import Urgency
     from customer_service.sync.scheduler import RetryJob
 
     engine = create_engine(settings.database_url)
@@ -87,7 +88,7 @@ async def _retry(settings: Settings) -> int:
     try:
         sessionmaker = create_sessionmaker(engine)
         deliverer = Deliverer(sessionmaker, HttpSender(CrmClient(http)), settings)
-        counts = await RetryJob(sessionmaker, deliverer, settings).run_pass(force=True)
+        counts = await RetryJob(sessionmaker, deliverer, settings).run_pass(Urgency.OPERATOR)
     finally:
         await http.aclose()
         await engine.dispose()

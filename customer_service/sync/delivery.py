@@ -19,14 +19,9 @@ from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
 from customer_service.sync.models import FailedRequest
-from customer_service.sync.outcome import Delivered, Failed, Outcome
+from customer_service.sync.outcome import Delivered, Outcome
 from customer_service.sync.plan import Batch, Hold, plan_next
-from customer_service.sync.retry import (
-    is_exhausted,
-    is_permanent,
-    next_attempt_at,
-    parse_retry_after,
-)
+from customer_service.sync.retry import RetryPolicy, Urgency, judge_failure, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +81,34 @@ class Deliverer:
         self._sender = sender
         self._settings = settings
         self.health = health or CrmHealth()
+        self._policy = RetryPolicy(
+            settings.retry_backoff_base_seconds,
+            settings.retry_backoff_max_seconds,
+            settings.retry_max_attempts,
+        )
         # This replica's name; each drain claims under `<owner>:<drain>`, so two drains of
         # one customer in the same process exclude each other as two replicas do.
         self.owner = f"{uuid.uuid4().hex[:12]}"
 
-    async def deliver_customer(self, customer_id: int, force: bool = False) -> PassCounts:
+    async def deliver_customer(
+        self, customer_id: int, urgency: Urgency = Urgency.DUE
+    ) -> PassCounts:
         """Send `customer_id`'s due requests, oldest first, until one fails or none is due.
 
-        `force` makes the oldest request due whatever its backoff (dead ones stay dead).
-        Returns without sending when another replica holds the customer's claim.
+        With an urgency other than DUE the oldest request is taken whatever its backoff
+        (dead ones stay dead). Returns without sending when another replica holds the
+        customer's claim.
         """
         counts = PassCounts()
         while True:
-            claimed = await self._drain(customer_id, force, counts)
+            claimed = await self._drain(customer_id, urgency, counts)
             if not claimed:
                 counts.busy += 1
                 return counts
             if not await self._has_due(customer_id):
                 return counts
             # A request committed while we were releasing the claim: take it too.
-            force = False
+            urgency = Urgency.DUE
 
     async def _claim(self, customer_id: int, token: str) -> bool:
         async with self._sessionmaker() as session, session.begin():
@@ -133,19 +136,19 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _drain(self, customer_id: int, force: bool, counts: PassCounts) -> bool:
+    async def _drain(self, customer_id: int, urgency: Urgency, counts: PassCounts) -> bool:
         token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
         if not await self._claim(customer_id, token):
             return False
         try:
             async with self._heartbeat(customer_id, token):
-                return await self._send_queue(customer_id, token, force, counts)
+                return await self._send_queue(customer_id, token, urgency, counts)
         finally:
             async with self._sessionmaker() as session, session.begin():
                 await repository.release(session, customer_id, token)
 
     async def _send_queue(
-        self, customer_id: int, token: str, force: bool, counts: PassCounts
+        self, customer_id: int, token: str, urgency: Urgency, counts: PassCounts
     ) -> bool:
         """Send batches until the queue holds; False if the claim was lost meanwhile."""
         while True:
@@ -158,66 +161,66 @@ class Deliverer:
                     return False
                 rows = await repository.queue_of(session, customer_id)
                 crm_id = await repository.current_crm_id(session, customer_id)
-            plan = plan_next(rows, now, force)
+            plan = plan_next(rows, now, force=urgency is not Urgency.DUE)
             if isinstance(plan, Hold):
                 return True
-            if await self._attempt(plan, crm_id, counts):
+            if await self._attempt(plan, crm_id, urgency, counts):
                 return True
 
-    async def _attempt(self, batch: Batch, crm_id: str | None, counts: PassCounts) -> bool:
+    async def _attempt(
+        self, batch: Batch, crm_id: str | None, urgency: Urgency, counts: PassCounts
+    ) -> bool:
         """Send one batch and record its answer; True when it failed."""
-        counts.attempted += len(batch.settles)
+        size = len(batch.settles)
+        counts.attempted += size
         outcome = await self._sender.send(batch.send, crm_id or batch.send.crm_id)
         now = utc_now()
-        async with self._sessionmaker() as session, session.begin():
-            if isinstance(outcome, Delivered):
-                await repository.settle(session, batch.settles, outcome.crm_id, batch.send.version)
-            else:
-                dead = self._record(outcome, batch, counts)
-                retry_after = parse_retry_after(outcome.retry_after, now)
-                attempts = max(r.attempts for r in batch.settles) + 1
-                due = next_attempt_at(
-                    now,
-                    attempts,
-                    self._settings.retry_backoff_base_seconds,
-                    self._settings.retry_backoff_max_seconds,
-                    retry_after,
-                )
-                await repository.record_failure(
-                    session, batch.settles, outcome.error, dead, due, now
-                )
         if isinstance(outcome, Delivered):
-            counts.delivered += len(batch.settles)
+            async with self._sessionmaker() as session, session.begin():
+                await repository.settle(session, batch.settles, outcome.crm_id, batch.send.version)
+            counts.delivered += size
             self._saw_crm_healthy()
             return False
-        return True
-
-    def _record(self, outcome: Failed, batch: Batch, counts: PassCounts) -> bool:
-        """Count a failure; True when it makes the batch dead."""
-        attempts = max(r.attempts for r in batch.settles) + 1
-        dead = is_permanent(outcome.status) or is_exhausted(
-            attempts, self._settings.retry_max_attempts
+        head = batch.settles[0]
+        verdict = judge_failure(
+            policy=self._policy,
+            attempts=max(r.attempts for r in batch.settles),
+            status=outcome.status,
+            retry_after=parse_retry_after(outcome.retry_after, now),
+            now=now,
+            scheduled=head.next_attempt_at,
+            urgency=urgency,
         )
-        if dead:
-            counts.dead += len(batch.settles)
+        async with self._sessionmaker() as session, session.begin():
+            await repository.record_failure(
+                session,
+                batch.settles,
+                outcome.error,
+                verdict.attempts,
+                verdict.dead,
+                verdict.next_attempt_at,
+                now,
+            )
+        if verdict.dead:
+            counts.dead += size
             log.warning(
                 "request %s of customer %s is dead after %s attempts: %s",
                 batch.send.id,
                 batch.send.customer_id,
-                attempts,
+                verdict.attempts,
                 outcome.error,
             )
         else:
-            counts.failed += len(batch.settles)
-            self.health.suspect = self.health.suspect or not is_permanent(outcome.status)
+            counts.failed += size
+            self.health.suspect = True
             log.info(
                 "request %s of customer %s failed (attempt %s): %s",
                 batch.send.id,
                 batch.send.customer_id,
-                attempts,
+                verdict.attempts,
                 outcome.error,
             )
-        return dead
+        return True
 
     def _saw_crm_healthy(self) -> None:
         if self.health.suspect:

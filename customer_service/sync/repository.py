@@ -12,11 +12,11 @@ from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
 OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.FAILED)
 
 
-async def due_customer_ids(session: AsyncSession, now: datetime, force: bool) -> list[int]:
+async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) -> list[int]:
     """Customers with a request to try now, the longest waiting first.
 
     Only a customer's oldest request counts (a newer one never overtakes it); a customer
-    whose oldest request is dead is left for the operator.
+    whose oldest request is dead is left for the operator. `every`: due or not.
     """
     heads = (
         select(FailedRequest.customer_id, func.min(FailedRequest.id).label("head_id"))
@@ -29,7 +29,7 @@ async def due_customer_ids(session: AsyncSession, now: datetime, force: bool) ->
         .where(FailedRequest.status.in_(OPEN_STATUSES))
         .order_by(heads.c.head_id)
     )
-    if not force:
+    if not every:
         query = query.where(FailedRequest.next_attempt_at <= now)
     return list((await session.scalars(query)).all())
 
@@ -82,16 +82,17 @@ async def record_failure(
     session: AsyncSession,
     rows: list[FailedRequest],
     error: str,
+    attempts: int,
     dead: bool,
     next_attempt_at: datetime,
     now: datetime,
 ) -> None:
-    """Count a failed attempt on the batch's rows; `dead` ones wait for an operator."""
+    """Record a failed attempt on the batch's rows; `dead` ones wait for an operator."""
     await session.execute(
         update(FailedRequest)
         .where(FailedRequest.id.in_([r.id for r in rows]))
         .values(
-            attempts=FailedRequest.attempts + 1,
+            attempts=attempts,
             last_error=error[:2000],
             status=RequestStatus.DEAD if dead else RequestStatus.FAILED,
             next_attempt_at=next_attempt_at,

@@ -11,8 +11,10 @@ attempts of `RETRY_MAX_ATTEMPTS` span about 14 hours. The retry job only runs ev
 """
 
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 
 JITTER = 0.2
 
@@ -73,3 +75,57 @@ def next_attempt_at(
 def is_exhausted(attempts: int, max_attempts: int) -> bool:
     """After `attempts` failed attempts, has the request used its whole budget?"""
     return attempts >= max_attempts
+
+
+class Urgency(StrEnum):
+    """Why a pass runs, which decides what it takes and what its failures cost.
+
+    - DUE: the periodic job and the kick after a write take only requests that are due.
+    - RECOVERY: the CRM answered again; every request is pulled forward, and a failure of
+      one that was not yet due costs nothing from its budget (a flaky CRM must not burn
+      through `RETRY_MAX_ATTEMPTS` in minutes instead of hours).
+    - OPERATOR: someone asked for a retry now (API, CLI); every attempt counts.
+    """
+
+    DUE = "due"
+    RECOVERY = "recovery"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float
+    maximum: float
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class FailureVerdict:
+    attempts: int
+    dead: bool
+    next_attempt_at: datetime
+
+
+def judge_failure(
+    *,
+    policy: RetryPolicy,
+    attempts: int,
+    status: int | None,
+    retry_after: float | None,
+    now: datetime,
+    scheduled: datetime,
+    urgency: Urgency,
+    rand: random.Random | None = None,
+) -> FailureVerdict:
+    """What a failed attempt makes of a request that had failed `attempts` times and was
+    scheduled for `scheduled`."""
+    if is_permanent(status):
+        return FailureVerdict(attempts + 1, True, now)
+    if urgency is Urgency.RECOVERY and scheduled > now:
+        floor = now + timedelta(seconds=retry_after or 0)
+        return FailureVerdict(attempts, False, max(scheduled, floor))
+    attempts += 1
+    if is_exhausted(attempts, policy.max_attempts):
+        return FailureVerdict(attempts, True, now)
+    due = next_attempt_at(now, attempts, policy.base, policy.maximum, retry_after, rand)
+    return FailureVerdict(attempts, False, due)

@@ -11,6 +11,7 @@ from customer_service.schemas import INT32_MAX, Page
 from customer_service.sync import repository
 from customer_service.sync.models import RequestStatus
 from customer_service.sync.outbox import PENDING_KICKS
+from customer_service.sync.retry import Urgency
 from customer_service.sync.schemas import FailedRequestRead, RetryReport
 
 router = APIRouter(prefix="/api/failed-requests", tags=["failed requests"])
@@ -31,7 +32,7 @@ async def list_failed_requests(
 @router.post("/retry", response_model=RetryReport)
 async def retry_now(request: Request) -> RetryReport:
     """One pass now over every pending and failed request, due or not."""
-    counts = await request.app.state.retry_job.run_pass(force=True)
+    counts = await request.app.state.retry_job.run_pass(Urgency.OPERATOR)
     return RetryReport(**counts.as_dict())
 
 

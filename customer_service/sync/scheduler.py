@@ -22,6 +22,7 @@ from customer_service.config import Settings
 from customer_service.crm.client import CrmClient
 from customer_service.sync import repository
 from customer_service.sync.delivery import Deliverer, PassCounts
+from customer_service.sync.retry import Urgency
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,12 @@ class RetryJob:
         self._follow_up: asyncio.Task[None] | None = None
         deliverer.health.on_recovery.append(self.start_forced_pass)
 
-    async def run_pass(self, force: bool = False) -> PassCounts:
-        """One pass now; `force` takes every pending and failed request, due or not."""
+    async def run_pass(self, urgency: Urgency = Urgency.DUE) -> PassCounts:
+        """One pass now; with an urgency other than DUE, over every pending and failed
+        request, due or not (see `Urgency`)."""
+        every = urgency is not Urgency.DUE
         async with self._sessionmaker() as session:
-            customers = await repository.due_customer_ids(session, utc_now(), force)
+            customers = await repository.due_customer_ids(session, utc_now(), every)
         totals = PassCounts()
         if not customers:
             return totals
@@ -57,7 +60,7 @@ class RetryJob:
             while not queue.empty():
                 customer_id = queue.get_nowait()
                 try:
-                    totals.add(await self._deliverer.deliver_customer(customer_id, force))
+                    totals.add(await self._deliverer.deliver_customer(customer_id, urgency))
                 except Exception:
                     log.exception("retry of customer %s failed", customer_id)
 
@@ -78,7 +81,7 @@ class RetryJob:
             self._forced = asyncio.create_task(self._forced_pass(), name="forced-retry")
 
     async def _forced_pass(self) -> PassCounts:
-        counts = await self.run_pass(force=True)
+        counts = await self.run_pass(Urgency.RECOVERY)
         self._follow_up_if_busy(counts)
         return counts
 

@@ -18,6 +18,7 @@ from customer_service.app import create_app
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync.models import SyncClaim
+from customer_service.sync.retry import Urgency
 
 ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
 
@@ -414,8 +415,8 @@ async def test_two_drains_of_one_customer_in_one_process_never_overlap(
     await crm_control.faults(down=False, latencyMs=300)
     deliverer = service_app.state.deliverer
     first, second = await asyncio.gather(
-        deliverer.deliver_customer(customer["id"], force=True),
-        deliverer.deliver_customer(customer["id"], force=True),
+        deliverer.deliver_customer(customer["id"], Urgency.OPERATOR),
+        deliverer.deliver_customer(customer["id"], Urgency.OPERATOR),
     )
     assert first.delivered + second.delivered == 2
     assert first.busy + second.busy == 1

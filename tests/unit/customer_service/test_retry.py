@@ -1,13 +1,18 @@
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from customer_service.sync.retry import (
     JITTER,
+    FailureVerdict,
+    RetryPolicy,
+    Urgency,
     backoff_seconds,
     is_exhausted,
     is_permanent,
+    judge_failure,
     next_attempt_at,
     parse_retry_after,
 )
@@ -65,3 +70,54 @@ def test_backoff_longer_than_retry_after_wins() -> None:
 def test_exhausted_at_max_attempts() -> None:
     assert not is_exhausted(24, 25)
     assert is_exhausted(25, 25)
+
+
+POLICY = RetryPolicy(base=1.0, maximum=3600.0, max_attempts=5)
+
+
+def _judge(**overrides: Any) -> FailureVerdict:
+    values: dict[str, Any] = {
+        "policy": POLICY,
+        "attempts": 2,
+        "status": 503,
+        "retry_after": None,
+        "now": NOW,
+        "scheduled": NOW - timedelta(seconds=1),
+        "urgency": Urgency.DUE,
+        "rand": random.Random(5),
+    }
+    values.update(overrides)
+    return judge_failure(**values)
+
+
+def test_due_transient_failure_counts_and_backs_off() -> None:
+    verdict = _judge()
+    assert verdict.attempts == 3 and not verdict.dead
+    assert NOW + timedelta(seconds=3.2) <= verdict.next_attempt_at <= NOW + timedelta(seconds=4.8)
+
+
+def test_permanent_failure_is_dead_at_once_whatever_the_urgency() -> None:
+    for urgency in Urgency:
+        assert _judge(status=422, urgency=urgency).dead
+
+
+def test_last_attempt_makes_the_request_dead() -> None:
+    assert _judge(attempts=4).dead
+    assert not _judge(attempts=3).dead
+
+
+def test_recovery_pass_failure_of_a_request_not_yet_due_costs_nothing() -> None:
+    scheduled = NOW + timedelta(minutes=10)
+    verdict = _judge(attempts=4, urgency=Urgency.RECOVERY, scheduled=scheduled)
+    assert verdict == FailureVerdict(attempts=4, dead=False, next_attempt_at=scheduled)
+
+
+def test_recovery_pass_keeps_retry_after_when_it_is_later() -> None:
+    scheduled = NOW + timedelta(seconds=10)
+    verdict = _judge(urgency=Urgency.RECOVERY, scheduled=scheduled, retry_after=60.0)
+    assert verdict.next_attempt_at == NOW + timedelta(seconds=60)
+
+
+def test_operator_retry_of_a_request_not_yet_due_counts() -> None:
+    verdict = _judge(attempts=4, urgency=Urgency.OPERATOR, scheduled=NOW + timedelta(hours=1))
+    assert verdict.attempts == 5 and verdict.dead
