@@ -1,13 +1,40 @@
 """SQL of the `customers` table."""
 
-from sqlalchemy import func, select
+from typing import Any
+
+from sqlalchemy import Select, case, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.customers.models import Customer
+from customer_service.sync.models import FailedRequest, RequestStatus
+
+
+def _has_request(*statuses: RequestStatus) -> Any:
+    query = exists().where(FailedRequest.customer_id == Customer.id)
+    return query.where(FailedRequest.status.in_(statuses)) if statuses else query
+
+
+# The customer's sync state, read in the same statement as its row: one snapshot, so a
+# delivery settling in between can never show "synced" without its CRM id.
+SYNC_STATUS = case(
+    (_has_request(RequestStatus.DEAD), "dead"),
+    (_has_request(RequestStatus.FAILED), "failed"),
+    (_has_request(), "pending"),
+    else_="synced",
+).label("sync_status")
+
+
+def _with_status() -> Select[tuple[Customer, str]]:
+    return select(Customer, SYNC_STATUS)
 
 
 async def get(session: AsyncSession, customer_id: int) -> Customer | None:
     return await session.get(Customer, customer_id)
+
+
+async def get_with_status(session: AsyncSession, customer_id: int) -> tuple[Customer, str] | None:
+    row = (await session.execute(_with_status().where(Customer.id == customer_id))).first()
+    return None if row is None else (row[0], row[1])
 
 
 async def email_owner(session: AsyncSession, email_key: str) -> int | None:
@@ -17,7 +44,10 @@ async def email_owner(session: AsyncSession, email_key: str) -> int | None:
     return owner
 
 
-async def page(session: AsyncSession, limit: int, offset: int) -> tuple[list[Customer], int]:
+async def page_with_status(
+    session: AsyncSession, limit: int, offset: int
+) -> tuple[list[tuple[Customer, str]], int]:
     total = await session.scalar(select(func.count()).select_from(Customer))
-    rows = await session.scalars(select(Customer).order_by(Customer.id).limit(limit).offset(offset))
-    return list(rows.all()), int(total or 0)
+    query = _with_status().order_by(Customer.id).limit(limit).offset(offset)
+    rows = (await session.execute(query)).all()
+    return [(row[0], row[1]) for row in rows], int(total or 0)

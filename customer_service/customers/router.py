@@ -22,7 +22,7 @@ async def create_customer(
     body: CustomerCreate, session: SessionDep, response: Response
 ) -> CustomerRead:
     customer = await service.create(session, body)
-    (read,) = await service.read_models(session, [customer])
+    read = await service.read(session, customer.id)
     response.headers["Location"] = f"/api/customers/{customer.id}"
     return _etag(response, read)
 
@@ -33,16 +33,15 @@ async def list_customers(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Page[CustomerRead]:
-    customers, total = await service.page(session, limit, offset)
-    return Page(items=await service.read_models(session, customers), total=total)
+    items, total = await service.page(session, limit, offset)
+    return Page(items=items, total=total)
 
 
 @router.get("/{customer_id}", response_model=CustomerRead)
 async def get_customer(
     customer_id: CustomerId, session: SessionDep, response: Response
 ) -> CustomerRead:
-    (read,) = await service.read_models(session, [await service.get(session, customer_id)])
-    return _etag(response, read)
+    return _etag(response, await service.read(session, customer_id))
 
 
 @router.put("/{customer_id}", response_model=CustomerRead)
@@ -53,9 +52,8 @@ async def replace_customer(
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
 ) -> CustomerRead:
-    customer = await service.replace(session, customer_id, body, if_match)
-    (read,) = await service.read_models(session, [customer])
-    return _etag(response, read)
+    await service.replace(session, customer_id, body, if_match)
+    return _etag(response, await service.read(session, customer_id))
 
 
 @router.delete("/{customer_id}", status_code=status.HTTP_204_NO_CONTENT)

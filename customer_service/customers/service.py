@@ -18,8 +18,7 @@ from customer_service.errors import (
     VersionMismatch,
 )
 from customer_service.sync import outbox
-from customer_service.sync import repository as sync_repository
-from customer_service.sync.models import Operation, RequestStatus
+from customer_service.sync.models import Operation
 
 ANY_VERSION = "*"
 
@@ -32,14 +31,6 @@ def parse_if_match(value: str | None) -> int | None:
     if not text.isdigit():
         raise VersionMismatch(f"If-Match {value!r} is not a version of this customer")
     return int(text)
-
-
-def crm_status(statuses: set[str]) -> CrmStatus:
-    """The customer's sync state from the statuses of its undelivered requests."""
-    for status in (RequestStatus.DEAD, RequestStatus.FAILED, RequestStatus.PENDING):
-        if status in statuses:
-            return CrmStatus(status.value)
-    return CrmStatus.SYNCED
 
 
 def _apply(customer: Customer, data: CustomerCreate) -> None:
@@ -114,17 +105,20 @@ async def delete(session: AsyncSession, customer_id: int) -> None:
     outbox.enqueue(session, customer, Operation.DELETE)
 
 
-async def page(session: AsyncSession, limit: int, offset: int) -> tuple[list[Customer], int]:
-    return await repository.page(session, limit, offset)
+async def read(session: AsyncSession, customer_id: int) -> CustomerRead:
+    """One customer as the API shows it, with its CRM sync state."""
+    found = await repository.get_with_status(session, customer_id)
+    if found is None:
+        raise CustomerNotFound(customer_id)
+    return to_read(*found)
 
 
-async def read_models(session: AsyncSession, customers: list[Customer]) -> list[CustomerRead]:
-    """Customers as the API shows them, with their CRM sync state."""
-    statuses = await sync_repository.statuses_of(session, [c.id for c in customers])
-    return [to_read(c, statuses.get(c.id, set())) for c in customers]
+async def page(session: AsyncSession, limit: int, offset: int) -> tuple[list[CustomerRead], int]:
+    rows, total = await repository.page_with_status(session, limit, offset)
+    return [to_read(customer, status) for customer, status in rows], total
 
 
-def to_read(customer: Customer, statuses: set[str]) -> CustomerRead:
+def to_read(customer: Customer, sync_status: str) -> CustomerRead:
     return CustomerRead.model_validate(
         {
             "id": customer.id,
@@ -144,7 +138,7 @@ def to_read(customer: Customer, statuses: set[str]) -> CustomerRead:
             "updated_at": customer.updated_at,
             "crm": CrmState(
                 id=customer.crm_id,
-                status=crm_status(statuses),
+                status=CrmStatus(sync_status),
                 synced_version=customer.crm_synced_version,
             ),
         }

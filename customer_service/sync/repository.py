@@ -169,21 +169,6 @@ async def page(
     return list(rows.all()), int(total or 0)
 
 
-async def statuses_of(session: AsyncSession, customer_ids: list[int]) -> dict[int, set[str]]:
-    """For each customer, the statuses of its undelivered requests."""
-    if not customer_ids:
-        return {}
-    query = (
-        select(FailedRequest.customer_id, FailedRequest.status)
-        .where(FailedRequest.customer_id.in_(customer_ids))
-        .distinct()
-    )
-    found: dict[int, set[str]] = {}
-    for customer_id, status in (await session.execute(query)).all():
-        found.setdefault(customer_id, set()).add(status)
-    return found
-
-
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
     query = select(FailedRequest.status, func.count()).group_by(FailedRequest.status)
     return {status: int(n) for status, n in (await session.execute(query)).all()}

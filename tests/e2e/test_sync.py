@@ -246,6 +246,8 @@ async def test_dead_request_holds_back_newer_ones_until_discarded(
     await _update(client, customer, firstName="Later")
     await _retry(client)
     assert await crm_control.records(customer["id"]) == []
+    # The worst state shows: dead, though the newer request is merely pending.
+    assert (await _customer(client, customer["id"]))["crm"]["status"] == "dead"
     assert (await client.delete(f"/api/failed-requests/{dead['id']}")).status_code == 204
     # The UPDATE, now at the head, creates the record with the latest state.
     await _synced(client, customer["id"])

@@ -2,8 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from customer_service.config import Settings, describe_error
-from customer_service.customers.schemas import CrmStatus
-from customer_service.customers.service import crm_status, parse_if_match
+from customer_service.customers.service import parse_if_match
 from customer_service.errors import VersionMismatch
 
 
@@ -20,13 +19,6 @@ def test_if_match_star_or_absent_matches_any_version() -> None:
 def test_if_match_garbage_is_a_mismatch() -> None:
     with pytest.raises(VersionMismatch):
         parse_if_match('"abc"')
-
-
-def test_crm_status_worst_state_wins() -> None:
-    assert crm_status(set()) is CrmStatus.SYNCED
-    assert crm_status({"pending"}) is CrmStatus.PENDING
-    assert crm_status({"pending", "failed"}) is CrmStatus.FAILED
-    assert crm_status({"failed", "dead"}) is CrmStatus.DEAD
 
 
 def test_bad_setting_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
