@@ -32,7 +32,11 @@ def is_sqlite(url: str) -> bool:
 def create_engine(url: str) -> AsyncEngine:
     """An engine for `url`; SQLite gets WAL and a busy timeout so API and retries share it."""
     if is_sqlite(url):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # One connection: SQLite has one writer anyway, and waiting in the pool wakes up at
+        # once where SQLite's busy handler would sleep and poll.
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

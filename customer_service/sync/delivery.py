@@ -1,8 +1,10 @@
 """Deliver one customer's queue: claim it, send oldest first, record each answer.
 
-No database transaction stays open during a CRM call: each step (claim and read the
-queue; record the answer) is its own short transaction, so a slow CRM never holds a
-lock that an API write needs.
+No database transaction stays open during a CRM call, so a slow CRM never holds a lock
+that an API write needs. A delivery of one request takes two short transactions besides
+the call: before it, claim the customer and read its queue; after it, record the answer
+and (on success) renew the claim and read the queue again. A third one releases the
+claim and looks whether a request arrived meanwhile.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,7 +22,7 @@ from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
 from customer_service.sync.models import FailedRequest
-from customer_service.sync.outcome import Delivered, Outcome
+from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.plan import Batch, Hold, plan_next
 from customer_service.sync.retry import RetryPolicy, Urgency, judge_failure, parse_retry_after
 
@@ -28,6 +31,15 @@ log = logging.getLogger(__name__)
 
 class Sender(Protocol):
     async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class View:
+    """One transaction's look at a customer's queue, oldest first."""
+
+    rows: list[FailedRequest]
+    crm_id: str | None
+    now: datetime
 
 
 @dataclass
@@ -101,30 +113,45 @@ class Deliverer:
         """
         counts = PassCounts()
         while True:
-            claimed = await self._drain(customer_id, urgency, counts)
-            if not claimed:
+            token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+            async with self._sessionmaker() as session, session.begin():
+                view = await self._look(session, customer_id, token)
+            if view is None:
                 counts.busy += 1
                 return counts
-            if not await self._has_due(customer_id):
+            try:
+                async with self._heartbeat(customer_id, token):
+                    await self._send_queue(customer_id, token, view, urgency, counts)
+            finally:
+                async with self._sessionmaker() as session, session.begin():
+                    await repository.release(session, customer_id, token)
+                    head = await repository.queue_of(session, customer_id, limit=1)
+            if not isinstance(plan_next(head, utc_now(), force=False), Batch):
                 return counts
             # A request committed while we were releasing the claim: take it too.
             urgency = Urgency.DUE
 
-    async def _claim(self, customer_id: int, token: str) -> bool:
-        async with self._sessionmaker() as session, session.begin():
-            return await repository.claim(
-                session, customer_id, token, utc_now(), self._settings.claim_lease_seconds
-            )
+    async def _look(self, session: AsyncSession, customer_id: int, token: str) -> View | None:
+        """Take or renew the claim and read the queue, in the caller's transaction; None
+        when another replica holds the claim (renewing is also the check it is ours)."""
+        now = utc_now()
+        lease = self._settings.claim_lease_seconds
+        if not await repository.claim(session, customer_id, token, now, lease):
+            return None
+        rows = await repository.queue_of(session, customer_id)
+        return View(rows, await repository.current_crm_id(session, customer_id), now)
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, customer_id: int, token: str) -> AsyncIterator[None]:
         """Keep renewing our claim while we work, so a slow CRM call never lets it lapse."""
+        lease = self._settings.claim_lease_seconds
 
         async def renew() -> None:
             while True:
-                await asyncio.sleep(self._settings.claim_lease_seconds / 3)
+                await asyncio.sleep(lease / 3)
                 try:
-                    await self._claim(customer_id, token)
+                    async with self._sessionmaker() as session, session.begin():
+                        await repository.claim(session, customer_id, token, utc_now(), lease)
                 except Exception:
                     log.warning("could not renew the claim on customer %s", customer_id)
 
@@ -136,59 +163,39 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _drain(self, customer_id: int, urgency: Urgency, counts: PassCounts) -> bool:
-        token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
-        if not await self._claim(customer_id, token):
-            return False
-        try:
-            async with self._heartbeat(customer_id, token):
-                return await self._send_queue(customer_id, token, urgency, counts)
-        finally:
-            async with self._sessionmaker() as session, session.begin():
-                await repository.release(session, customer_id, token)
-
     async def _send_queue(
-        self, customer_id: int, token: str, urgency: Urgency, counts: PassCounts
-    ) -> bool:
-        """Send batches until the queue holds; False if the claim was lost meanwhile."""
-        while True:
-            async with self._sessionmaker() as session, session.begin():
-                now = utc_now()
-                # Renewing is also the check that the claim is still ours.
-                if not await repository.claim(
-                    session, customer_id, token, now, self._settings.claim_lease_seconds
-                ):
-                    return False
-                rows = await repository.queue_of(session, customer_id)
-                crm_id = await repository.current_crm_id(session, customer_id)
-            plan = plan_next(rows, now, force=urgency is not Urgency.DUE)
-            if isinstance(plan, Hold):
-                return True
-            if await self._attempt(plan, crm_id, urgency, counts):
-                return True
-
-    async def _attempt(
-        self, batch: Batch, crm_id: str | None, urgency: Urgency, counts: PassCounts
-    ) -> bool:
-        """Send one batch and record its answer; True when it failed."""
-        size = len(batch.settles)
-        counts.attempted += size
-        outcome = await self._sender.send(batch.send, crm_id or batch.send.crm_id)
-        now = utc_now()
-        if isinstance(outcome, Delivered):
+        self, customer_id: int, token: str, view: View, urgency: Urgency, counts: PassCounts
+    ) -> None:
+        """Send batches, oldest first, until the queue holds, one fails or the claim is lost."""
+        current: View | None = view
+        while current is not None:
+            batch = plan_next(current.rows, current.now, force=urgency is not Urgency.DUE)
+            if isinstance(batch, Hold):
+                return
+            size = len(batch.settles)
+            counts.attempted += size
+            outcome = await self._sender.send(batch.send, current.crm_id or batch.send.crm_id)
+            if not isinstance(outcome, Delivered):
+                await self._record_failure(batch, outcome, urgency, counts)
+                return
             async with self._sessionmaker() as session, session.begin():
                 await repository.settle(session, batch.settles, outcome.crm_id, batch.send.version)
+                current = await self._look(session, customer_id, token)
             counts.delivered += size
             self._saw_crm_healthy()
-            return False
-        head = batch.settles[0]
+
+    async def _record_failure(
+        self, batch: Batch, outcome: Failed, urgency: Urgency, counts: PassCounts
+    ) -> None:
+        size = len(batch.settles)
+        now = utc_now()
         verdict = judge_failure(
             policy=self._policy,
             attempts=max(r.attempts for r in batch.settles),
             status=outcome.status,
             retry_after=parse_retry_after(outcome.retry_after, now),
             now=now,
-            scheduled=head.next_attempt_at,
+            scheduled=batch.settles[0].next_attempt_at,
             urgency=urgency,
         )
         async with self._sessionmaker() as session, session.begin():
@@ -220,15 +227,9 @@ class Deliverer:
                 verdict.attempts,
                 outcome.error,
             )
-        return True
 
     def _saw_crm_healthy(self) -> None:
         if self.health.suspect:
             self.health.suspect = False
             for callback in self.health.on_recovery:
                 callback()
-
-    async def _has_due(self, customer_id: int) -> bool:
-        async with self._sessionmaker() as session:
-            rows = await repository.queue_of(session, customer_id, limit=1)
-        return isinstance(plan_next(rows, utc_now(), force=False), Batch)
