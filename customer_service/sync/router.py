@@ -3,6 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import BeforeValidator, Field
 
 from customer_service.columns import utc_now
 from customer_service.deps import RequestId, SessionDep
@@ -16,12 +17,19 @@ from customer_service.sync.schemas import FailedRequestRead, RetryReport
 
 router = APIRouter(prefix="/api/failed-requests", tags=["failed requests"])
 
+# `?status=&customerId=` (as the SPEC writes the query) means no filter, not a bad value.
+BLANK_IS_ABSENT = BeforeValidator(lambda value: None if value == "" else value)
+
 
 @router.get("", response_model=Page[FailedRequestRead])
 async def list_failed_requests(
     session: SessionDep,
-    status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
-    customer_id: Annotated[int | None, Query(alias="customerId", ge=1, le=INT32_MAX)] = None,
+    status_: Annotated[RequestStatus | None, BLANK_IS_ABSENT, Query(alias="status")] = None,
+    customer_id: Annotated[
+        Annotated[int, Field(ge=1, le=INT32_MAX)] | None,
+        BLANK_IS_ABSENT,
+        Query(alias="customerId"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
 ) -> Page[FailedRequestRead]:

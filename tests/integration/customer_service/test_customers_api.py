@@ -193,6 +193,8 @@ async def test_failed_requests_filters_are_validated(client: httpx.AsyncClient) 
     _problem(await client.get("/api/failed-requests", params={"customerId": "x"}), 422)
     page = (await client.get("/api/failed-requests", params={"status": "dead"})).json()
     assert page == {"items": [], "total": 0}
+    blank = await client.get("/api/failed-requests?status=&customerId=&limit=10&offset=0")
+    assert blank.status_code == 200, blank.text
 
 
 async def test_replay_and_discard_unknown_request_are_404(client: httpx.AsyncClient) -> None:
