@@ -424,3 +424,38 @@ async def test_two_drains_of_one_customer_in_one_process_never_overlap(
     assert first.busy + second.busy == 1
     writes = [r for r in await crm_control.requests(customer["id"]) if r["status"] < 300]
     assert [r["method"] for r in writes if r["method"] != "GET"] == ["POST", "PUT"]
+
+
+async def test_flaky_crm_ends_equal_with_every_customer_in_order(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    settings = make_settings(
+        retry_interval_seconds=0.2,
+        retry_backoff_base_seconds=0.05,
+        retry_backoff_max_seconds=0.2,
+        recovery_probe_seconds=0.2,
+        retry_max_attempts=1000,
+    )
+    app = create_app(settings, run_scheduler=True)
+    async with LifespanManager(app), _client(app) as client:
+        await crm_control.faults(errorRate=0.4, statusCode=503)
+        customers = [await _create(client, email=f"f{n}@example.com") for n in range(4)]
+
+        async def churn(customer: dict[str, Any]) -> None:
+            for n in range(1, 8):
+                await _update(client, customer, lastName=f"v{n}")
+
+        await asyncio.gather(*(churn(c) for c in customers))
+        await crm_control.faults(errorRate=0.0)
+        for customer in customers:
+            await _synced(client, customer["id"])
+            await _assert_equal_sides(client, crm_control, customer["id"])
+            assert (await _customer(client, customer["id"]))["lastName"] == "v7"
+            landed = [
+                r
+                for r in await crm_control.requests(customer["id"])
+                if r["method"] in {"POST", "PUT"} and r["status"] < 300
+            ]
+            names = [r["body"]["lastName"] for r in landed]
+            versions = [int(name[1:]) if name.startswith("v") else 0 for name in names]
+            assert versions == sorted(versions), versions  # never an older state after a newer
