@@ -7,7 +7,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asyncpg import PostgresError
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from customer_service.config import Settings, describe_error
 from customer_service.logs import configure_logging
@@ -100,9 +102,20 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from customer_service.app import create_app
+    from customer_service.migrate import schema_problem
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    app = create_app(settings)
+    problem = asyncio.run(schema_problem(settings.database_url))
+    if problem is not None:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except NotImplementedError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ConnectionError) as exc:
-        print(f"{PROG}: cannot reach the database: {exc}", file=sys.stderr)
+    except (OSError, SQLAlchemyError, PostgresError) as exc:
+        print(f"{PROG}: database error: {_first_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

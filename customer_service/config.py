@@ -3,8 +3,10 @@
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class SyncMode(StrEnum):
@@ -20,12 +22,27 @@ class LogFormat(StrEnum):
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
+SUPPORTED_DATABASES = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _check_database_url(value: str) -> str:
+    try:
+        driver = make_url(value).drivername
+    except ArgumentError:
+        raise ValueError("not a database URL") from None
+    if driver not in SUPPORTED_DATABASES:
+        raise ValueError(f"use one of {', '.join(d + '://' for d in SUPPORTED_DATABASES)}")
+    return value
+
+
 class Settings(BaseSettings):
     """Every knob of SPEC section 2; a bad value stops start-up (see `describe_error`)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    database_url: str = Field(default="sqlite+aiosqlite:///./customer_service.db", min_length=1)
+    database_url: Annotated[str, AfterValidator(_check_database_url)] = (
+        "sqlite+aiosqlite:///./customer_service.db"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     crm_base_url: str = Field(default="http://127.0.0.1:8081", pattern=r"^https?://")

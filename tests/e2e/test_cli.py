@@ -135,3 +135,29 @@ def test_demo_walks_through_an_outage_and_ends_equal() -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "both sides equal" in result.stdout
+
+
+async def test_serve_refuses_an_unmigrated_database_in_one_line(tmp_path: Path) -> None:
+    result = await _run("serve", DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "customer-service: the database is at revision none, the code needs 0001: "
+        "run 'customer-service migrate' first"
+    )
+    assert "Traceback" not in result.stderr
+
+
+async def test_unsupported_database_url_is_a_bad_setting() -> None:
+    result = await _run("migrate", DATABASE_URL="mysql://db/customers")
+    assert result.returncode == 2
+    assert result.stderr.startswith("customer-service: invalid setting DATABASE_URL:")
+
+
+async def test_missing_postgres_database_is_one_line_not_a_traceback() -> None:
+    result = await _run(
+        "serve", DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:5432/no_such_database"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        'customer-service: database error: database "no_such_database" does not exist'
+    ]
