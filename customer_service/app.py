@@ -34,14 +34,15 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         client = CrmClient(http)
         deliverer = Deliverer(sessionmaker, HttpSender(client), settings)
         retry_job = RetryJob(sessionmaker, deliverer, settings, client)
-        dispatcher = Dispatcher(deliverer)
+        dispatcher = Dispatcher(deliverer, enabled=settings.sync_enabled)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.deliverer = deliverer
         app.state.dispatcher = dispatcher
         app.state.retry_job = retry_job
-        scheduler = build_scheduler(retry_job, settings) if run_scheduler else None
+        background = run_scheduler and settings.sync_enabled
+        scheduler = build_scheduler(retry_job, settings) if background else None
         if scheduler is not None:
             scheduler.start()
         try:

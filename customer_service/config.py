@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     kafka_topic: str = Field(default="customer-events", min_length=1)
     api_key: str = ""
     log_format: LogFormat = LogFormat.TEXT
+    # Not in the SPEC table: false makes an API-only process. Writes still record their CRM
+    # requests (nothing is lost); this process just never delivers them (other replicas
+    # do, or this one once it is switched back on). The benchmark's "sync off" baseline.
+    sync_enabled: bool = True
     # Not in the SPEC table: how often a replica probes a CRM it saw failing, so that a
     # backlog starts draining within seconds of the CRM's return (guarantee 7).
     recovery_probe_seconds: PositiveSeconds = 1.0

@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, deliverer: Deliverer, concurrency: int = 64) -> None:
+    def __init__(self, deliverer: Deliverer, concurrency: int = 64, enabled: bool = True) -> None:
         self._deliverer = deliverer
+        self._enabled = enabled
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
@@ -24,7 +25,7 @@ class Dispatcher:
 
     def kick(self, customer_ids: Iterable[int]) -> None:
         """Deliver these customers' requests soon (called after the commit)."""
-        if self._closed:
+        if self._closed or not self._enabled:
             return
         for customer_id in customer_ids:
             if customer_id in self._running:

@@ -459,3 +459,17 @@ async def test_flaky_crm_ends_equal_with_every_customer_in_order(
             names = [r["body"]["lastName"] for r in landed]
             versions = [int(name[1:]) if name.startswith("v") else 0 for name in names]
             assert versions == sorted(versions), versions  # never an older state after a newer
+
+
+async def test_sync_disabled_process_records_but_never_delivers(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    api_only = create_app(make_settings(sync_enabled=False), run_scheduler=True)
+    async with LifespanManager(api_only), _client(api_only) as client:
+        customer = await _create(client)
+        assert (await _idle(client)) and [r["status"] for r in await _outbox(client)] == ["pending"]
+    assert await crm_control.records(customer["id"]) == []
+    syncing = create_app(make_settings(), run_scheduler=True)
+    async with LifespanManager(syncing), _client(syncing) as client:
+        await _synced(client, customer["id"])  # the start-up pass takes it
+        await _assert_equal_sides(client, crm_control, customer["id"])
