@@ -4,6 +4,7 @@ Every call names an `Idempotency-Key`, so a call repeated after a lost answer ch
 nothing on the CRM. What an answer means is decided by `sync.http_sender`.
 """
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,8 @@ class CrmClient:
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> CrmAnswer:
-        headers = {"Idempotency-Key": key} if key else None
+        # Every call carries a key; a read gets a fresh one (repeating a read is harmless).
+        headers = {"Idempotency-Key": key or str(uuid.uuid4())}
         try:
             response = await self._http.request(
                 method, path, json=json, params=params, headers=headers

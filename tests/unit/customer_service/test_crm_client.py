@@ -56,6 +56,18 @@ async def test_retry_after_header_is_kept(client: CrmClient) -> None:
 
 
 @respx.mock
+async def test_reads_carry_an_idempotency_key_too(client: CrmClient) -> None:
+    route = respx.get(f"{BASE}/api/crm/customers").mock(
+        return_value=httpx.Response(200, json={"items": [], "total": 0})
+    )
+    await client.find("42")
+    await client.find("42")
+    keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
+    assert all(keys) and keys[0] != keys[1]
+    assert route.calls.last.request.url.params["externalId"] == "42"
+
+
+@respx.mock
 async def test_ping_is_false_on_5xx_and_true_on_200(client: CrmClient) -> None:
     route = respx.get(f"{BASE}/api/crm/customers")
     route.mock(return_value=httpx.Response(503))
