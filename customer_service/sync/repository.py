@@ -1,5 +1,6 @@
 """All SQL of the outbox: rows of `failed_requests` and the per-customer claims."""
 
+import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, delete, func, select, update
@@ -133,7 +134,8 @@ async def release(session: AsyncSession, customer_id: int, owner: str) -> None:
 
 
 async def replay(session: AsyncSession, request_id: int, now: datetime) -> FailedRequest | None:
-    """Make a request due again with a fresh budget; None if there is no such request."""
+    """Make a request due again with a fresh budget and a fresh Idempotency-Key; None if
+    there is no such request."""
     row = await session.get(FailedRequest, request_id)
     if row is None:
         return None
@@ -141,6 +143,9 @@ async def replay(session: AsyncSession, request_id: int, now: datetime) -> Faile
     row.attempts = 0
     row.next_attempt_at = now
     row.updated_at = now
+    # A new key: a CRM that stored its answer (say a 422) under the old one would replay
+    # it forever. Safe: a CREATE that did land meanwhile is adopted from the 409.
+    row.idempotency_key = str(uuid.uuid4())
     return row
 
 

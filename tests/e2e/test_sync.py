@@ -234,6 +234,11 @@ async def test_permanent_error_makes_request_dead_and_replay_delivers(
     assert replayed.status_code == 200 and replayed.json()["status"] == "pending"
     await _synced(client, customer["id"])
     await _assert_equal_sides(client, crm_control, customer["id"])
+    # The replay carried a new Idempotency-Key: a CRM that stored its refusal under the
+    # old key would otherwise answer it again forever.
+    posts = [r for r in await crm_control.requests(customer["id"]) if r["method"] == "POST"]
+    assert [p["status"] for p in posts] == [422, 201]
+    assert posts[0]["idempotencyKey"] != posts[1]["idempotencyKey"]
 
 
 async def test_dead_request_holds_back_newer_ones_until_discarded(
