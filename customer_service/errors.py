@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -91,6 +92,14 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail))
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem(503, "Service unavailable", "the database is unavailable; retry later")
+
+    # Nothing was written: the write's transaction never committed.
+    for unavailable in (OperationalError, InterfaceError, OSError, TimeoutError):
+        app.add_exception_handler(unavailable, _database_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from customer_service.app import create_app
+from customer_service.config import Settings
 
 ADA: dict[str, Any] = {
     "firstName": "Ada",
@@ -252,3 +253,15 @@ async def test_wrong_json_types_are_422(client: httpx.AsyncClient) -> None:
     _problem(await client.post("/api/customers", json=[1, 2]), 422)
     _problem(await client.post("/api/customers", json={**ADA, "address": "London"}), 422)
     _problem(await client.post("/api/customers", json={**ADA, "phone": 12}), 422)
+
+
+async def test_ready_is_503_when_the_database_is_unreachable(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/missing/dir/db.sqlite"
+    app = create_app(Settings(database_url=url), run_scheduler=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as http:
+            assert (await http.get("/health")).status_code == 200
+            _problem(await http.get("/ready"), 503)
+            # A write that cannot reach the database fails whole, as problem+json.
+            _problem(await http.post("/api/customers", json=ADA), 503)
