@@ -163,8 +163,8 @@ class Servers:
         self.started.clear()
 
 
-async def wait_healthy(server: Server, timeout: float = STARTUP_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_healthy(server: Server, within: float = STARTUP_SECONDS) -> None:
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=1.0) as client:
         while True:
             server.check_alive()
@@ -174,7 +174,7 @@ async def wait_healthy(server: Server, timeout: float = STARTUP_SECONDS) -> None
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise BenchError(f"the {server.name} did not answer /health within {timeout:.0f} s")
+                raise BenchError(f"the {server.name} did not answer /health within {within:.0f} s")
             await asyncio.sleep(0.05)
 
 
@@ -207,7 +207,7 @@ class Database:
     async def fresh(self, folder: Path) -> str:
         """The URL of an empty database for a new service instance in `folder`."""
         if self.postgres_url is None:
-            folder.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             return f"sqlite+aiosqlite:///{folder / 'customer_service.db'}"
         await self._recreate()
         return self.postgres_url
