@@ -40,7 +40,11 @@ class RetryJob:
         self._settings = settings
         self._client = client
         self._forced: asyncio.Task[PassCounts] | None = None
+        self._periodic: asyncio.Task[PassCounts] | None = None
         self._follow_up: asyncio.Task[None] | None = None
+        # RETRY_CONCURRENCY bounds the process, not each pass: an operator's pass running
+        # beside the periodic one shares the same slots.
+        self._slots = asyncio.Semaphore(settings.retry_concurrency)
         deliverer.health.on_recovery.append(self.start_forced_pass)
 
     async def run_pass(self, urgency: Urgency = Urgency.DUE) -> PassCounts:
@@ -59,10 +63,11 @@ class RetryJob:
         async def worker() -> None:
             while not queue.empty():
                 customer_id = queue.get_nowait()
-                try:
-                    totals.add(await self._deliverer.deliver_customer(customer_id, urgency))
-                except Exception:
-                    log.exception("retry of customer %s failed", customer_id)
+                async with self._slots:
+                    try:
+                        totals.add(await self._deliverer.deliver_customer(customer_id, urgency))
+                    except Exception:
+                        log.exception("retry of customer %s failed", customer_id)
 
         workers = min(self._settings.retry_concurrency, len(customers))
         await asyncio.gather(*(worker() for _ in range(workers)))
@@ -70,15 +75,26 @@ class RetryJob:
         return totals
 
     async def tick(self) -> None:
-        try:
-            self._follow_up_if_busy(await self.run_pass())
-        except Exception:
-            log.exception("retry pass failed")
+        """The periodic pass; skipped while a recovery pass covers everything anyway."""
+        if self._forced is not None and not self._forced.done():
+            return
+        self._periodic = asyncio.create_task(self.run_pass(), name="periodic-retry")
+        await asyncio.wait({self._periodic})
+        if self._periodic.cancelled():
+            return  # superseded by a recovery pass
+        if self._periodic.exception() is not None:
+            log.error("retry pass failed", exc_info=self._periodic.exception())
+            return
+        self._follow_up_if_busy(self._periodic.result())
 
     def start_forced_pass(self) -> None:
-        """Drain everything now (the CRM is back); one such pass at a time."""
-        if self._forced is None or self._forced.done():
-            self._forced = asyncio.create_task(self._forced_pass(), name="forced-retry")
+        """Drain everything now (the CRM is back); one such pass at a time, and it takes
+        over from a periodic pass in flight (whose customers it covers too)."""
+        if self._forced is not None and not self._forced.done():
+            return
+        if self._periodic is not None and not self._periodic.done():
+            self._periodic.cancel()
+        self._forced = asyncio.create_task(self._forced_pass(), name="forced-retry")
 
     async def _forced_pass(self) -> PassCounts:
         counts = await self.run_pass(Urgency.RECOVERY)
@@ -106,7 +122,7 @@ class RetryJob:
 
     async def close(self) -> None:
         """Cancel the background passes (what they did not finish stays in the outbox)."""
-        tasks = [t for t in (self._forced, self._follow_up) if t is not None]
+        tasks = [t for t in (self._forced, self._periodic, self._follow_up) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -100,6 +100,10 @@ async def _check_first_name(crm: CrmControl, customer_id: int, name: str) -> boo
     return bool(records) and records[0]["firstName"] == name
 
 
+async def _no_outbox(client: httpx.AsyncClient) -> bool:
+    return await _outbox(client) == []
+
+
 async def _no_records(crm: CrmControl, customer_id: int) -> bool:
     return await crm.records(customer_id) == []
 
@@ -478,3 +482,28 @@ async def test_sync_disabled_process_records_but_never_delivers(
     async with LifespanManager(syncing), _client(syncing) as client:
         await _synced(client, customer["id"])  # the start-up pass takes it
         await _assert_equal_sides(client, crm_control, customer["id"])
+
+
+async def test_retry_concurrency_bounds_the_process_not_each_pass(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    app = create_app(make_settings(retry_concurrency=2), run_scheduler=False)
+    async with LifespanManager(app), _client(app) as client:
+        await crm_control.faults(down=True)
+        for n in range(6):
+            await _create(client, email=f"b{n}@example.com")
+        await eventually(lambda: _idle(client))
+        back_at = datetime.now(UTC).isoformat()
+        await crm_control.faults(down=False, latencyMs=300)
+        # Two operator passes, and the recovery pass the first success starts: one bound.
+        await asyncio.gather(_retry(client), _retry(client))
+        await eventually(lambda: _no_outbox(client))
+    arrivals = sorted(
+        datetime.fromisoformat(r["receivedAt"])
+        for r in await crm_control.requests()
+        if r["method"] == "POST" and r["receivedAt"] >= back_at
+    )
+    assert len(arrivals) == 6
+    # With 2 slots, a third call can only start once one of the first two (300 ms) ended.
+    for first, third in zip(arrivals, arrivals[2:], strict=False):
+        assert (third - first).total_seconds() >= 0.28, arrivals
