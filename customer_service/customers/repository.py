@@ -37,13 +37,6 @@ async def get_with_status(session: AsyncSession, customer_id: int) -> tuple[Cust
     return None if row is None else (row[0], row[1])
 
 
-async def email_owner(session: AsyncSession, email_key: str) -> int | None:
-    owner: int | None = await session.scalar(
-        select(Customer.id).where(Customer.email_key == email_key)
-    )
-    return owner
-
-
 async def page_with_status(
     session: AsyncSession, limit: int, offset: int
 ) -> tuple[list[tuple[Customer, str]], int]:

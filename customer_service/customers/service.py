@@ -56,14 +56,9 @@ async def _flush(session: AsyncSession, customer: Customer, email: str) -> None:
         raise ConcurrentUpdate(customer.id) from exc
 
 
-async def _ensure_email_free(session: AsyncSession, email: str, customer_id: int | None) -> None:
-    owner = await repository.email_owner(session, email.lower())
-    if owner is not None and owner != customer_id:
-        raise EmailTaken(email)
-
-
 async def create(session: AsyncSession, data: CustomerCreate) -> Customer:
-    await _ensure_email_free(session, str(data.email), None)
+    # No pre-check of the email: the unique index answers (as EmailTaken) in the same
+    # round trip as the insert, and without a race between check and insert.
     now = utc_now()
     customer = Customer(version=1, created_at=now, updated_at=now)
     _apply(customer, data)
@@ -89,7 +84,6 @@ async def replace(
         raise VersionMismatch(
             f"customer {customer_id} is at version {customer.version}, not {expected}"
         )
-    await _ensure_email_free(session, str(data.email), customer_id)
     _apply(customer, data)
     customer.updated_at = utc_now()
     # The row is written (and locked) before its request, so request ids follow versions.

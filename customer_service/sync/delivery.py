@@ -138,8 +138,8 @@ class Deliverer:
         lease = self._settings.claim_lease_seconds
         if not await repository.claim(session, customer_id, token, now, lease):
             return None
-        rows = await repository.queue_of(session, customer_id)
-        return View(rows, await repository.current_crm_id(session, customer_id), now)
+        rows, crm_id = await repository.queue_and_crm_id(session, customer_id)
+        return View(rows, crm_id, now)
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, customer_id: int, token: str) -> AsyncIterator[None]:
@@ -174,12 +174,16 @@ class Deliverer:
                 return
             size = len(batch.settles)
             counts.attempted += size
-            outcome = await self._sender.send(batch.send, current.crm_id or batch.send.crm_id)
+            known = current.crm_id or batch.send.crm_id
+            outcome = await self._sender.send(batch.send, known)
             if not isinstance(outcome, Delivered):
                 await self._record_failure(batch, outcome, urgency, counts)
                 return
+            learnt = outcome.crm_id != known
             async with self._sessionmaker() as session, session.begin():
-                await repository.settle(session, batch.settles, outcome.crm_id, batch.send.version)
+                await repository.settle(
+                    session, batch.settles, outcome.crm_id, batch.send.version, learnt
+                )
                 current = await self._look(session, customer_id, token)
             counts.delivered += size
             self._saw_crm_healthy()

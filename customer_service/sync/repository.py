@@ -48,24 +48,44 @@ async def queue_of(
     return list((await session.scalars(query)).all())
 
 
-async def current_crm_id(session: AsyncSession, customer_id: int) -> str | None:
-    return await session.scalar(select(Customer.crm_id).where(Customer.id == customer_id))
+async def queue_and_crm_id(
+    session: AsyncSession, customer_id: int, limit: int = 100
+) -> tuple[list[FailedRequest], str | None]:
+    """One customer's requests, oldest first, and the CRM id its row holds (None when it
+    has none, or the customer is gone): one statement."""
+    query = (
+        select(FailedRequest, Customer.crm_id)
+        .outerjoin(Customer, Customer.id == FailedRequest.customer_id)
+        .where(FailedRequest.customer_id == customer_id)
+        .order_by(FailedRequest.id)
+        .limit(limit)
+    )
+    found = (await session.execute(query)).all()
+    return [row[0] for row in found], (found[0][1] if found else None)
 
 
 async def settle(
-    session: AsyncSession, rows: list[FailedRequest], crm_id: str | None, version: int
+    session: AsyncSession,
+    rows: list[FailedRequest],
+    crm_id: str | None,
+    version: int,
+    learnt: bool,
 ) -> None:
-    """Record a delivery: remove the settled rows and note what the CRM now holds."""
+    """Record a delivery: remove the settled rows and note what the CRM now holds.
+
+    `learnt`: the CRM id is new to us (a create); only then can later requests still
+    lack it."""
     customer_id = rows[0].customer_id
     await session.execute(delete(FailedRequest).where(FailedRequest.id.in_([r.id for r in rows])))
     if crm_id is None:
         return
-    # Later requests of the customer (a DELETE, after its row is gone) learn the CRM id.
-    await session.execute(
-        update(FailedRequest)
-        .where(FailedRequest.customer_id == customer_id, FailedRequest.crm_id.is_(None))
-        .values(crm_id=crm_id)
-    )
+    if learnt:
+        # Later requests of the customer (a DELETE, after its row is gone) learn the id.
+        await session.execute(
+            update(FailedRequest)
+            .where(FailedRequest.customer_id == customer_id, FailedRequest.crm_id.is_(None))
+            .values(crm_id=crm_id)
+        )
     synced = Customer.crm_synced_version
     await session.execute(
         update(Customer)
