@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from crm_mock.config import LogFormat
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The app name first: `make run` interleaves both apps' output in one terminal.
+TEXT_FORMAT = "%(asctime)s crm-mock %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -15,6 +16,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "app": "crm-mock",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -6,11 +6,15 @@ from datetime import UTC, datetime
 
 from customer_service.config import LogFormat
 
+# The app name first: `make run` interleaves both apps' output in one terminal.
+TEXT_FORMAT = "%(asctime)s customer-service %(levelname)s %(name)s: %(message)s"
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "app": "customer-service",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -25,7 +29,7 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
     if log_format == LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

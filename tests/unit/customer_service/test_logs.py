@@ -18,3 +18,4 @@ def test_json_log_format_writes_one_object_per_line(capsys: pytest.CaptureFixtur
     assert entry["level"] == "WARNING"
     assert entry["message"] == "request 7 failed"
     assert entry["logger"] == "customer_service.test"
+    assert entry["app"] == "customer-service"
