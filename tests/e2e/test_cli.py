@@ -26,13 +26,14 @@ class Result:
     stderr: str
 
 
-async def _run(*args: str, **env: str) -> Result:
+async def _run(*args: str, cwd: Path | None = None, **env: str) -> Result:
     """Run the command without blocking the loop (the CRM mock serves from this loop)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "customer_service",
         *args,
+        cwd=cwd,
         env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -161,3 +162,24 @@ async def test_missing_postgres_database_is_one_line_not_a_traceback() -> None:
     assert result.stderr.strip().splitlines() == [
         'customer-service: database error: database "no_such_database" does not exist'
     ]
+
+
+async def test_dotenv_in_the_working_folder_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=sqlite+aiosqlite:///./from_dotenv.db\n")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "customer_service",
+        "migrate",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert (tmp_path / "from_dotenv.db").exists()
+    (tmp_path / ".env").write_text("PORT=70000\n")
+    result = await _run("serve", cwd=tmp_path)
+    assert result.stderr.startswith("customer-service: invalid setting PORT:")
