@@ -3,10 +3,10 @@
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from customer_service.columns import UTCDateTime
 from customer_service.customers.models import Customer
 from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
 
@@ -122,6 +122,18 @@ async def record_failure(
     )
 
 
+# Plain SQL that SQLite and PostgreSQL both speak; unlike the dialects' `on_conflict_do_update`
+# constructs, it is compiled once and cached.
+CLAIM = text(
+    "INSERT INTO sync_claims (customer_id, owner, expires_at)"
+    " VALUES (:customer_id, :owner, :expires_at)"
+    " ON CONFLICT (customer_id) DO UPDATE"
+    " SET owner = excluded.owner, expires_at = excluded.expires_at"
+    " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < :now"
+    " RETURNING owner"
+).bindparams(bindparam("expires_at", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+
+
 async def claim(
     session: AsyncSession, customer_id: int, owner: str, now: datetime, lease: float
 ) -> bool:
@@ -130,20 +142,9 @@ async def claim(
     One statement, atomic on both backends: insert the claim, or take over one that is
     ours or has expired (a crashed replica's).
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     expires = now + timedelta(seconds=lease)
-    statement = (
-        insert(SyncClaim)
-        .values(customer_id=customer_id, owner=owner, expires_at=expires)
-        .on_conflict_do_update(
-            index_elements=[SyncClaim.customer_id],
-            set_={"owner": owner, "expires_at": expires},
-            where=(SyncClaim.owner == owner) | (SyncClaim.expires_at < now),
-        )
-        .returning(SyncClaim.owner)
-    )
-    holder: str | None = await session.scalar(statement)
+    params = {"customer_id": customer_id, "owner": owner, "expires_at": expires, "now": now}
+    holder: str | None = await session.scalar(CLAIM, params)
     return holder == owner
 
 
