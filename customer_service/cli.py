@@ -80,7 +80,7 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
 async def _retry(settings: Settings) -> int:
     from customer_service.crm.client import CrmClient, build_http_client
     from customer_service.db import create_engine, create_sessionmaker
-    from customer_service.sync.delivery import Deliverer
+    from customer_service.sync.delivery import CrmHealth, Deliverer
     from customer_service.sync.http_sender import HttpSender
     from customer_service.sync.retry import Urgency
     from customer_service.sync.scheduler import RetryJob
@@ -89,8 +89,15 @@ async def _retry(settings: Settings) -> int:
     http = build_http_client(settings)
     try:
         sessionmaker = create_sessionmaker(engine)
-        deliverer = Deliverer(sessionmaker, HttpSender(CrmClient(http)), settings)
-        counts = await RetryJob(sessionmaker, deliverer, settings).run_pass(Urgency.OPERATOR)
+        # Not suspect: this one pass is all the command does, so a success must not start
+        # a background recovery pass beside it (whose deliveries the report would miss).
+        sender = HttpSender(CrmClient(http))
+        deliverer = Deliverer(sessionmaker, sender, settings, CrmHealth(suspect=False))
+        job = RetryJob(sessionmaker, deliverer, settings)
+        try:
+            counts = await job.run_pass(Urgency.OPERATOR)
+        finally:
+            await job.close()
     finally:
         await http.aclose()
         await engine.dispose()

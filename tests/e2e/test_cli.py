@@ -183,3 +183,28 @@ async def test_dotenv_in_the_working_folder_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("PORT=70000\n")
     result = await _run("serve", cwd=tmp_path)
     assert result.stderr.startswith("customer-service: invalid setting PORT:")
+
+
+async def test_retry_command_reports_every_delivery_it_made(
+    database_url: str, crm: LiveServer, crm_control: CrmControl
+) -> None:
+    settings = Settings(database_url=database_url, crm_base_url=crm.url)
+    app = create_app(settings, run_scheduler=False)
+    await crm_control.faults(down=True)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as http:
+            for n in range(4):
+                body = {"firstName": "R", "lastName": "One", "email": f"r{n}@example.com"}
+                assert (await http.post("/api/customers", json=body)).status_code == 201
+
+            async def all_failed() -> bool:
+                page = await http.get("/api/failed-requests", params={"status": "failed"})
+                return bool(page.json()["total"] == 4)
+
+            await eventually(all_failed)
+    await crm_control.faults(down=False)
+    # One slot: a background pass started beside it would take customers from its report.
+    env = {"DATABASE_URL": database_url, "CRM_BASE_URL": crm.url, "RETRY_CONCURRENCY": "1"}
+    retried = await _run("retry", **env)
+    assert json.loads(retried.stdout) == {"attempted": 4, "delivered": 4, "failed": 0, "dead": 0}
