@@ -1,7 +1,7 @@
 """The httpx client of the CRM: one shared `httpx.AsyncClient`, thin calls, no policy.
 
 Every call names an `Idempotency-Key`, so a call repeated after a lost answer changes
-nothing on the CRM. What an answer means is decided by `sync.http_sender`.
+nothing on the CRM. What an answer means is decided by `sync.transports.http`.
 """
 
 import uuid

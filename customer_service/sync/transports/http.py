@@ -9,11 +9,14 @@
   was never learnt; a 404 means it is gone already, which is what was asked.
 """
 
+import logging
 from typing import Any
 
 from customer_service.crm.client import CrmAnswer, CrmClient, CrmUnreachable
 from customer_service.sync.models import FailedRequest, Operation
 from customer_service.sync.outcome import Delivered, Failed, Outcome
+
+log = logging.getLogger(__name__)
 
 
 def _failed(answer: CrmAnswer) -> Failed:
@@ -31,7 +34,8 @@ class HttpSender:
         self._client = client
 
     async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome:
-        """Deliver `row` (its payload is the state to send); never raises for CRM trouble."""
+        """Deliver `row` (its payload is the state to send); never raises: every error of
+        a call becomes a `Failed` outcome that the deliverer records."""
         try:
             if row.operation == Operation.DELETE:
                 return await self._delete(row, crm_id)
@@ -44,6 +48,13 @@ class HttpSender:
             return await self._create(row.payload, row.idempotency_key)
         except CrmUnreachable as exc:
             return Failed(f"CRM unreachable: {exc}")
+        except Exception as exc:
+            # Whatever else a call raises (httpcore has leaked AttributeError when the CRM
+            # process died mid-call) is CRM trouble too: the row must be recorded failed,
+            # not left to an exception that skips the bookkeeping. Cancellation is not
+            # an Exception and still propagates.
+            log.warning("CRM call for request %s raised", row.id, exc_info=True)
+            return Failed(f"CRM call failed: {type(exc).__name__}: {exc}".rstrip(": "))
 
     async def _create(self, payload: dict[str, Any], key: str) -> Outcome:
         answer = await self._client.create(payload, key)
