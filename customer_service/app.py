@@ -14,9 +14,9 @@ from customer_service.errors import install_handlers
 from customer_service.ops import router as ops_router
 from customer_service.sync.delivery import Deliverer
 from customer_service.sync.dispatcher import Dispatcher
-from customer_service.sync.transports.http import HttpSender
 from customer_service.sync.router import router as failed_router
 from customer_service.sync.scheduler import RetryJob, build_scheduler
+from customer_service.sync.transports.http import HttpSender
 
 
 def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) -> FastAPI:

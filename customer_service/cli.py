@@ -81,9 +81,9 @@ async def _retry(settings: Settings) -> int:
     from customer_service.crm.client import CrmClient, build_http_client
     from customer_service.db import create_engine, create_sessionmaker
     from customer_service.sync.delivery import CrmHealth, Deliverer
-    from customer_service.sync.transports.http import HttpSender
     from customer_service.sync.retry import Urgency
     from customer_service.sync.scheduler import RetryJob
+    from customer_service.sync.transports.http import HttpSender
 
     engine = create_engine(settings.database_url)
     http = build_http_client(settings)
