@@ -12,6 +12,9 @@ from customer_service.db import create_engine, create_sessionmaker
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
 from customer_service.ops import router as ops_router
+from customer_service.reconciliation.periodic import ReconcileLoop
+from customer_service.reconciliation.reconciler import Reconciler
+from customer_service.reconciliation.router import router as reconciliation_router
 from customer_service.sync.delivery import Deliverer
 from customer_service.sync.dispatcher import Dispatcher
 from customer_service.sync.router import router as failed_router
@@ -41,6 +44,11 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         app.state.deliverer = deliverer
         app.state.dispatcher = dispatcher
         app.state.retry_job = retry_job
+        reconciler = Reconciler(sessionmaker, client, kick=dispatcher.kick)
+        app.state.reconciler = reconciler
+        interval = settings.reconcile_interval_seconds if run_scheduler else 0.0
+        reconcile_loop = ReconcileLoop(reconciler, interval)
+        reconcile_loop.start()
         background = run_scheduler and settings.sync_enabled
         scheduler = build_scheduler(retry_job, settings) if background else None
         if scheduler is not None:
@@ -50,6 +58,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
+            await reconcile_loop.close()
             await dispatcher.close()
             await retry_job.close()
             await http.aclose()
@@ -67,4 +76,5 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     api_key = [Depends(require_api_key)]
     app.include_router(customers_router, dependencies=api_key)
     app.include_router(failed_router, dependencies=api_key)
+    app.include_router(reconciliation_router, dependencies=api_key)
     return app

@@ -1,4 +1,5 @@
-"""The `customer-service` command: serve | migrate | retry | failed list/replay/discard."""
+"""The `customer-service` command: serve | migrate | retry | failed list/replay/discard |
+reconcile [--repair]."""
 
 import argparse
 import asyncio
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("replay", "make a dead request due again"), ("discard", "delete one")):
         action = actions.add_parser(name, help=text)
         action.add_argument("id", type=int)
+    reconcile = commands.add_parser("reconcile", help="compare every customer with the CRM")
+    reconcile.add_argument(
+        "--repair", action="store_true", help="queue the request that fixes each finding"
+    )
     return parser
 
 
@@ -105,6 +110,28 @@ async def _retry(settings: Settings) -> int:
     return 0
 
 
+async def _reconcile(settings: Settings, repair: bool) -> int:
+    """Print the report; 0 when there is no drift or every fix was queued, 1 otherwise."""
+    from customer_service.crm.client import CrmClient, build_http_client
+    from customer_service.db import create_engine, create_sessionmaker
+    from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
+
+    engine = create_engine(settings.database_url)
+    http = build_http_client(settings)
+    try:
+        reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http))
+        try:
+            report = await reconciler.run(repair)
+        except CrmReadFailed as exc:
+            print(f"{PROG}: {exc.detail}", file=sys.stderr)
+            return 1
+    finally:
+        await http.aclose()
+        await engine.dispose()
+    _print(report.model_dump(mode="json", by_alias=True))
+    return 1 if report.drift_left else 0
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
@@ -144,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "retry":
             return asyncio.run(_retry(settings))
+        if args.command == "reconcile":
+            return asyncio.run(_reconcile(settings, args.repair))
         return asyncio.run(_failed(settings, args))
     except NotImplementedError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: PositiveSeconds = 3600.0
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic: str = Field(default="customer-events", min_length=1)
+    kafka_status_topic: str = Field(default="customer-events.status", min_length=1)
+    kafka_partitions: int = Field(default=4, ge=1, le=1000)
+    # Tansu refuses InitProducerId; nothing relies on it, the CRM's consumer drops duplicates.
+    kafka_idempotent_producer: bool = True
+    # Reconcile with the CRM (and repair the drift) this often; 0 switches it off.
+    reconcile_interval_seconds: float = Field(default=0.0, ge=0)
     api_key: str = ""
     log_format: LogFormat = LogFormat.TEXT
     # Not in the SPEC table: false makes an API-only process. Writes still record their CRM

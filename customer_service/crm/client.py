@@ -86,6 +86,13 @@ class CrmClient:
     async def remove(self, crm_id: str, key: str) -> CrmAnswer:
         return await self._call("DELETE", f"{CUSTOMERS}/{crm_id}", key)
 
+    async def get(self, crm_id: str) -> CrmAnswer:
+        return await self._call("GET", f"{CUSTOMERS}/{crm_id}")
+
+    async def page(self, limit: int, offset: int) -> CrmAnswer:
+        """One page of the CRM's records, oldest first."""
+        return await self._call("GET", CUSTOMERS, params={"limit": limit, "offset": offset})
+
     async def find(self, external_id: str) -> CrmAnswer:
         return await self._call("GET", CUSTOMERS, params={"externalId": external_id, "limit": 100})
 

@@ -37,3 +37,26 @@ def enqueue(session: AsyncSession, customer: Customer, operation: Operation) -> 
     session.add(row)
     session.info.setdefault(PENDING_KICKS, set()).add(customer.id)
     return row
+
+
+def enqueue_record_delete(session: AsyncSession, customer_id: int, crm_id: str) -> FailedRequest:
+    """Queue the DELETE of CRM record `crm_id`, kept by the CRM for `customer_id` though
+    we hold no such customer (reconciliation's fix for an extra record). It waits in
+    that id's queue like any DELETE, and targets the record by its CRM id."""
+    now = utc_now()
+    row = FailedRequest(
+        customer_id=customer_id,
+        operation=Operation.DELETE,
+        status=RequestStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        version=0,
+        payload=None,
+        crm_id=crm_id,
+        idempotency_key=str(uuid.uuid4()),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.info.setdefault(PENDING_KICKS, set()).add(customer_id)
+    return row

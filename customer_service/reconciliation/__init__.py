@@ -1,0 +1,1 @@
+"""Reconciliation: compare every customer with the CRM's record, report and repair drift."""

@@ -1,0 +1,43 @@
+"""The SQL of reconciliation: our side of a page of customer ids, and our customers by id."""
+
+from collections.abc import Collection
+
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.crm.mapper import CustomerMapper
+from customer_service.customers.models import Customer
+from customer_service.reconciliation.compare import Local
+from customer_service.sync.models import FailedRequest
+
+
+async def local_state(session: AsyncSession, ids: Collection[int]) -> dict[int, Local]:
+    """What we hold for each of `ids`: the CRM body it should have and whether requests of
+    it wait; ids with neither a customer nor a request are absent."""
+    if not ids:
+        return {}
+    customers = (await session.scalars(select(Customer).where(Customer.id.in_(ids)))).all()
+    queued = select(FailedRequest.customer_id).where(FailedRequest.customer_id.in_(ids))
+    busy = set((await session.scalars(queued.distinct())).all())
+    found = {c.id: Local(CustomerMapper.to_crm(c).to_json(), c.id in busy) for c in customers}
+    for customer_id in busy - found.keys():
+        found[customer_id] = Local(None, True)
+    return found
+
+
+async def customers_after(session: AsyncSession, after: int, limit: int) -> list[tuple[int, bool]]:
+    """The next `limit` customer ids above `after`, each with whether requests of it wait
+    (keyset paging: no offset to skip, whatever the table's size)."""
+    busy = exists().where(FailedRequest.customer_id == Customer.id)
+    query = (
+        select(Customer.id, busy.label("busy"))
+        .where(Customer.id > after)
+        .order_by(Customer.id)
+        .limit(limit)
+    )
+    return [(int(row[0]), bool(row[1])) for row in (await session.execute(query)).all()]
+
+
+async def has_requests(session: AsyncSession, customer_id: int) -> bool:
+    query = select(FailedRequest.id).where(FailedRequest.customer_id == customer_id).limit(1)
+    return (await session.scalar(query)) is not None
