@@ -15,6 +15,7 @@ from customer_service.ops import router as ops_router
 from customer_service.reconciliation.periodic import ReconcileLoop
 from customer_service.reconciliation.reconciler import Reconciler
 from customer_service.reconciliation.router import router as reconciliation_router
+from customer_service.request_id import RequestIdMiddleware
 from customer_service.sync.delivery import Deliverer
 from customer_service.sync.dispatcher import Dispatcher
 from customer_service.sync.router import router as failed_router
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     )
     app.state.settings = settings
     install_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(ops_router)
     api_key = [Depends(require_api_key)]
     app.include_router(customers_router, dependencies=api_key)

@@ -5,9 +5,11 @@ import logging
 from datetime import UTC, datetime
 
 from customer_service.config import LogFormat
+from customer_service.request_id import RequestIdFilter
 
 # The app name first: `make run` interleaves both apps' output in one terminal.
-TEXT_FORMAT = "%(asctime)s customer-service %(levelname)s %(name)s: %(message)s"
+# The request id (`-` outside a request) ties the lines of one request together.
+TEXT_FORMAT = "%(asctime)s customer-service %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,6 +21,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", "-")
+        if request_id != "-":
+            entry["requestId"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -26,6 +31,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
     if log_format == LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:

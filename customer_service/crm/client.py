@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 
 from customer_service.config import Settings
+from customer_service.request_id import HEADER as REQUEST_ID_HEADER
+from customer_service.request_id import current_request_id
 
 CUSTOMERS = "/api/crm/customers"
 
@@ -65,6 +67,9 @@ class CrmClient:
     ) -> CrmAnswer:
         # Every call carries a key; a read gets a fresh one (repeating a read is harmless).
         headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+        request_id = current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
         try:
             response = await self._http.request(
                 method, path, json=json, params=params, headers=headers

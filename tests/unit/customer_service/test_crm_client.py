@@ -6,6 +6,7 @@ import respx
 
 from customer_service.config import Settings
 from customer_service.crm.client import CrmClient, CrmUnreachable, build_http_client
+from customer_service.request_id import current_request_id
 
 BASE = "http://crm.test"
 
@@ -74,3 +75,16 @@ async def test_ping_is_false_on_5xx_and_true_on_200(client: CrmClient) -> None:
     assert not await client.ping()
     route.mock(return_value=httpx.Response(200, json={"items": [], "total": 0}))
     assert await client.ping()
+
+
+@respx.mock
+async def test_crm_calls_carry_the_current_request_id(client: CrmClient) -> None:
+    route = respx.get(f"{BASE}/api/crm/customers/c1").mock(return_value=httpx.Response(200))
+    token = current_request_id.set("req-7")
+    try:
+        await client.get("c1")
+    finally:
+        current_request_id.reset(token)
+    assert route.calls.last.request.headers["X-Request-ID"] == "req-7"
+    await client.get("c1")
+    assert "X-Request-ID" not in route.calls.last.request.headers

@@ -62,7 +62,7 @@ def test_customers_with_undelivered_requests_are_never_drift() -> None:
 
 def test_customer_id_of_accepts_only_canonical_ids_in_range() -> None:
     assert [customer_id_of(v) for v in ("1", "2147483647")] == [1, 2147483647]
-    for bad in ("0", "-1", "01", "2147483648", "", " 1", "１", "1.0"):
+    for bad in ("0", "-1", "01", "2147483648", "", " 1", "\uff11", "1.0"):
         assert customer_id_of(bad) is None, bad
 
 
