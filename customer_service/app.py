@@ -11,6 +11,7 @@ from customer_service.customers.router import router as customers_router
 from customer_service.db import create_engine, create_sessionmaker
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
+from customer_service.metrics import InstrumentedSender, Metrics
 from customer_service.ops import router as ops_router
 from customer_service.reconciliation.periodic import ReconcileLoop
 from customer_service.reconciliation.reconciler import Reconciler
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     """The customer service; `run_scheduler=False` leaves the periodic retry job off
     (tests drive passes themselves; immediate delivery after a write still runs)."""
     settings = settings or Settings()
+    metrics = Metrics()
     if settings.sync_mode == SyncMode.KAFKA:
         raise NotImplementedError("SYNC_MODE=kafka is not built yet; use http")
 
@@ -35,8 +37,10 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
         http = build_http_client(settings)
-        client = CrmClient(http)
-        deliverer = Deliverer(sessionmaker, HttpSender(client), settings)
+        client = CrmClient(http, on_call=metrics.observe_crm_call)
+        deliverer = Deliverer(
+            sessionmaker, InstrumentedSender(HttpSender(client), metrics), settings
+        )
         retry_job = RetryJob(sessionmaker, deliverer, settings, client)
         dispatcher = Dispatcher(deliverer, enabled=settings.sync_enabled)
         app.state.settings = settings
@@ -46,6 +50,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         app.state.dispatcher = dispatcher
         app.state.retry_job = retry_job
         reconciler = Reconciler(sessionmaker, client, kick=dispatcher.kick)
+        reconciler.listeners.append(metrics.observe_reconciliation)
         app.state.reconciler = reconciler
         interval = settings.reconcile_interval_seconds if run_scheduler else 0.0
         reconcile_loop = ReconcileLoop(reconciler, interval)
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         description="Customers, kept in step with the CRM through a durable outbox.",
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     install_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(ops_router)

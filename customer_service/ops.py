@@ -1,12 +1,15 @@
 """Liveness, readiness and Prometheus metrics."""
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import text
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import func, select, text
 
+from customer_service.columns import utc_now
 from customer_service.errors import problem
+from customer_service.metrics import Metrics
 from customer_service.sync import repository
-from customer_service.sync.models import RequestStatus
+from customer_service.sync.models import FailedRequest
 
 router = APIRouter(tags=["operations"])
 
@@ -26,23 +29,19 @@ async def ready(request: Request) -> dict[str, str] | JSONResponse:
     return {"status": "ready"}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> str:
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus text: see `customer_service.metrics` for what each metric means."""
     state = request.app.state
     async with state.sessionmaker() as session:
         counts = await repository.count_by_status(session)
-    lines = [
-        "# HELP crm_sync_failed_requests Undelivered CRM requests by status.",
-        "# TYPE crm_sync_failed_requests gauge",
-        *(
-            f'crm_sync_failed_requests{{status="{s.value}"}} {counts.get(s.value, 0)}'
-            for s in RequestStatus
-        ),
-        "# HELP crm_sync_deliveries_in_flight Customers being delivered right after a write.",
-        "# TYPE crm_sync_deliveries_in_flight gauge",
-        f"crm_sync_deliveries_in_flight {state.dispatcher.in_flight}",
-        "# HELP crm_sync_crm_suspect 1 while this replica sees the CRM failing.",
-        "# TYPE crm_sync_crm_suspect gauge",
-        f"crm_sync_crm_suspect {int(state.deliverer.health.suspect)}",
-    ]
-    return "\n".join(lines) + "\n"
+        oldest = await session.scalar(select(func.min(FailedRequest.created_at)))
+    age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
+    registry: Metrics = state.metrics
+    registry.set_outbox(counts, age)
+    registry.set_process(state.dispatcher.in_flight, state.deliverer.health.suspect)
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,9 @@ Every call names an `Idempotency-Key`, so a call repeated after a lost answer ch
 nothing on the CRM. What an answer means is decided by `sync.transports.http`.
 """
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +56,14 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 class CrmClient:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        on_call: Callable[[str, str, float], None] | None = None,
+    ) -> None:
         self._http = http
+        # Told (method, outcome: ok | error | unreachable, seconds) after each call.
+        self._on_call = on_call
 
     async def _call(
         self,
@@ -70,17 +78,24 @@ class CrmClient:
         request_id = current_request_id.get()
         if request_id is not None:
             headers[REQUEST_ID_HEADER] = request_id
+        start = time.perf_counter()
         try:
             response = await self._http.request(
                 method, path, json=json, params=params, headers=headers
             )
         except httpx.HTTPError as exc:
+            self._observe(method, "unreachable", start)
             raise CrmUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        self._observe(method, "ok" if response.is_success else "error", start)
         try:
             body = response.json() if response.content else None
         except ValueError:
             body = None
         return CrmAnswer(response.status_code, body, response.headers.get("Retry-After"))
+
+    def _observe(self, method: str, outcome: str, start: float) -> None:
+        if self._on_call is not None:
+            self._on_call(method, outcome, time.perf_counter() - start)
 
     async def create(self, body: dict[str, Any], key: str) -> CrmAnswer:
         return await self._call("POST", CUSTOMERS, key, json=body)

@@ -74,7 +74,7 @@ async def test_readme_walkthrough_works_verbatim(tmp_path: Path) -> None:
     async with pair(tmp_path, service_port, crm_port), httpx.AsyncClient(base_url=service) as http:
 
         async def idle() -> bool:
-            return "crm_sync_deliveries_in_flight 0\n" in (await http.get("/metrics")).text
+            return "crm_sync_deliveries_in_flight 0.0\n" in (await http.get("/metrics")).text
 
         for block in walkthrough(service_port, crm_port):
             # A reader takes longer than the service between two blocks: let it settle.

@@ -57,7 +57,7 @@ async def _synced(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]
 
 async def _idle(client: httpx.AsyncClient) -> bool:
     metrics = (await client.get("/metrics")).text
-    return "crm_sync_deliveries_in_flight 0\n" in metrics
+    return "crm_sync_deliveries_in_flight 0.0\n" in metrics
 
 
 async def _retry(client: httpx.AsyncClient) -> dict[str, int]:

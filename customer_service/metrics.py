@@ -1,0 +1,166 @@
+"""Prometheus metrics of one app, in a registry of its own (tests make many apps in one
+process; the default global registry would refuse the second).
+
+What an on-call person alerts on (sample rules in `docs/alerts.yml`):
+- `crm_sync_deliveries_total{outcome}`: delivery attempts by outcome (delivered,
+  transient_failure, permanent_failure);
+- `crm_sync_crm_request_duration_seconds{method,outcome}`: each CRM call's latency;
+- `crm_sync_lag_seconds`: from the commit of a change to the CRM's acknowledgment of it;
+- `crm_sync_failed_requests{status}` and `crm_sync_oldest_undelivered_age_seconds`: the
+  outbox, read from the database at each scrape;
+- `crm_sync_crm_up`: 0 while this replica sees the CRM failing;
+- `crm_sync_reconciliation_drift{kind}` and the `..._total` counters: what the last
+  reconciliation found, and what all of them found and queued fixes for.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from customer_service.columns import utc_now
+from customer_service.reconciliation.compare import DriftKind
+from customer_service.reconciliation.schemas import ReconciliationReport
+from customer_service.sync.models import FailedRequest, RequestStatus
+from customer_service.sync.outcome import Delivered, Outcome
+from customer_service.sync.retry import is_permanent
+
+# Latencies on loopback are milliseconds; a slow CRM takes seconds (up to its timeout).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 14400, 86400)
+
+
+class Metrics:
+    """Every metric of the customer service, registered in `self.registry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.deliveries = Counter(
+            "crm_sync_deliveries",
+            "CRM delivery attempts by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.crm_latency = Histogram(
+            "crm_sync_crm_request_duration_seconds",
+            "Latency of each call to the CRM, by method and outcome (ok, error, unreachable).",
+            ["method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Histogram(
+            "crm_sync_lag_seconds",
+            "From the commit of a change to the CRM's acknowledgment of it.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.undelivered = Gauge(
+            "crm_sync_failed_requests",
+            "Undelivered CRM requests by status.",
+            ["status"],
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "crm_sync_oldest_undelivered_age_seconds",
+            "Age of the oldest undelivered CRM request (0 when there is none).",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "crm_sync_deliveries_in_flight",
+            "Customers being delivered right after a write.",
+            registry=r,
+        )
+        self.crm_up = Gauge(
+            "crm_sync_crm_up", "1 unless this replica sees the CRM failing.", registry=r
+        )
+        self.crm_suspect = Gauge(
+            "crm_sync_crm_suspect", "1 while this replica sees the CRM failing.", registry=r
+        )
+        self.drift = Gauge(
+            "crm_sync_reconciliation_drift",
+            "Drift found by the last reconciliation, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.drift_found = Counter(
+            "crm_sync_reconciliation_drift_found",
+            "Drift found by reconciliations, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.fixes_queued = Counter(
+            "crm_sync_reconciliation_fixes_queued",
+            "Fixes queued in failed_requests by reconciliations.",
+            registry=r,
+        )
+        self.last_reconciliation = Gauge(
+            "crm_sync_reconciliation_last_run_timestamp_seconds",
+            "When the last reconciliation finished (Unix time; 0: none yet).",
+            registry=r,
+        )
+        for outcome in ("delivered", "transient_failure", "permanent_failure"):
+            self.deliveries.labels(outcome)
+        for kind in DriftKind:
+            self.drift.labels(kind.value)
+            self.drift_found.labels(kind.value)
+
+    def observe_crm_call(self, method: str, outcome: str, seconds: float) -> None:
+        self.crm_latency.labels(method, outcome).observe(seconds)
+
+    def observe_delivery(self, row: FailedRequest, outcome: Outcome) -> None:
+        if isinstance(outcome, Delivered):
+            self.deliveries.labels("delivered").inc()
+            self.lag.observe(max(0.0, (utc_now() - row.created_at).total_seconds()))
+        elif is_permanent(outcome.status):
+            self.deliveries.labels("permanent_failure").inc()
+        else:
+            self.deliveries.labels("transient_failure").inc()
+
+    def observe_reconciliation(self, report: ReconciliationReport) -> None:
+        found = {
+            DriftKind.MISSING: len(report.missing),
+            DriftKind.EXTRA: len(report.extra),
+            DriftKind.DIFFERENT: len(report.different),
+        }
+        for kind, count in found.items():
+            self.drift.labels(kind.value).set(count)
+            self.drift_found.labels(kind.value).inc(count)
+        self.fixes_queued.inc(report.queued)
+        self.last_reconciliation.set(report.finished_at.timestamp())
+
+    def set_outbox(self, counts: dict[str, int], oldest_age: float) -> None:
+        for status in RequestStatus:
+            self.undelivered.labels(status.value).set(counts.get(status.value, 0))
+        self.oldest_age.set(oldest_age)
+
+    def set_process(self, in_flight: int, crm_suspect: bool) -> None:
+        self.in_flight.set(in_flight)
+        self.crm_up.set(0 if crm_suspect else 1)
+        self.crm_suspect.set(1 if crm_suspect else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class InstrumentedSender:
+    """A transport's sender, counted: every attempt's outcome and, on success, the lag."""
+
+    def __init__(self, sender: Any, metrics: Metrics) -> None:
+        self._sender = sender
+        self._metrics = metrics
+
+    async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome:
+        outcome: Outcome = await self._sender.send(row, crm_id)
+        self._metrics.observe_delivery(row, outcome)
+        return outcome
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sender, name)
+
+
+def timer() -> Callable[[], float]:
+    """Seconds since this call, when the returned function is called."""
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
