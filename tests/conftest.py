@@ -16,6 +16,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from kafka_support import Broker, running_broker
 from support import (
     CrmControl,
     LiveServer,
@@ -122,3 +123,11 @@ async def client(service_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    """One real Kafka-protocol broker (Tansu, memory storage) for the run; each test keeps
+    to topics of its own (`kafka_support.Topics`)."""
+    with running_broker() as broker:
+        yield broker
