@@ -19,6 +19,7 @@ from customer_service.reconciliation.router import router as reconciliation_rout
 from customer_service.request_id import RequestIdMiddleware
 from customer_service.sync.delivery import Deliverer
 from customer_service.sync.dispatcher import Dispatcher
+from customer_service.sync.kafka_mode import KafkaMode
 from customer_service.sync.router import router as failed_router
 from customer_service.sync.scheduler import RetryJob, build_scheduler
 from customer_service.sync.transports.http import HttpSender
@@ -29,8 +30,6 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     (tests drive passes themselves; immediate delivery after a write still runs)."""
     settings = settings or Settings()
     metrics = Metrics()
-    if settings.sync_mode == SyncMode.KAFKA:
-        raise NotImplementedError("SYNC_MODE=kafka is not built yet; use http")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,10 +37,11 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         sessionmaker = create_sessionmaker(engine)
         http = build_http_client(settings)
         client = CrmClient(http, on_call=metrics.observe_crm_call)
-        deliverer = Deliverer(
-            sessionmaker, InstrumentedSender(HttpSender(client), metrics), settings
-        )
-        retry_job = RetryJob(sessionmaker, deliverer, settings, client)
+        # One engine, two transports: Kafka mode publishes instead of calling the CRM.
+        kafka = KafkaMode(settings, sessionmaker) if settings.sync_mode == SyncMode.KAFKA else None
+        sender = kafka.sender if kafka is not None else HttpSender(client)
+        deliverer = Deliverer(sessionmaker, InstrumentedSender(sender, metrics), settings)
+        retry_job = RetryJob(sessionmaker, deliverer, settings, None if kafka else client)
         dispatcher = Dispatcher(deliverer, enabled=settings.sync_enabled)
         app.state.settings = settings
         app.state.engine = engine
@@ -59,6 +59,13 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         scheduler = build_scheduler(retry_job, settings) if background else None
         if scheduler is not None:
             scheduler.start()
+        if kafka is not None:
+            await kafka.start(
+                deliver=settings.sync_enabled,
+                probe=background,
+                health=deliverer.health,
+                on_back=retry_job.start_forced_pass,
+            )
         try:
             yield
         finally:
@@ -67,6 +74,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
             await reconcile_loop.close()
             await dispatcher.close()
             await retry_job.close()
+            if kafka is not None:
+                await kafka.close()
             await http.aclose()
             await engine.dispose()
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=4, ge=1, le=1000)
     # Tansu refuses InitProducerId; nothing relies on it, the CRM's consumer drops duplicates.
     kafka_idempotent_producer: bool = True
+    # Not in the SPEC table: the status reader's group session. A joining member waits up to
+    # this (Tansu: half of it) before it reads; Apache Kafka accepts 6 s and more by default.
+    kafka_session_timeout_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
     # Reconcile with the CRM (and repair the drift) this often; 0 switches it off.
     reconcile_interval_seconds: float = Field(default=0.0, ge=0)
     api_key: str = ""

@@ -31,6 +31,11 @@ class Customer(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     crm_id: Mapped[str | None] = mapped_column(String(100))
     crm_synced_version: Mapped[int | None] = mapped_column(Integer)
+    # Kafka mode: the newest version handed to the broker, and the newest one the CRM
+    # dead-lettered; the CRM's word (`crm_synced_version`) catches up through the status
+    # topic. Null in HTTP mode, where a delivery is the CRM's word itself.
+    crm_published_version: Mapped[int | None] = mapped_column(Integer)
+    crm_dead_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 

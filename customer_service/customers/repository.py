@@ -16,10 +16,15 @@ def _has_request(*statuses: RequestStatus) -> Any:
 
 # The customer's sync state, read in the same statement as its row: one snapshot, so a
 # delivery settling in between can never show "synced" without its CRM id.
+# In Kafka mode a published version is `pending` until the CRM's status event confirms it,
+# and `dead` when the CRM dead-lettered it (until a newer version is confirmed).
+_CONFIRMED = func.coalesce(Customer.crm_synced_version, 0)
 SYNC_STATUS = case(
     (_has_request(RequestStatus.DEAD), "dead"),
+    (Customer.crm_dead_version > _CONFIRMED, "dead"),
     (_has_request(RequestStatus.FAILED), "failed"),
     (_has_request(), "pending"),
+    (Customer.crm_published_version > _CONFIRMED, "pending"),
     else_="synced",
 ).label("sync_status")
 

@@ -1,0 +1,133 @@
+"""Kafka mode: what the CRM did with each event, read back from `KAFKA_STATUS_TOPIC`.
+
+The CRM's consumer publishes `{"eventId", "customerId", "version", "status": "applied" |
+"dead", "crmId", "error"}` after each event. Here it becomes the customer's `crm` block:
+`applied` records the CRM id and raises `crm_synced_version`; `dead` raises
+`crm_dead_version`, so the customer shows `dead` until a newer version is applied (an
+operator's `crm-mock dlq replay`). Both only ever move forward, so a status read twice,
+or late, changes nothing.
+
+Offsets are committed after the batch is recorded: a crash reads it again.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from sqlalchemy import case, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from customer_service.config import Settings
+from customer_service.customers.models import Customer
+
+log = logging.getLogger(__name__)
+
+APPLIED = "applied"
+DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class CrmStatus:
+    customer_id: int
+    version: int
+    status: str
+    crm_id: str | None
+
+
+def parse_status(raw: bytes | None) -> CrmStatus | None:
+    """The status event in `raw`, or None when it is not one (logged and skipped)."""
+    try:
+        body: Any = json.loads(raw or b"")
+        status = CrmStatus(
+            customer_id=int(body["customerId"]),
+            version=int(body["version"]),
+            status=str(body["status"]),
+            crm_id=None if body.get("crmId") is None else str(body["crmId"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+    return status if status.status in (APPLIED, DEAD) else None
+
+
+def _raised(column: Any, version: int) -> Any:
+    return case((column.is_(None), version), (column < version, version), else_=column)
+
+
+async def record_status(session: AsyncSession, status: CrmStatus) -> None:
+    """Note on the customer (if it still exists) what the CRM did with its version."""
+    query = update(Customer).where(Customer.id == status.customer_id)
+    if status.status == APPLIED:
+        values: dict[str, Any] = {
+            "crm_synced_version": _raised(Customer.crm_synced_version, status.version)
+        }
+        if status.crm_id is not None:
+            values["crm_id"] = status.crm_id
+    else:
+        values = {"crm_dead_version": _raised(Customer.crm_dead_version, status.version)}
+    await session.execute(query.values(**values).execution_options(synchronize_session=False))
+
+
+class StatusConsumer:
+    """Owns the background task that reads the status topic; reconnects when the broker
+    goes away, and stops between batches (never inside a transaction)."""
+
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="crm-status-consumer")
+
+    async def _run(self) -> None:
+        session_ms = int(self._settings.kafka_session_timeout_seconds * 1000)
+        while not self._stopping.is_set():
+            consumer = AIOKafkaConsumer(
+                self._settings.kafka_status_topic,
+                bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                group_id=f"{self._settings.kafka_status_topic}.customer-service",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=session_ms,
+                heartbeat_interval_ms=session_ms // 3,
+            )
+            try:
+                await consumer.start()
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("CRM status consumer: %s; reconnecting", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            for partition, messages in batches.items():
+                statuses = [s for m in messages if (s := parse_status(m.value)) is not None]
+                if skipped := len(messages) - len(statuses):
+                    log.warning("skipped %s unreadable status events", skipped)
+                async with self._sessionmaker() as session, session.begin():
+                    for status in statuses:
+                        await record_status(session, status)
+                await consumer.commit({partition: messages[-1].offset + 1})
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop after the batch in hand; cancel only if it takes longer than `grace`."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        if not self._task.done():
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

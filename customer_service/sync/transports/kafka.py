@@ -1,0 +1,172 @@
+"""Delivery over Kafka: one outbox request published as an event for the CRM's consumer.
+
+The row becomes one event on `KAFKA_TOPIC`, keyed by the customer id (so one customer's
+events stay in one partition, in order), published with `acks=all`:
+
+    {"eventId", "eventType", "customerId", "version", "occurredAt", "customer"}
+
+`eventId` is the row's Idempotency-Key: a publish repeated after a lost acknowledgement
+carries the same id, and the consumer drops it. A broker that refuses the event, or is
+gone, is a transient failure (`Failed`), recorded and retried by the same engine as a CRM
+that is down. A delivered publish removes the rows from the outbox, but the customer
+stays `pending` (its `crm_published_version` ahead of `crm_synced_version`) until the
+CRM's status event says the version was applied (see `sync.status_consumer`).
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import case, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from customer_service.config import Settings
+from customer_service.customers.models import Customer
+from customer_service.sync.models import FailedRequest, Operation
+from customer_service.sync.outcome import Delivered, Failed, Outcome
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPE_HEADER = "eventType"
+
+
+def event_of(row: FailedRequest) -> dict[str, Any]:
+    """The event that carries `row` (SPEC section 5); `customer` is null for a DELETE."""
+    occurred = row.created_at.isoformat().replace("+00:00", "Z")
+    return {
+        "eventId": row.idempotency_key,
+        "eventType": str(row.operation),
+        "customerId": row.customer_id,
+        "version": row.version,
+        "occurredAt": occurred,
+        "customer": None if row.operation == Operation.DELETE else row.payload,
+    }
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, wait: float) -> None:
+    """Create the topics that do not exist yet (an existing one is left as it is)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=_ms(wait))
+    await asyncio.wait_for(admin.start(), wait)
+    try:
+        existing = set(await asyncio.wait_for(admin.list_topics(), wait))
+        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if missing:
+            await asyncio.wait_for(admin.create_topics(missing), wait)
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(1000, int(seconds * 1000))
+
+
+class KafkaSender:
+    """Publishes outbox rows; one producer for the process, started lazily and again after
+    a failure to start, so a broker that is down at start-up costs nothing but retries."""
+
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+        self._timeout = settings.crm_timeout_seconds
+
+    async def start(self) -> None:
+        """Create the missing topics and start the producer; a broker that is down only
+        logs a warning (deliveries fail and are retried until it is up)."""
+        settings = self._settings
+        try:
+            await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [settings.kafka_topic, settings.kafka_status_topic],
+                settings.kafka_partitions,
+                self._timeout,
+            )
+            await self._ready()
+        except Exception as exc:
+            log.warning("Kafka at %s not ready: %s", settings.kafka_bootstrap_servers, exc)
+
+    async def _ready(self) -> AIOKafkaProducer:
+        async with self._starting:
+            if self._producer is not None:
+                return self._producer
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                acks="all",
+                enable_idempotence=self._settings.kafka_idempotent_producer,
+                request_timeout_ms=_ms(self._timeout),
+                retry_backoff_ms=100,
+                linger_ms=0,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), self._timeout * 2)
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+            return producer
+
+    async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome:
+        """Publish `row`; never raises: a refusal or a missing broker is `Failed`.
+
+        `Delivered(None)`: the CRM id and the synced version come later, from the status
+        topic, once the CRM has applied the event."""
+        del crm_id  # the CRM's consumer finds the record by externalId
+        try:
+            producer = await self._ready()
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    self._settings.kafka_topic,
+                    key=str(row.customer_id).encode(),
+                    value=encode_event(event_of(row)),
+                    headers=[(EVENT_TYPE_HEADER, str(row.operation).encode())],
+                ),
+                self._timeout * 2 + 1,
+            )
+        except Exception as exc:
+            # TimeoutError, KafkaError, a connection refused at start: all transient.
+            return Failed(f"Kafka publish failed: {type(exc).__name__}: {exc}".rstrip(": "))
+        try:
+            await self._note_published(row.customer_id, row.version)
+        except Exception:
+            # The event is out; at worst the customer shows synced a moment early.
+            log.warning("could not note the publish of request %s", row.id, exc_info=True)
+        return Delivered(None)
+
+    async def _note_published(self, customer_id: int, version: int) -> None:
+        published = Customer.crm_published_version
+        async with self._sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Customer)
+                .where(Customer.id == customer_id)
+                .values(
+                    crm_published_version=case(
+                        (published.is_(None), version),
+                        (published < version, version),
+                        else_=published,
+                    )
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    async def ping(self) -> bool:
+        """Does the broker answer a metadata request now?"""
+        try:
+            producer = await self._ready()
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout)
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
