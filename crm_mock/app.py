@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crm_mock import store
+from crm_mock import ledger, store
 from crm_mock.config import CrmSettings
 from crm_mock.deps import CrmRuntime
 from crm_mock.gateway import CustomerCallsGateway
@@ -37,6 +37,8 @@ def create_app(settings: CrmSettings | None = None) -> FastAPI:
             app.state.runtime = CrmRuntime(
                 settings=resolved, engine=engine, sessionmaker=store.create_sessionmaker(engine)
             )
+            # A fresh process is a healthy CRM, for its Kafka consumer too.
+            await ledger.share_faults(app.state.runtime.sessionmaker, app.state.runtime.faults)
             logger.info("CRM mock ready, data in %s", engine.url.render_as_string())
             yield
         finally:

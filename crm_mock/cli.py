@@ -21,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("serve", help="run the CRM's HTTP API on HOST:PORT")
     commands.add_parser("consume", help="apply the customer events of KAFKA_TOPIC to the CRM")
+    dlq = commands.add_parser("dlq", help="the dead-lettered events of the consumer")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_commands.add_parser("list", help="the open dead letters, oldest first, as JSON lines")
+    replay = dlq_commands.add_parser("replay", help="apply dead letters now, oldest first")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?", type=int, help="the dead letter to apply")
+    target.add_argument("--all", action="store_true", help="every open dead letter")
     return parser
 
 
@@ -34,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "serve":
         return serve(settings)
+    if args.command == "dlq":
+        from crm_mock.kafka_commands import list_letters, replay
+
+        if args.dlq_command == "list":
+            return list_letters(settings)
+        return replay(settings, None if args.all else args.id)
     return consume(settings)
 
 
@@ -51,7 +64,9 @@ def serve(settings: CrmSettings) -> int:
 
 
 def consume(settings: CrmSettings) -> int:
-    """The Kafka consumer of SPEC section 5; not built yet, so it says so and fails."""
-    del settings  # the consumer will read the KAFKA_* settings
-    print(f"{PROG} consume: the Kafka consumer is not built yet", file=sys.stderr)
-    return EXIT_USAGE
+    """Run the Kafka consumer in the foreground until interrupted (SIGINT or SIGTERM)."""
+    from crm_mock.kafka_commands import run_consumer
+    from crm_mock.logging_config import configure_logging
+
+    configure_logging(settings.log_format)
+    return run_consumer(settings)

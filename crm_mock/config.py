@@ -28,6 +28,18 @@ class CrmSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
     kafka_topic: str = Field(default="customer-events", min_length=1)
     kafka_group_id: str = Field(default="crm-mock", min_length=1)
+    kafka_status_topic: str = Field(default="customer-events.status", min_length=1)
+    kafka_dlq_topic: str = Field(default="customer-events.dlq", min_length=1)
+    kafka_partitions: int = Field(default=4, ge=1, le=1000)
+    kafka_idempotent_producer: bool = True
+    # The consumer group's session: a killed consumer's partitions move to another after
+    # it, and a joining member waits up to it (Tansu: half of it) before it reads. Apache
+    # Kafka accepts 6 s and more by default.
+    kafka_session_timeout_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
+    # The consumer's retries of an apply that fails for a passing reason (the CRM is down),
+    # with backoff from 0.1 s to 30 s (about 8 minutes in all); then the event is
+    # dead-lettered. An event the CRM refuses for good is dead-lettered at once.
+    kafka_max_attempts: int = Field(default=25, ge=1)
     log_format: LogFormat = LogFormat.TEXT
 
     @field_validator("crm_database_url")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 
-from crm_mock import store
+from crm_mock import ledger, store
 from crm_mock.deps import RuntimeDep, SessionDep
 from crm_mock.faults import FaultSettings, FaultUpdate, apply_fault_update
 from crm_mock.schemas import (
@@ -129,6 +129,8 @@ async def get_faults(runtime: RuntimeDep) -> FaultSettings:
 async def update_faults(update: FaultUpdate, runtime: RuntimeDep) -> FaultSettings:
     """Change any subset of the fault switches; the others keep their value."""
     runtime.faults = apply_fault_update(runtime.faults, update)
+    # The Kafka consumer runs in another process: it reads the switch from the database.
+    await ledger.share_faults(runtime.sessionmaker, runtime.faults)
     return runtime.faults
 
 

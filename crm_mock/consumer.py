@@ -1,0 +1,529 @@
+"""`crm-mock consume`: the CRM's side of the Kafka alternative.
+
+Reads the customer events of `KAFKA_TOPIC` in the consumer group `KAFKA_GROUP_ID` and
+applies each to the CRM's store, as the HTTP API would have:
+
+- **Order.** A partition's events are applied one at a time, in offset order; a
+  customer's events all share one partition (the key is the customer id), so a retried
+  event is never overtaken by that customer's next one.
+- **Retries.** An apply that fails for a passing reason (the fault switch says the CRM is
+  down, or a random error, or a database hiccup) is retried with backoff (0.1 s doubling
+  to 30 s, but at once when the switch turns healthy) up to `KAFKA_MAX_ATTEMPTS`.
+- **Dead letters.** An event that cannot be applied (invalid, refused for good by a 4xx
+  fault other than 408, 409, 425 and 429, or out of attempts) is published to
+  `KAFKA_DLQ_TOPIC` with `error` and `attempts` headers and kept in `crm_dead_letters`.
+  That customer's later events follow it there (they are never applied over it) until an
+  operator runs `crm-mock dlq replay`.
+- **Offsets** are committed only once every event before them was applied or
+  dead-lettered, so a consumer killed at any instant loses nothing; what it redoes
+  changes nothing, as an event whose version the CRM holds already is skipped.
+- **Status.** After each event, `{"eventId", "customerId", "version", "status":
+  "applied" | "dead", "crmId", "error"}` goes to `KAFKA_STATUS_TOPIC`, keyed by customer.
+
+Each attempt is logged in `_requests` like the HTTP call it stands for (POST, PUT or
+DELETE, the status it came to, `idempotencyKey` = eventId, `body` = the event); a
+skipped duplicate is logged with 409. The fault switch is read from the database before
+every attempt (see `ledger`), so it governs the consumer the moment it is changed.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from crm_mock import ledger, store
+from crm_mock.config import CrmSettings
+from crm_mock.faults import decide_fault
+from crm_mock.routes import CUSTOMERS_PATH
+from crm_mock.schemas import CrmCustomerRequest
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 30.0
+# How often a waiting retry looks whether the switch turned healthy.
+SWITCH_POLL_SECONDS = 0.2
+DUPLICATE_STATUS = 409
+
+
+class InvalidEvent(Exception):
+    """The message is not a customer event this CRM can apply."""
+
+
+class CustomerEvent(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    event_id: str = Field(min_length=1, max_length=255)
+    event_type: Literal["CREATE", "UPDATE", "DELETE"]
+    customer_id: int
+    version: int = Field(ge=0)
+    occurred_at: str
+    customer: CrmCustomerRequest | None = None
+
+    @model_validator(mode="after")
+    def _check_customer(self) -> "CustomerEvent":
+        if self.event_type != "DELETE" and self.customer is None:
+            raise ValueError(f"a {self.event_type} event needs its customer")
+        if self.customer is not None and self.customer.external_id != str(self.customer_id):
+            raise ValueError("customer.externalId is not the event's customerId")
+        return self
+
+    @property
+    def external_id(self) -> str:
+        return str(self.customer_id)
+
+    @property
+    def rank(self) -> int:
+        """Order of a customer's events: by version, and a DELETE (which carries the
+        version it deleted) after the write of that same version."""
+        return self.version * 2 + (1 if self.event_type == "DELETE" else 0)
+
+
+def parse_event(raw: bytes | None) -> CustomerEvent:
+    try:
+        return CustomerEvent.model_validate_json(raw or b"")
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "event"
+        raise InvalidEvent(f"invalid event: {where}: {first['msg']}") from None
+
+
+def external_id_of(key: bytes | None) -> str | None:
+    """The customer a message is keyed by, if the key is one."""
+    try:
+        text = (key or b"").decode()
+    except UnicodeDecodeError:
+        return None
+    return text if text.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Applied:
+    crm_id: str | None
+
+
+@dataclass(frozen=True)
+class Held:
+    """The customer has an open dead letter: this event must follow it."""
+
+    letter_id: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    error: str
+    permanent: bool
+
+
+Result = Applied | Held | Refused
+
+
+class Applier:
+    """Applies one event to the store, under the shared fault switch; used by the consumer
+    and by `crm-mock dlq replay`."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], rng: random.Random | None = None
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._rng = rng or random.Random()
+
+    async def healthy(self) -> bool:
+        async with self._sessionmaker() as session, session.begin():
+            return not (await ledger.shared_faults(session)).down
+
+    async def apply(self, event: CustomerEvent, *, replay: bool = False) -> Result:
+        """One attempt. `replay`: an operator re-applies a dead letter (not held by it)."""
+        received = store.utc_now()
+        async with self._sessionmaker() as session, session.begin():
+            faults = await ledger.shared_faults(session)
+            if not replay:
+                letter = await ledger.open_letter_of(session, event.external_id)
+                if letter is not None and letter.event_id != event.event_id:
+                    return Held(letter.id)
+                if letter is not None:
+                    return Refused(f"dead-lettered already: {letter.error}", permanent=True)
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        fault = decide_fault(faults, self._rng.random())
+        async with self._sessionmaker() as session, session.begin():
+            if fault is not None:
+                method, path = _call_of(event, None)
+                await _log(session, event, method, path, fault.status_code, received)
+                return Refused(
+                    f"CRM answered {fault.status_code}: fault injected: {fault.reason}",
+                    permanent=_is_permanent(fault.status_code),
+                )
+            return await _apply(session, event, received)
+
+
+async def _apply(session: AsyncSession, event: CustomerEvent, received: Any) -> Applied:
+    external_id = event.external_id
+    record = await store.find_customer_by_external_id(session, external_id)
+    known = await ledger.applied_version(session, external_id)
+    if known is not None and event.rank <= known:
+        method, path = _call_of(event, record.id if record else None)
+        await _log(session, event, method, path, DUPLICATE_STATUS, received)
+        return Applied(record.id if record else None)
+    if event.event_type == "DELETE":
+        status = 404
+        if record is not None:
+            await store.delete_customer(session, record.id)
+            status = 204
+        crm_id = None
+        method, path = "DELETE", f"{CUSTOMERS_PATH}/{record.id if record else ''}".rstrip("/")
+    else:
+        assert event.customer is not None
+        if record is None:
+            record = await store.create_customer(session, event.customer)
+            method, path, status = "POST", CUSTOMERS_PATH, 201
+        else:
+            record = await store.replace_customer(session, record.id, event.customer)
+            method, path, status = "PUT", f"{CUSTOMERS_PATH}/{record.id}", 200
+        crm_id = record.id
+    await ledger.note_version(session, external_id, event.rank, event.event_id)
+    await _log(session, event, method, path, status, received)
+    return Applied(crm_id)
+
+
+def _call_of(event: CustomerEvent, crm_id: str | None) -> tuple[str, str]:
+    """The HTTP call an event stands for, for the request log."""
+    method = {"CREATE": "POST", "UPDATE": "PUT", "DELETE": "DELETE"}[event.event_type]
+    path = f"{CUSTOMERS_PATH}/{crm_id}" if crm_id else CUSTOMERS_PATH
+    return method, path
+
+
+async def _log(
+    session: AsyncSession,
+    event: CustomerEvent,
+    method: str,
+    path: str,
+    status: int,
+    received: Any,
+) -> None:
+    entry = store.RequestLogEntry(
+        method=method,
+        path=path,
+        status=status,
+        external_id=event.external_id,
+        idempotency_key=event.event_id,
+        body=event.model_dump(mode="json", by_alias=True),
+        received_at=received,
+    )
+    await store.append_request_log(session, entry)
+
+
+def _is_permanent(status: int) -> bool:
+    return 400 <= status < 500 and status not in TRANSIENT_STATUSES
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the n-th failed attempt."""
+    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1)))
+
+
+def status_event(
+    event_id: str,
+    customer_id: int,
+    version: int | None,
+    status: str,
+    crm_id: str | None,
+    error: str | None,
+) -> bytes:
+    body = {
+        "eventId": event_id,
+        "customerId": customer_id,
+        "version": version,
+        "status": status,
+        "crmId": crm_id,
+        "error": error,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class Stopping(Exception):
+    """The consumer was asked to stop while an event was still unsettled."""
+
+
+class CrmConsumer:
+    """The consumer loop; `stop` makes it finish between events and leave the group."""
+
+    def __init__(
+        self, settings: CrmSettings, sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self._settings = settings
+        self._sessionmaker = sessionmaker
+        self._applier = Applier(sessionmaker)
+        self._stop = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Consume until `stop`; reconnects after the broker goes away."""
+        while not self._stop.is_set():
+            try:
+                await self._session()
+            except Stopping:
+                return
+            except Exception as exc:
+                log.warning("consumer: %s; reconnecting", exc)
+                await self._pause(1.0)
+
+    async def _session(self) -> None:
+        settings = self._settings
+        await ensure_topics(settings)
+        session_ms = int(settings.kafka_session_timeout_seconds * 1000)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=settings.kafka_idempotent_producer,
+            linger_ms=0,
+            request_timeout_ms=5000,
+        )
+        consumer = AIOKafkaConsumer(
+            settings.kafka_topic,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # A long outage holds a partition's event in retries; stay in the group.
+            max_poll_interval_ms=3_600_000,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=session_ms // 3,
+        )
+        try:
+            await producer.start()
+            self._producer = producer
+            await consumer.start()
+            log.info("consuming %s as group %s", settings.kafka_topic, settings.kafka_group_id)
+            while not self._stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                done = await asyncio.gather(
+                    *(self._partition(messages) for messages in batches.values())
+                )
+                offsets = {
+                    partition: last + 1
+                    for partition, last in zip(batches, done, strict=True)
+                    if last is not None
+                }
+                if offsets:
+                    await consumer.commit(offsets)
+        finally:
+            self._producer = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _partition(self, messages: list[Any]) -> int | None:
+        """Settle a partition's messages in order; the offset of the last one settled."""
+        last = None
+        for message in messages:
+            if self._stop.is_set():
+                break
+            try:
+                await self._settle(message)
+            except Stopping:
+                break
+            last = message.offset
+        return last
+
+    async def _settle(self, message: Any) -> None:
+        try:
+            event = parse_event(message.value)
+        except InvalidEvent as exc:
+            await self._dead_letter(message, None, str(exc), 1)
+            return
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = await self._applier.apply(event)
+            except Exception as exc:
+                log.warning("apply of event %s failed", event.event_id, exc_info=True)
+                result = Refused(f"{type(exc).__name__}: {exc}", permanent=False)
+            if isinstance(result, Applied):
+                await self._publish_status(event, "applied", result.crm_id, None)
+                return
+            if isinstance(result, Held):
+                error = f"held behind dead letter {result.letter_id} of this customer"
+                await self._dead_letter(message, event, error, attempts)
+                return
+            if result.permanent or attempts >= self._settings.kafka_max_attempts:
+                await self._dead_letter(message, event, result.error, attempts)
+                return
+            await self._wait_to_retry(attempts)
+
+    async def _wait_to_retry(self, attempts: int) -> None:
+        """Back off, but retry at once when the fault switch turns healthy."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + backoff(attempts)
+        was_healthy = await self._applier.healthy()
+        while loop.time() < until:
+            await self._pause(min(SWITCH_POLL_SECONDS, until - loop.time()))
+            if self._stop.is_set():
+                raise Stopping
+            if not was_healthy and await self._applier.healthy():
+                return
+        if self._stop.is_set():
+            raise Stopping
+
+    async def _dead_letter(
+        self, message: Any, event: CustomerEvent | None, error: str, attempts: int
+    ) -> None:
+        raw: bytes = message.value or b""
+        external_id = event.external_id if event else external_id_of(message.key)
+        event_id = (
+            event.event_id
+            if event
+            else f"offset:{message.topic}:{message.partition}:{message.offset}"
+        )
+        letter = ledger.DeadLetter(
+            event_id=event_id,
+            external_id=external_id,
+            version=event.version if event else None,
+            event=raw.decode("utf-8", errors="replace"),
+            error=error[:2000],
+            attempts=attempts,
+            dead_at=store.utc_now(),
+        )
+        async with self._sessionmaker() as session, session.begin():
+            await ledger.add_letter(session, letter)
+        headers = [("error", error.encode()), ("attempts", str(attempts).encode())]
+        if event is not None:
+            headers.append(("eventType", event.event_type.encode()))
+        await self._publish(self._settings.kafka_dlq_topic, message.key, raw, headers)
+        log.warning("event %s dead-lettered after %s attempts: %s", event_id, attempts, error)
+        if event is not None:
+            await self._publish_status(event, "dead", None, error)
+
+    async def _publish_status(
+        self, event: CustomerEvent, status: str, crm_id: str | None, error: str | None
+    ) -> None:
+        value = status_event(
+            event.event_id, event.customer_id, event.version, status, crm_id, error
+        )
+        await self._publish(
+            self._settings.kafka_status_topic, event.external_id.encode(), value, []
+        )
+
+    async def _publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """Publish, retrying until the broker takes it: the offset waits for it."""
+        attempts = 0
+        while True:
+            attempts += 1
+            producer = self._producer
+            if producer is None:
+                raise Stopping
+            try:
+                await producer.send_and_wait(topic, key=key, value=value, headers=headers)
+                return
+            except Exception as exc:
+                log.warning("publish to %s failed: %s", topic, exc)
+                if attempts >= 5:
+                    raise
+                await self._pause(backoff(attempts))
+                if self._stop.is_set():
+                    raise Stopping from exc
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+async def ensure_topics(settings: CrmSettings) -> None:
+    """Create the consumer's topics that are missing (`KAFKA_PARTITIONS` each)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=5000
+    )
+    await admin.start()
+    try:
+        wanted = [settings.kafka_topic, settings.kafka_status_topic, settings.kafka_dlq_topic]
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, settings.kafka_partitions, 1) for t in wanted if t not in existing]
+        if missing:
+            await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+# --- dlq replay ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    applied: list[int]
+    failed: dict[int, str]
+
+
+async def replay_letters(
+    settings: CrmSettings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    letter_id: int | None,
+) -> ReplayReport:
+    """Apply open dead letters (one, or all oldest first) now, under the fault switch.
+
+    An applied letter is closed and its `applied` status published; one that fails again
+    stays open, and so do the later letters of that customer (they keep their order)."""
+    async with sessionmaker() as session:
+        letters = list(await ledger.open_letters(session, letter_id))
+    applier = Applier(sessionmaker)
+    report = ReplayReport([], {})
+    blocked: set[str | None] = set()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent_producer,
+        request_timeout_ms=5000,
+    )
+    started = False
+    try:
+        await producer.start()
+        started = True
+    except Exception as exc:
+        log.warning("Kafka not reachable, no status will be published: %s", exc)
+    try:
+        for letter in letters:
+            if letter.external_id in blocked:
+                report.failed[letter.id] = "waits behind an earlier letter of this customer"
+                continue
+            try:
+                event = parse_event(letter.event.encode())
+                result = await applier.apply(event, replay=True)
+            except Exception as exc:
+                result = Refused(str(exc), permanent=True)
+            if not isinstance(result, Applied):
+                assert isinstance(result, Refused)
+                report.failed[letter.id] = result.error
+                blocked.add(letter.external_id)
+                continue
+            async with sessionmaker() as session, session.begin():
+                stored = await ledger.get_letter(session, letter.id)
+                if stored is not None:
+                    stored.replayed_at = store.utc_now()
+            report.applied.append(letter.id)
+            if started:
+                value = status_event(
+                    event.event_id, event.customer_id, event.version, "applied", result.crm_id, None
+                )
+                await producer.send_and_wait(
+                    settings.kafka_status_topic, key=event.external_id.encode(), value=value
+                )
+    finally:
+        if started:
+            await producer.stop()
+    return report
