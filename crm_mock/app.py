@@ -15,8 +15,10 @@ from crm_mock import ledger, store
 from crm_mock.config import CrmSettings
 from crm_mock.deps import CrmRuntime
 from crm_mock.gateway import CustomerCallsGateway
-from crm_mock.problems import PROBLEM_MEDIA_TYPE, field_errors, problem_response
+from crm_mock.openapi_examples import body_example, problem_example
+from crm_mock.problems import PROBLEM_MEDIA_TYPE, field_errors, problem_response, status_title
 from crm_mock.routes import admin_router, customers_router, health_router
+from crm_mock.schemas import FieldError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ def _add_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400:
+            # A body that cannot even be decoded is invalid input like any other.
+            errors = [FieldError(field="body", message=str(error.detail))]
+            return problem_response(422, f"invalid input: body: {error.detail}", errors=errors)
         return problem_response(error.status_code, str(error.detail), headers=error.headers)
 
     @app.exception_handler(store.CustomerNotFound)
@@ -87,7 +93,8 @@ def _add_problem_handlers(app: FastAPI) -> None:
 
 
 def _document_problems(app: FastAPI) -> None:
-    """Make `/openapi.json` show error answers as they are sent: problem+json, not JSON."""
+    """Make `/openapi.json` show answers as they are sent: errors as problem+json, not
+    JSON, and an example for each."""
     problem_schema = {"$ref": "#/components/schemas/Problem"}
 
     def openapi() -> dict[str, Any]:
@@ -95,11 +102,19 @@ def _document_problems(app: FastAPI) -> None:
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
             for operation in _operations(schema):
                 for code, answer in operation.get("responses", {}).items():
                     content = answer.get("content", {})
                     if code == "422" or PROBLEM_MEDIA_TYPE in content:
-                        answer["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_schema}}
+                        example = problem_example(int(code), status_title(int(code)))
+                        answer["content"] = {
+                            PROBLEM_MEDIA_TYPE: {"schema": problem_schema, "example": example}
+                        }
+                    elif "application/json" in content:
+                        json_body = content["application/json"]
+                        json_body["example"] = body_example(json_body.get("schema", {}))
             app.openapi_schema = schema
         return app.openapi_schema
 

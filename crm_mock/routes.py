@@ -23,6 +23,7 @@ from crm_mock.schemas import (
 )
 
 CUSTOMERS_PATH = "/api/crm/customers"
+MAX_OFFSET = 2**31 - 1
 
 _PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {**_PROBLEM, "description": "No such record"}}
@@ -33,7 +34,11 @@ customers_router = APIRouter(
     tags=["customers"],
     responses={
         401: {**_PROBLEM, "description": "CRM_API_TOKEN is set and the bearer token is not"},
-        503: {**_PROBLEM, "description": "A fault injected by /api/crm/_faults (its statusCode)"},
+        429: {**_PROBLEM, "description": "Over the fault switch's rateLimitPerSecond"},
+        503: {
+            **_PROBLEM,
+            "description": "A fault injected by /api/crm/_faults (its statusCode, 503 unless set)",
+        },
     },
 )
 admin_router = APIRouter(prefix="/api/crm", tags=["test controls"])
@@ -81,7 +86,8 @@ async def list_customers(
     session: SessionDep,
     external_id: ExternalIdFilter = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Bounded: a larger offset cannot be bound as a database integer (it answered 500).
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CrmCustomerPage:
     """One page of records, oldest first, optionally only the one with an external id."""
     items, total = await store.list_customers(

@@ -12,6 +12,7 @@ from customer_service.db import create_engine, create_sessionmaker
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
 from customer_service.metrics import InstrumentedSender, Metrics
+from customer_service.openapi import install as install_openapi
 from customer_service.ops import router as ops_router
 from customer_service.reconciliation.periodic import ReconcileLoop
 from customer_service.reconciliation.reconciler import Reconciler
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     app.state.metrics = metrics
     install_handlers(app)
     app.add_middleware(RequestIdMiddleware)
+    install_openapi(app)
     app.include_router(ops_router)
     api_key = [Depends(require_api_key)]
     app.include_router(customers_router, dependencies=api_key)

@@ -91,6 +91,10 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot even decode: bad input like any other.
+            errors = [{"field": "body", "message": str(exc.detail)}]
+            return problem(422, "Unprocessable content", f"body: {exc.detail}", errors=errors)
         return problem(exc.status_code, str(exc.detail), str(exc.detail))
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,68 @@
+"""Examples for the CRM mock's OpenAPI document: one for every answer of every operation."""
+
+from typing import Any
+
+RECORD = {
+    "id": "5f0c2e9a-1d4b-4c55-9a61-3b1f3f0c7d21",
+    "externalId": "42",
+    "firstName": "Ada",
+    "lastName": "Lovelace",
+    "email": "ada@example.com",
+    "phone": "+44 20 7946 0000",
+    "address": "12 St James's Square, London, SW1Y 4JH, GB",
+    "createdAt": "2026-11-24T10:00:00Z",
+    "updatedAt": "2026-11-24T10:00:00Z",
+}
+FAULTS = {
+    "down": False,
+    "errorRate": 0.0,
+    "statusCode": 503,
+    "latencyMs": 0,
+    "retryAfterSeconds": None,
+    "rateLimitPerSecond": None,
+}
+LOG_ENTRY = {
+    "method": "POST",
+    "path": "/api/crm/customers",
+    "status": 201,
+    "externalId": "42",
+    "idempotencyKey": "0b6f4f52-6d0e-4c1e-8f3e-5c4f7f6b2a10",
+    "body": {k: v for k, v in RECORD.items() if k not in ("id", "createdAt", "updatedAt")},
+    "receivedAt": "2026-11-24T10:00:00Z",
+}
+
+# By the component schema FastAPI names for a success body.
+BODIES: dict[str, Any] = {
+    "CrmCustomer": RECORD,
+    "CrmCustomerPage": {"items": [RECORD], "total": 1},
+    "FaultSettings": FAULTS,
+    "RequestLogPage": {"items": [LOG_ENTRY], "total": 1},
+    "HealthRead": {"status": "ok"},
+}
+
+# The detail shown in each error status's example.
+PROBLEM_DETAILS = {
+    401: "a valid bearer token is required",
+    404: "no CRM customer with id 5f0c2e9a-1d4b-4c55-9a61-3b1f3f0c7d21",
+    409: "externalId 42 belongs to another record",
+    422: "invalid input: email",
+    429: "rate limit exceeded",
+    503: "the CRM is down (a simulated fault)",
+}
+
+
+def body_example(schema: dict[str, Any]) -> Any:
+    ref = str(schema.get("$ref", ""))
+    return BODIES.get(ref.rsplit("/", 1)[-1])
+
+
+def problem_example(status: int, title: str) -> dict[str, Any]:
+    example: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": PROBLEM_DETAILS.get(status, title),
+    }
+    if status == 422:
+        example["errors"] = [{"field": "email", "message": "String should match pattern"}]
+    return example
