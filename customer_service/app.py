@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 from customer_service.config import Settings, SyncMode
 from customer_service.crm.client import CrmClient, build_http_client
 from customer_service.customers.router import router as customers_router
+from customer_service.dashboard.router import router as dashboard_router
 from customer_service.db import create_engine, create_sessionmaker
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
@@ -96,4 +97,5 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
     app.include_router(customers_router, dependencies=api_key)
     app.include_router(failed_router, dependencies=api_key)
     app.include_router(reconciliation_router, dependencies=api_key)
+    app.include_router(dashboard_router)
     return app

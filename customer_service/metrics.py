@@ -8,13 +8,14 @@ What an on-call person alerts on (sample rules in `docs/alerts.yml`):
 - `crm_sync_lag_seconds`: from the commit of a change to the CRM's acknowledgment of it;
 - `crm_sync_failed_requests{status}` and `crm_sync_oldest_undelivered_age_seconds`: the
   outbox, read from the database at each scrape;
-- `crm_sync_crm_up`: 0 while this replica sees the CRM failing;
+- `crm_sync_crm_up`: 0 while the CRM's last answer was none, a 5xx or a 429;
 - `crm_sync_reconciliation_drift{kind}` and the `..._total` counters: what the last
   reconciliation found, and what all of them found and queued fixes for.
 """
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,10 +32,22 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 14400, 86400)
 
 
+@dataclass(frozen=True)
+class LagSummary:
+    """For the dashboard: the last sync lag seen, the mean, and how many were seen."""
+
+    last: float | None
+    mean: float | None
+    count: int
+
+
 class Metrics:
     """Every metric of the customer service, registered in `self.registry`."""
 
     def __init__(self) -> None:
+        self._last_lag: float | None = None
+        # Whether the CRM's last answer showed it working (None: not called yet).
+        self.crm_answering: bool | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.deliveries = Counter(
@@ -73,7 +86,9 @@ class Metrics:
             registry=r,
         )
         self.crm_up = Gauge(
-            "crm_sync_crm_up", "1 unless this replica sees the CRM failing.", registry=r
+            "crm_sync_crm_up",
+            "0 while the CRM's last answer to this replica was none, a 5xx or a 429.",
+            registry=r,
         )
         self.crm_suspect = Gauge(
             "crm_sync_crm_suspect", "1 while this replica sees the CRM failing.", registry=r
@@ -106,13 +121,22 @@ class Metrics:
             self.drift.labels(kind.value)
             self.drift_found.labels(kind.value)
 
-    def observe_crm_call(self, method: str, outcome: str, seconds: float) -> None:
+    def observe_crm_call(self, method: str, status: int | None, seconds: float) -> None:
+        outcome = "unreachable" if status is None else "ok" if 200 <= status < 300 else "error"
         self.crm_latency.labels(method, outcome).observe(seconds)
+        # A refusal (4xx) is the CRM working; no answer, a 5xx or a 429 is an outage.
+        self.crm_answering = status is not None and status < 500 and status != 429
+
+    @property
+    def crm_failing(self) -> bool:
+        return self.crm_answering is False
 
     def observe_delivery(self, row: FailedRequest, outcome: Outcome) -> None:
         if isinstance(outcome, Delivered):
             self.deliveries.labels("delivered").inc()
-            self.lag.observe(max(0.0, (utc_now() - row.created_at).total_seconds()))
+            lag = max(0.0, (utc_now() - row.created_at).total_seconds())
+            self.lag.observe(lag)
+            self._last_lag = lag
         elif is_permanent(outcome.status):
             self.deliveries.labels("permanent_failure").inc()
         else:
@@ -137,8 +161,13 @@ class Metrics:
 
     def set_process(self, in_flight: int, crm_suspect: bool) -> None:
         self.in_flight.set(in_flight)
-        self.crm_up.set(0 if crm_suspect else 1)
+        self.crm_up.set(0 if self.crm_failing else 1)
         self.crm_suspect.set(1 if crm_suspect else 0)
+
+    def lag_summary(self) -> LagSummary:
+        count = int(self.registry.get_sample_value("crm_sync_lag_seconds_count") or 0)
+        total = self.registry.get_sample_value("crm_sync_lag_seconds_sum") or 0.0
+        return LagSummary(self._last_lag, total / count if count else None, count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

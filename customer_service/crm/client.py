@@ -59,10 +59,10 @@ class CrmClient:
     def __init__(
         self,
         http: httpx.AsyncClient,
-        on_call: Callable[[str, str, float], None] | None = None,
+        on_call: Callable[[str, int | None, float], None] | None = None,
     ) -> None:
         self._http = http
-        # Told (method, outcome: ok | error | unreachable, seconds) after each call.
+        # Told (method, status or None when there was no answer, seconds) after each call.
         self._on_call = on_call
 
     async def _call(
@@ -84,18 +84,18 @@ class CrmClient:
                 method, path, json=json, params=params, headers=headers
             )
         except httpx.HTTPError as exc:
-            self._observe(method, "unreachable", start)
+            self._observe(method, None, start)
             raise CrmUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
-        self._observe(method, "ok" if response.is_success else "error", start)
+        self._observe(method, response.status_code, start)
         try:
             body = response.json() if response.content else None
         except ValueError:
             body = None
         return CrmAnswer(response.status_code, body, response.headers.get("Retry-After"))
 
-    def _observe(self, method: str, outcome: str, start: float) -> None:
+    def _observe(self, method: str, status: int | None, start: float) -> None:
         if self._on_call is not None:
-            self._on_call(method, outcome, time.perf_counter() - start)
+            self._on_call(method, status, time.perf_counter() - start)
 
     async def create(self, body: dict[str, Any], key: str) -> CrmAnswer:
         return await self._call("POST", CUSTOMERS, key, json=body)
