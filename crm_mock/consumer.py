@@ -54,6 +54,7 @@ BACKOFF_MAX_SECONDS = 30.0
 # How often a waiting retry looks whether the switch turned healthy.
 SWITCH_POLL_SECONDS = 0.2
 DUPLICATE_STATUS = 409
+COMMIT_TIMEOUT_SECONDS = 10.0
 
 
 class InvalidEvent(Exception):
@@ -319,7 +320,9 @@ class CrmConsumer:
                     if last is not None
                 }
                 if offsets:
-                    await consumer.commit(offsets)
+                    # A broker restarted empty (memory storage) refuses commits for topics it
+                    # lost, and aiokafka retries forever: start over, recreating the topics.
+                    await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_SECONDS)
         finally:
             self._producer = None
             with contextlib.suppress(Exception):
@@ -481,8 +484,10 @@ async def replay_letters(
     stays open, and so do the later letters of that customer (they keep their order)."""
     async with sessionmaker() as session:
         letters = list(await ledger.open_letters(session, letter_id))
-    applier = Applier(sessionmaker)
     report = ReplayReport([], {})
+    if not letters:
+        return report
+    applier = Applier(sessionmaker)
     blocked: set[str | None] = set()
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,

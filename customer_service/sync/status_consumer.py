@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
+from customer_service.sync.transports.kafka import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class StatusConsumer:
                 heartbeat_interval_ms=session_ms // 3,
             )
             try:
+                await ensure_topics(
+                    self._settings.kafka_bootstrap_servers,
+                    [self._settings.kafka_status_topic],
+                    self._settings.kafka_partitions,
+                    self._settings.crm_timeout_seconds,
+                )
                 await consumer.start()
                 await self._consume(consumer)
             except asyncio.CancelledError:
@@ -119,7 +126,9 @@ class StatusConsumer:
                 async with self._sessionmaker() as session, session.begin():
                     for status in statuses:
                         await record_status(session, status)
-                await consumer.commit({partition: messages[-1].offset + 1})
+                # A broker restarted empty refuses commits for the topic it lost, and aiokafka
+                # retries forever: start over (the topic is created again) instead.
+                await asyncio.wait_for(consumer.commit({partition: messages[-1].offset + 1}), 10)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop after the batch in hand; cancel only if it takes longer than `grace`."""

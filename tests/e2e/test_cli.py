@@ -108,13 +108,18 @@ async def test_bad_setting_stops_start_up_with_one_clear_line() -> None:
     ]
 
 
-async def test_unbuilt_kafka_mode_says_so_in_one_line(tmp_path: Path) -> None:
+async def test_bad_kafka_setting_stops_start_up_with_one_clear_line(tmp_path: Path) -> None:
     result = await _run(
-        "serve", SYNC_MODE="kafka", DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/x.db"
+        "serve",
+        SYNC_MODE="kafka",
+        KAFKA_PARTITIONS="0",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/x.db",
     )
     assert result.returncode == 2
-    assert "SYNC_MODE=kafka is not built yet" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "customer-service: invalid setting KAFKA_PARTITIONS: Input should be greater than or "
+        "equal to 1"
+    ]
 
 
 async def test_migrate_creates_the_schema(tmp_path: Path) -> None:

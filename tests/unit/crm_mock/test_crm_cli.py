@@ -30,11 +30,24 @@ def test_bad_setting_prints_one_line_and_exits_2(
     assert err == "crm-mock: invalid setting PORT: Input should be less than or equal to 65535\n"
 
 
-def test_consume_is_a_clear_stub(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["consume"])
+def test_dlq_list_is_empty_and_replay_of_an_unknown_letter_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["dlq", "list"]) == 0
+    assert capsys.readouterr().out == ""
 
-    assert status == 2
-    assert capsys.readouterr().err == "crm-mock consume: the Kafka consumer is not built yet\n"
+    status = main(["dlq", "replay", "7"])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith("no open dead letter 7\n")
+
+
+def test_dlq_replay_needs_an_id_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "replay"])
+
+    assert exited.value.code == 2
+    assert "one of the arguments id --all is required" in capsys.readouterr().err
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
