@@ -1,4 +1,4 @@
-"""`make bench`: the benchmark of SPEC section 7, on real processes over loopback.
+"""`make bench`: the benchmark of the README's "Measure it", on real processes over loopback.
 
 Starts `crm-mock serve` and `customer-service serve` (the console scripts next to this
 Python) on free ports, each with its own databases in a temporary folder, and measures,
@@ -61,7 +61,7 @@ RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
 LAG_TARGET_MS = 100.0
 CRM_SLOW_MS = 500
 RECOVERY_TARGET_SECONDS = 10.0
-# The service's own defaults (SPEC section 2): the benchmark runs it with them.
+# The service's own defaults (README: Settings): the benchmark runs it with them.
 RETRY_INTERVAL_SECONDS = 60.0
 RETRY_CONCURRENCY = 16
 

@@ -17,7 +17,7 @@ class LogFormat(StrEnum):
 
 
 class CrmSettings(BaseSettings):
-    """The CRM mock's settings (SPEC section 2); a bad value stops start-up."""
+    """The CRM mock's settings (README: Settings); a bad value stops start-up."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 

@@ -1,4 +1,4 @@
-"""The CRM mock's endpoints (SPEC section 4). Thin: parse, call the store, map the result.
+"""The CRM mock's endpoints (README: "The CRM mock"). Thin: parse, call the store, map the result.
 
 Auth, faults, idempotency and the request log of `/api/crm/customers*` are not here but in
 `gateway.CustomerCallsGateway`, which wraps every such call.

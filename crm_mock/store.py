@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeDecorator
 
 from crm_mock.schemas import CrmCustomerRequest
 
-# The log keeps at least this many of the newest entries (SPEC section 4) ...
+# The log keeps at least this many of the newest entries (the CRM's contract) ...
 REQUEST_LOG_RETENTION = 100_000
 # ... and prunes older ones once per this many inserts, so pruning costs little.
 REQUEST_LOG_PRUNE_EVERY = 1_000

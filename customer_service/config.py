@@ -36,7 +36,7 @@ def _check_database_url(value: str) -> str:
 
 
 class Settings(BaseSettings):
-    """Every knob of SPEC section 2; a bad value stops start-up (see `describe_error`)."""
+    """Every knob of the README's Settings; a bad value stops start-up (see `describe_error`)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
@@ -67,11 +67,11 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=0.0, ge=0)
     api_key: str = ""
     log_format: LogFormat = LogFormat.TEXT
-    # Not in the SPEC table: false makes an API-only process. Writes still record their CRM
+    # Not in the first contract: false makes an API-only process. Writes still record their CRM
     # requests (nothing is lost); this process just never delivers them (other replicas
     # do, or this one once it is switched back on). The benchmark's "sync off" baseline.
     sync_enabled: bool = True
-    # Not in the SPEC table: how often a replica probes a CRM it saw failing, so that a
+    # Not in the first contract: how often a replica probes a CRM it saw failing, so that a
     # backlog starts draining within seconds of the CRM's return (guarantee 7).
     recovery_probe_seconds: PositiveSeconds = 1.0
     # How long a replica's claim on one customer's requests lasts unless renewed; a live

@@ -233,7 +233,7 @@ class Api:
 
 
 def crm_view(customer: dict[str, Any]) -> dict[str, Any]:
-    """The customer as the CRM should hold it (SPEC section 4)."""
+    """The customer as the CRM should hold it (its CrmCustomerRequest)."""
     address = customer.get("address") or {}
     parts = [address.get(name) for name in ADDRESS_PARTS]
     return {

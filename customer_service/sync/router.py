@@ -17,7 +17,7 @@ from customer_service.sync.schemas import FailedRequestRead, RetryReport
 
 router = APIRouter(prefix="/api/failed-requests", tags=["failed requests"])
 
-# `?status=&customerId=` (as the SPEC writes the query) means no filter, not a bad value.
+# `?status=&customerId=` (as the README writes the query) means no filter, not a bad value.
 BLANK_IS_ABSENT = BeforeValidator(lambda value: None if value == "" else value)
 
 

@@ -1,5 +1,5 @@
 """Kafka mode under the failures of its own: the broker stopped, the CRM's consumer killed,
-a poison event, and two consumers sharing four partitions (SPEC section 5, guarantee 8).
+a poison event, and two consumers sharing four partitions (README: the Kafka alternative).
 
 The broker is the real Tansu binary; the CRM's consumer runs as `crm-mock consume`
 processes (in this process where killing it is not the point).

@@ -34,7 +34,8 @@ EVENT_TYPE_HEADER = "eventType"
 
 
 def event_of(row: FailedRequest) -> dict[str, Any]:
-    """The event that carries `row` (SPEC section 5); `customer` is null for a DELETE."""
+    """The event that carries `row` (README: the Kafka alternative); `customer` is null for
+    a DELETE."""
     occurred = row.created_at.isoformat().replace("+00:00", "Z")
     return {
         "eventId": row.idempotency_key,
@@ -62,6 +63,16 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, wait
             log.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()
+
+
+async def stop_quietly(client: Any) -> None:
+    """Stop an aiokafka client whatever state it is in. Its own tasks may end in
+    CancelledError while it stops (a broker gone at the same moment); that is not ours,
+    so it runs as a task of its own and only our own cancellation propagates."""
+    task = asyncio.ensure_future(client.stop())
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("stopping %s: %s", type(client).__name__, task.exception())
 
 
 def _ms(seconds: float) -> int:
@@ -109,7 +120,7 @@ class KafkaSender:
             try:
                 await asyncio.wait_for(producer.start(), self._timeout * 2)
             except BaseException:
-                await producer.stop()
+                await stop_quietly(producer)
                 raise
             self._producer = producer
             return producer
@@ -168,5 +179,5 @@ class KafkaSender:
 
     async def close(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
+            await stop_quietly(self._producer)
             self._producer = None

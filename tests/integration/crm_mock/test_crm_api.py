@@ -1,4 +1,4 @@
-"""The CRM mock's HTTP contract (SPEC section 4), driven in-process on a real SQLite file."""
+"""The CRM mock's HTTP contract (README: "The CRM mock"), in-process on a real SQLite file."""
 
 import asyncio
 import time

@@ -1,4 +1,4 @@
-"""The customer API of SPEC section 3, on SQLite and PostgreSQL."""
+"""The customer API of the README, on SQLite and PostgreSQL."""
 
 from typing import Any
 
