@@ -248,3 +248,28 @@ async def test_reconciliation_memory_does_not_grow_with_the_number_of_customers(
     large = await _peak_memory(tmp_path, 4000)
     # Four times the customers; the peak stays that of one page (give or take noise).
     assert large < small * 1.3, (small, large)
+
+
+async def test_reconcile_interval_repairs_drift_in_the_background(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    app = create_app(make_settings(reconcile_interval_seconds=0.2), run_scheduler=True)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as http:
+            customer = await _create(http, "Periodic")
+
+            async def record() -> list[dict[str, Any]]:
+                return await crm_control.records(customer["id"])
+
+            [first] = await eventually(record)
+            gone = await crm_control.http.delete(f"/api/crm/customers/{first['id']}")
+            assert gone.status_code == 204
+
+            async def recreated() -> bool:
+                records = await record()
+                return bool(records) and records[0]["id"] != first["id"]
+
+            await eventually(recreated)
+            latest = (await http.get("/api/reconciliation/latest")).json()
+            assert latest["repaired"] is True
