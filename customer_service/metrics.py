@@ -107,7 +107,8 @@ class Metrics:
         )
         self.fixes_queued = Counter(
             "crm_sync_reconciliation_fixes_queued",
-            "Fixes queued in failed_requests by reconciliations.",
+            "Fixes queued in failed_requests by reconciliations, by kind of drift.",
+            ["kind"],
             registry=r,
         )
         self.last_reconciliation = Gauge(
@@ -120,6 +121,7 @@ class Metrics:
         for kind in DriftKind:
             self.drift.labels(kind.value)
             self.drift_found.labels(kind.value)
+            self.fixes_queued.labels(kind.value)
 
     def observe_crm_call(self, method: str, status: int | None, seconds: float) -> None:
         outcome = "unreachable" if status is None else "ok" if 200 <= status < 300 else "error"
@@ -151,7 +153,8 @@ class Metrics:
         for kind, count in found.items():
             self.drift.labels(kind.value).set(count)
             self.drift_found.labels(kind.value).inc(count)
-        self.fixes_queued.inc(report.queued)
+        for kind_name, count in report.queued_by_kind.items():
+            self.fixes_queued.labels(kind_name).inc(count)
         self.last_reconciliation.set(report.finished_at.timestamp())
 
     def set_outbox(self, counts: dict[str, int], oldest_age: float) -> None:

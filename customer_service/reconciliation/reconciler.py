@@ -59,6 +59,7 @@ class _Run:
     checked: int = 0
     skipped: int = 0
     queued: int = 0
+    queued_by_kind: dict[str, int] = field(default_factory=dict)
     missing: set[int] = field(default_factory=set)
     extra: set[str] = field(default_factory=set)
     different: set[int] = field(default_factory=set)
@@ -104,6 +105,7 @@ class Reconciler:
                 different=sorted(run.different),
                 repaired=repair and run.queued == len(run.missing | run.different) + len(run.extra),
                 queued=run.queued,
+                queued_by_kind=run.queued_by_kind,
                 started_at=started,
                 finished_at=utc_now(),
             )
@@ -204,6 +206,9 @@ class Reconciler:
             kicks = session.info.pop(PENDING_KICKS, set())
         if queued:
             run.queued += 1
+            run.queued_by_kind[finding.kind.value] = (
+                run.queued_by_kind.get(finding.kind.value, 0) + 1
+            )
             run.kicks.update(kicks)
 
 

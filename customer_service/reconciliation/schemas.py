@@ -2,6 +2,8 @@
 
 from datetime import datetime
 
+from pydantic import Field
+
 from customer_service.schemas import CamelModel
 
 
@@ -17,6 +19,8 @@ class ReconciliationReport(CamelModel):
     repaired: bool
     # Fixes queued in failed_requests by this run (0 without repair).
     queued: int
+    # The same by kind, for the metrics (not part of the report's JSON).
+    queued_by_kind: dict[str, int] = Field(default_factory=dict, exclude=True)
     started_at: datetime
     finished_at: datetime
 

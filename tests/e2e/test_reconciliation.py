@@ -273,3 +273,26 @@ async def test_reconcile_interval_repairs_drift_in_the_background(
             await eventually(recreated)
             latest = (await http.get("/api/reconciliation/latest")).json()
             assert latest["repaired"] is True
+
+
+async def test_reconcile_exits_1_with_one_line_when_the_crm_cannot_be_read(
+    database_url: str, unused_port: int
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "customer_service",
+        "reconcile",
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "CRM_BASE_URL": f"http://127.0.0.1:{unused_port}",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert out == b""
+    [line] = err.decode().strip().splitlines()
+    assert line.startswith("customer-service: the CRM cannot be read: ConnectError")

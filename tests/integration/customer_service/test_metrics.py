@@ -59,8 +59,12 @@ async def test_metrics_follow_deliveries_failures_and_reconciliation(
     assert (await client.post("/api/reconciliation")).status_code == 200
     seen = await _samples(client)
     assert seen["crm_sync_reconciliation_drift{kind=missing}"] == 1
+    assert seen["crm_sync_reconciliation_fixes_queued_total{kind=missing}"] == 0
+    assert (await client.post("/api/reconciliation?repair=true")).json()["queued"] == 1
+    seen = await _samples(client)
+    assert seen["crm_sync_reconciliation_fixes_queued_total{kind=missing}"] == 1
+    assert seen["crm_sync_reconciliation_drift_found_total{kind=missing}"] == 2
     assert seen["crm_sync_reconciliation_drift{kind=extra}"] == 0
-    assert seen["crm_sync_reconciliation_drift_found_total{kind=missing}"] == 1
     assert seen["crm_sync_reconciliation_last_run_timestamp_seconds{}"] > 0
 
 
