@@ -9,7 +9,7 @@ from customer_service.config import Settings, SyncMode
 from customer_service.crm.client import CrmClient, build_http_client
 from customer_service.customers.router import router as customers_router
 from customer_service.dashboard.router import router as dashboard_router
-from customer_service.db import create_engine, create_sessionmaker
+from customer_service.db import create_sessionmaker, engine_for
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
 from customer_service.metrics import InstrumentedSender, Metrics
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url)
+        engine = engine_for(settings)
         sessionmaker = create_sessionmaker(engine)
         http = build_http_client(settings)
         client = CrmClient(http, on_call=metrics.observe_crm_call)
@@ -76,6 +76,9 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
             await reconcile_loop.close()
             await dispatcher.close()
             await retry_job.close()
+            # Background transactions are shielded from those cancellations: let the last
+            # ones commit and give their connections back before the engine goes.
+            await deliverer.db.drain()
             if kafka is not None:
                 await kafka.close()
             await http.aclose()

@@ -45,9 +45,9 @@ def _print(data: Any) -> None:
 
 
 async def _with_session(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
-    from customer_service.db import create_engine, create_sessionmaker
+    from customer_service.db import create_sessionmaker, engine_for
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
             return await work(session)
@@ -84,13 +84,13 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _retry(settings: Settings) -> int:
     from customer_service.crm.client import CrmClient, build_http_client
-    from customer_service.db import create_engine, create_sessionmaker
+    from customer_service.db import create_sessionmaker, engine_for
     from customer_service.sync.delivery import CrmHealth, Deliverer
     from customer_service.sync.retry import Urgency
     from customer_service.sync.scheduler import RetryJob
     from customer_service.sync.transports.http import HttpSender
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     http = build_http_client(settings)
     try:
         sessionmaker = create_sessionmaker(engine)
@@ -113,10 +113,10 @@ async def _retry(settings: Settings) -> int:
 async def _reconcile(settings: Settings, repair: bool) -> int:
     """Print the report; 0 when there is no drift or every fix was queued, 1 otherwise."""
     from customer_service.crm.client import CrmClient, build_http_client
-    from customer_service.db import create_engine, create_sessionmaker
+    from customer_service.db import create_sessionmaker, engine_for
     from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
 
-    engine = create_engine(settings.database_url)
+    engine = engine_for(settings)
     http = build_http_client(settings)
     try:
         reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http))

@@ -3,7 +3,7 @@
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=4, ge=1, le=1000)
     # Tansu refuses InitProducerId; nothing relies on it, the CRM's consumer drops duplicates.
     kafka_idempotent_producer: bool = True
-    # Not in the SPEC table: the status reader's group session. A joining member waits up to
+    # Not in the first contract: the status reader's group session. A joining member waits up to
     # this (Tansu: half of it) before it reads; Apache Kafka accepts 6 s and more by default.
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
     # Reconcile with the CRM (and repair the drift) this often; 0 switches it off.
@@ -78,10 +78,33 @@ class Settings(BaseSettings):
     # replica renews it every third of that while it delivers, so this bounds how long the
     # customers of a crashed replica wait before another takes them over (guarantee 6).
     claim_lease_seconds: PositiveSeconds = 10.0
+    # Database capacity (PostgreSQL; SQLite always uses one connection). Each process
+    # opens at most pool + overflow connections, so replicas x (pool + overflow) must
+    # stay within the server's max_connections (README, "Database capacity").
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=5, ge=0, le=1000)
+    # How long an API call waits for a free connection before it answers 503.
+    database_pool_timeout_seconds: PositiveSeconds = 5.0
+    # Connections the background delivery machinery may hold at once; 0 means half the
+    # pool (pool + overflow) rounded down, at least 1. The rest are the API's.
+    sync_database_connections: int = Field(default=0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _sync_share_within_pool(self) -> "Settings":
+        total = self.database_pool_size + self.database_max_overflow
+        if self.sync_database_connections == 0:
+            self.sync_database_connections = max(1, total // 2)
+        elif self.sync_database_connections >= total:
+            raise ValueError(
+                "SYNC_DATABASE_CONNECTIONS must be below DATABASE_POOL_SIZE +"
+                " DATABASE_MAX_OVERFLOW, so the API always has a connection"
+            )
+        return self
 
 
 def describe_error(error: ValidationError) -> str:
     """One clear line naming the first bad variable, for a start-up failure."""
     first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-    return f"invalid setting {name}: {first['msg']}"
+    if not first["loc"]:  # a rule across several variables names them itself
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+    return f"invalid setting {str(first['loc'][0]).upper()}: {first['msg']}"

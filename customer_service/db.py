@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from customer_service.config import Settings
+
 # Stable constraint names, so migrations can name what they alter.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -29,13 +31,22 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so API and retries share it."""
+def create_engine(
+    url: str, pool_size: int = 10, max_overflow: int = 5, pool_timeout: float = 5.0
+) -> AsyncEngine:
+    """An engine for `url`, with at most `pool_size + max_overflow` connections; a caller
+    that waits `pool_timeout` seconds for one gets `sqlalchemy.exc.TimeoutError` (the API
+    answers 503). SQLite gets WAL and a busy timeout so API and retries share it."""
     if is_sqlite(url):
         # One connection: SQLite has one writer anyway, and waiting in the pool wakes up at
-        # once where SQLite's busy handler would sleep and poll.
+        # once where SQLite's busy handler would sleep and poll. Transactions are short (no
+        # CRM call inside one), so the wait is a queue of milliseconds, not a lock.
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
+            url,
+            connect_args={"timeout": 30},
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=pool_timeout,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -47,7 +58,23 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_pre_ping=True,
+    )
+
+
+def engine_for(settings: Settings) -> AsyncEngine:
+    """The process's engine, sized by the database capacity settings."""
+    return create_engine(
+        settings.database_url,
+        settings.database_pool_size,
+        settings.database_max_overflow,
+        settings.database_pool_timeout_seconds,
+    )
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

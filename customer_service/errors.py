@@ -3,13 +3,33 @@
 import logging
 from typing import Any
 
+from asyncpg import InterfaceError as PostgresInterfaceError
+from asyncpg import PostgresError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
+# What a client is told to wait after a 503 for a database that is down or out of
+# connections.
+RETRY_AFTER_SECONDS = 2
+
+# A database that is down, refuses a connection (asyncpg raises its own errors when it
+# connects: "too many clients already", "the database system is starting up") or has
+# no free connection in the pool within DATABASE_POOL_TIMEOUT_SECONDS
+# (sqlalchemy.exc.TimeoutError).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    PostgresError,
+    PostgresInterfaceError,
+    OSError,
+    TimeoutError,
+)
 log = logging.getLogger(__name__)
 
 
@@ -99,10 +119,12 @@ def install_handlers(app: FastAPI) -> None:
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return problem(503, "Service unavailable", "the database is unavailable; retry later")
+        response = problem(503, "Service unavailable", "the database is unavailable; retry later")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     # Nothing was written: the write's transaction never committed.
-    for unavailable in (OperationalError, InterfaceError, OSError, TimeoutError):
+    for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_down)
 
     @app.exception_handler(Exception)

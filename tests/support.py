@@ -3,7 +3,10 @@
 import asyncio
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -181,3 +184,54 @@ def expected_crm_record(customer: dict[str, Any]) -> dict[str, Any]:
 def crm_view(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("externalId", "firstName", "lastName", "email", "phone", "address")
     return {k: record.get(k) for k in keys}
+
+
+def _service_log() -> Any:
+    """Where a service process logs: nowhere, unless CRM_SYNC_TEST_SERVICE_LOG names a file
+    (to read what a failing test's process said)."""
+    path = os.environ.get("CRM_SYNC_TEST_SERVICE_LOG")
+    return open(path, "ab") if path else open(os.devnull, "wb")
+
+
+@contextlib.asynccontextmanager
+async def service_process(
+    database_url: str, crm_url: str, port: int, **env: str
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`customer-service serve` as a real process, with `env` on top of the test's
+    defaults; SIGKILLed on the way out if still alive."""
+    values = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CRM_BASE_URL": crm_url,
+        "PORT": str(port),
+        "CRM_TIMEOUT_SECONDS": "10",
+        "RETRY_INTERVAL_SECONDS": "3600",
+        "RECOVERY_PROBE_SECONDS": "0.2",
+        # A killed process's claims lapse after this; short, so tests are quick.
+        "CLAIM_LEASE_SECONDS": "2",
+        **env,
+    }
+    log = _service_log()
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
+        [sys.executable, "-m", "customer_service", "serve"],
+        env=values,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def up() -> bool:
+                assert process.poll() is None, "the service exited at start-up"
+                try:
+                    return (await http.get("/health")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await eventually(up, within=30)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        log.close()

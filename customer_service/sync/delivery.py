@@ -5,6 +5,10 @@ that an API write needs. A delivery of one request takes two short transactions 
 the call: before it, claim the customer and read its queue; after it, record the answer
 and (on success) renew the claim and read the queue again. A third one releases the
 claim and looks whether a request arrived meanwhile.
+
+Every transaction goes through `dbwork.BackgroundDatabase`: a delivery that is cancelled
+(shutdown, a grace period running out) stops between transactions, never inside one,
+and the sync engine never holds more than its share of the connection pool.
 """
 
 import asyncio
@@ -14,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
+from customer_service.sync.dbwork import BackgroundDatabase
 from customer_service.sync.models import FailedRequest
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.plan import Batch, Hold, plan_next
@@ -89,7 +95,7 @@ class Deliverer:
         settings: Settings,
         health: CrmHealth | None = None,
     ) -> None:
-        self._sessionmaker = sessionmaker
+        self.db = BackgroundDatabase(sessionmaker, settings.sync_database_connections)
         self._sender = sender
         self._settings = settings
         self.health = health or CrmHealth()
@@ -114,22 +120,30 @@ class Deliverer:
         counts = PassCounts()
         while True:
             token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
-            async with self._sessionmaker() as session, session.begin():
-                view = await self._look(session, customer_id, token)
+            view = await self.db.run(partial(self._look, customer_id=customer_id, token=token))
             if view is None:
                 counts.busy += 1
                 return counts
+            failures = counts.failed + counts.dead
             try:
                 async with self._heartbeat(customer_id, token):
                     await self._send_queue(customer_id, token, view, urgency, counts)
             finally:
-                async with self._sessionmaker() as session, session.begin():
-                    await repository.release(session, customer_id, token)
-                    head = await repository.queue_of(session, customer_id, limit=1)
+                head = await self.db.run(
+                    partial(self._release, customer_id=customer_id, token=token)
+                )
+            if counts.failed + counts.dead > failures:
+                return counts  # the failure's backoff decides when to try again
             if not isinstance(plan_next(head, utc_now(), force=False), Batch):
                 return counts
             # A request committed while we were releasing the claim: take it too.
             urgency = Urgency.DUE
+
+    @staticmethod
+    async def _release(session: AsyncSession, customer_id: int, token: str) -> list[FailedRequest]:
+        """Give the claim back; the head of the queue tells whether work arrived meanwhile."""
+        await repository.release(session, customer_id, token)
+        return await repository.queue_of(session, customer_id, limit=1)
 
     async def _look(self, session: AsyncSession, customer_id: int, token: str) -> View | None:
         """Take or renew the claim and read the queue, in the caller's transaction; None
@@ -150,15 +164,17 @@ class Deliverer:
             while True:
                 await asyncio.sleep(lease / 3)
                 try:
-                    async with self._sessionmaker() as session, session.begin():
-                        await repository.claim(session, customer_id, token, utc_now(), lease)
+                    await self.db.run(
+                        lambda s: repository.claim(s, customer_id, token, utc_now(), lease)
+                    )
                 except Exception:
                     log.warning("could not renew the claim on customer %s", customer_id)
 
-        task = asyncio.create_task(renew())
+        task = asyncio.create_task(renew(), name=f"lease-{customer_id}")
         try:
             yield
         finally:
+            # Safe at any instant: a renewal in flight is shielded and still finishes.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -180,13 +196,32 @@ class Deliverer:
                 await self._record_failure(batch, outcome, urgency, counts)
                 return
             learnt = outcome.crm_id != known
-            async with self._sessionmaker() as session, session.begin():
-                await repository.settle(
-                    session, batch.settles, outcome.crm_id, batch.send.version, learnt
+            current = await self.db.run(
+                partial(
+                    self._settle_and_look,
+                    batch=batch,
+                    crm_id=outcome.crm_id,
+                    learnt=learnt,
+                    customer_id=customer_id,
+                    token=token,
                 )
-                current = await self._look(session, customer_id, token)
+            )
             counts.delivered += size
             self._saw_crm_healthy()
+
+    async def _settle_and_look(
+        self,
+        session: AsyncSession,
+        *,
+        batch: Batch,
+        crm_id: str | None,
+        learnt: bool,
+        customer_id: int,
+        token: str,
+    ) -> View | None:
+        """Record a delivery, then renew the claim and read what is next: one transaction."""
+        await repository.settle(session, batch.settles, crm_id, batch.send.version, learnt)
+        return await self._look(session, customer_id, token)
 
     async def _record_failure(
         self, batch: Batch, outcome: Failed, urgency: Urgency, counts: PassCounts
@@ -202,8 +237,8 @@ class Deliverer:
             scheduled=batch.settles[0].next_attempt_at,
             urgency=urgency,
         )
-        async with self._sessionmaker() as session, session.begin():
-            await repository.record_failure(
+        await self.db.run(
+            lambda session: repository.record_failure(
                 session,
                 batch.settles,
                 outcome.error,
@@ -212,6 +247,7 @@ class Deliverer:
                 verdict.next_attempt_at,
                 now,
             )
+        )
         if verdict.dead:
             counts.dead += size
             log.warning(

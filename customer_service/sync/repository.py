@@ -35,6 +35,15 @@ async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) ->
     return list((await session.scalars(query)).all())
 
 
+async def next_attempt_at(session: AsyncSession) -> datetime | None:
+    """When the earliest failed request is due again (None when none is waiting)."""
+    query = select(func.min(FailedRequest.next_attempt_at)).where(
+        FailedRequest.status == RequestStatus.FAILED
+    )
+    due: datetime | None = await session.scalar(query)
+    return due
+
+
 async def queue_of(
     session: AsyncSession, customer_id: int, limit: int = 100
 ) -> list[FailedRequest]:

@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 
 
 class RetryJob:
+    """Owns the background passes of one process and stops them cleanly.
+
+    - One periodic pass at a time (`tick`: the interval job and the follow-up after a
+      lease both come through a lock, and each reads only the pass it started).
+    - A recovery pass (`start_forced_pass`) takes over from a periodic pass in flight by
+      asking it to stop *between customers*; nothing is cancelled in the middle of a
+      delivery, and the customers it had not reached are the recovery pass's anyway.
+    - `close` asks every pass to stop between customers, gives deliveries in flight a
+      grace period, then cancels them: safe, since their database work is shielded
+      (`dbwork`) and what was not delivered stays in the outbox.
+    """
+
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
@@ -35,24 +47,31 @@ class RetryJob:
         settings: Settings,
         client: CrmClient | None = None,
     ) -> None:
-        self._sessionmaker = sessionmaker
         self._deliverer = deliverer
         self._settings = settings
         self._client = client
         self._forced: asyncio.Task[PassCounts] | None = None
         self._periodic: asyncio.Task[PassCounts] | None = None
+        self._periodic_stop: asyncio.Event | None = None
+        self._periodic_lock = asyncio.Lock()
         self._follow_up: asyncio.Task[None] | None = None
+        self._follow_up_at: float | None = None
+        self._closing = asyncio.Event()
         # RETRY_CONCURRENCY bounds the process, not each pass: an operator's pass running
         # beside the periodic one shares the same slots.
         self._slots = asyncio.Semaphore(settings.retry_concurrency)
         deliverer.health.on_recovery.append(self.start_forced_pass)
 
-    async def run_pass(self, urgency: Urgency = Urgency.DUE) -> PassCounts:
+    async def run_pass(
+        self, urgency: Urgency = Urgency.DUE, stop: asyncio.Event | None = None
+    ) -> PassCounts:
         """One pass now; with an urgency other than DUE, over every pending and failed
-        request, due or not (see `Urgency`)."""
+        request, due or not (see `Urgency`). Once `stop` is set (or the job closes) the
+        pass takes no further customer; those it is delivering finish."""
         every = urgency is not Urgency.DUE
-        async with self._sessionmaker() as session:
-            customers = await repository.due_customer_ids(session, utc_now(), every)
+        customers = await self._deliverer.db.run(
+            lambda session: repository.due_customer_ids(session, utc_now(), every)
+        )
         totals = PassCounts()
         if not customers:
             return totals
@@ -60,10 +79,15 @@ class RetryJob:
         for customer_id in customers:
             queue.put_nowait(customer_id)
 
+        def stopped() -> bool:
+            return self._closing.is_set() or (stop is not None and stop.is_set())
+
         async def worker() -> None:
-            while not queue.empty():
-                customer_id = queue.get_nowait()
+            while not queue.empty() and not stopped():
                 async with self._slots:
+                    if queue.empty() or stopped():
+                        return  # checked again: waiting for a slot may take a while
+                    customer_id = queue.get_nowait()
                     try:
                         totals.add(await self._deliverer.deliver_customer(customer_id, urgency))
                     except Exception:
@@ -71,45 +95,93 @@ class RetryJob:
 
         workers = min(self._settings.retry_concurrency, len(customers))
         await asyncio.gather(*(worker() for _ in range(workers)))
-        log.info("retry pass over %s customers: %s", len(customers), totals.as_dict())
+        left = queue.qsize()
+        log.info(
+            "retry pass over %s customers%s: %s",
+            len(customers) - left,
+            f" ({left} left to the pass that took over)" if left else "",
+            totals.as_dict(),
+        )
         return totals
 
     async def tick(self) -> None:
-        """The periodic pass; skipped while a recovery pass covers everything anyway."""
-        if self._forced is not None and not self._forced.done():
+        """The periodic pass. One at a time: a tick that finds one in flight (or a
+        recovery pass) waits for it, then runs its own, so the follow-up after a lease
+        is never lost."""
+        async with self._periodic_lock:
+            forced = self._forced
+            if forced is not None and not forced.done():
+                await asyncio.wait({forced})
+            if self._closing.is_set():
+                return
+            stop = asyncio.Event()
+            task = asyncio.create_task(self.run_pass(Urgency.DUE, stop), name="periodic-retry")
+            self._periodic, self._periodic_stop = task, stop
+            try:
+                await asyncio.wait({task})
+            finally:
+                self._periodic_stop = None
+        if task.cancelled():
+            return  # the job is closing
+        error = task.exception()
+        if error is not None:
+            log.error("retry pass failed", exc_info=error)
             return
-        self._periodic = asyncio.create_task(self.run_pass(), name="periodic-retry")
-        await asyncio.wait({self._periodic})
-        if self._periodic.cancelled():
-            return  # superseded by a recovery pass
-        if self._periodic.exception() is not None:
-            log.error("retry pass failed", exc_info=self._periodic.exception())
-            return
-        self._follow_up_if_busy(self._periodic.result())
+        await self._plan_follow_up(task.result())
 
     def start_forced_pass(self) -> None:
-        """Drain everything now (the CRM is back); one such pass at a time, and it takes
-        over from a periodic pass in flight (whose customers it covers too)."""
-        if self._forced is not None and not self._forced.done():
+        """Drain everything now (the CRM is back); one such pass at a time. A periodic
+        pass in flight stops taking customers and leaves the rest to this one."""
+        if self._closing.is_set() or (self._forced is not None and not self._forced.done()):
             return
-        if self._periodic is not None and not self._periodic.done():
-            self._periodic.cancel()
+        if self._periodic_stop is not None:
+            self._periodic_stop.set()
         self._forced = asyncio.create_task(self._forced_pass(), name="forced-retry")
 
     async def _forced_pass(self) -> PassCounts:
         counts = await self.run_pass(Urgency.RECOVERY)
-        self._follow_up_if_busy(counts)
+        await self._plan_follow_up(counts)
         return counts
 
-    def _follow_up_if_busy(self, counts: PassCounts) -> None:
-        """Customers claimed elsewhere may be a crashed replica's (or this process's before
-        a restart): look again once such a claim has expired, not only at the next tick."""
-        if counts.busy and (self._follow_up is None or self._follow_up.done()):
-            self._follow_up = asyncio.create_task(self._after_lease(), name="claim-follow-up")
+    def idle(self) -> bool:
+        """No background pass of this job is running."""
+        tasks = (self._forced, self._periodic)
+        return all(task is None or task.done() for task in tasks)
 
-    async def _after_lease(self) -> None:
-        await asyncio.sleep(self._settings.claim_lease_seconds + 0.5)
-        await self.tick()
+    async def _plan_follow_up(self, counts: PassCounts) -> None:
+        """Look again before the next tick when this pass left work that will be due soon:
+        customers claimed elsewhere (maybe a crashed replica's, or this process's before a
+        restart) once such a claim can have expired; after a pass that sent something
+        while the CRM answers, failed requests (a timeout, a flaky call) at their next
+        attempt time. While the
+        CRM is down the probe, not this, brings the next pass. One follow-up task serves
+        every request, at the earliest time asked."""
+        if self._closing.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        wanted: list[float] = []
+        if counts.busy:
+            wanted.append(loop.time() + self._settings.claim_lease_seconds + 0.5)
+        if counts.attempted and not self._deliverer.health.suspect:
+            due = await self._deliverer.db.run(repository.next_attempt_at)
+            if due is not None:
+                wanted.append(loop.time() + max(0.0, (due - utc_now()).total_seconds()) + 0.05)
+        if not wanted:
+            return
+        at = min(wanted)
+        self._follow_up_at = at if self._follow_up_at is None else min(self._follow_up_at, at)
+        if self._follow_up is None or self._follow_up.done():
+            self._follow_up = asyncio.create_task(self._follow_up_loop(), name="retry-follow-up")
+
+    async def _follow_up_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._follow_up_at is not None:
+            delay = self._follow_up_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 1.0))  # an earlier request may come meanwhile
+                continue
+            self._follow_up_at = None
+            await self.tick()  # may ask for another follow-up: this loop serves it
 
     async def probe(self) -> None:
         """While the CRM is suspect, ask it if it is back; if so, drain at once."""
@@ -120,10 +192,19 @@ class RetryJob:
             self._deliverer.health.suspect = False
             self.start_forced_pass()
 
-    async def close(self) -> None:
-        """Cancel the background passes (what they did not finish stays in the outbox)."""
-        tasks = [t for t in (self._forced, self._periodic, self._follow_up) if t is not None]
-        for task in tasks:
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop the passes between customers; deliveries in flight get `grace` seconds,
+        then are cancelled (what they did not finish stays in the outbox)."""
+        self._closing.set()
+        if self._periodic_stop is not None:
+            self._periodic_stop.set()
+        if self._follow_up is not None:
+            self._follow_up.cancel()
+        tasks = {t for t in (self._forced, self._periodic, self._follow_up) if t is not None}
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 

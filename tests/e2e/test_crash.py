@@ -1,55 +1,18 @@
 """Guarantee 1 under `kill -9`: the service process dies with deliveries in flight."""
 
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from support import CrmControl, LiveServer, crm_view, eventually, expected_crm_record, free_port
-
-
-@asynccontextmanager
-async def service_process(
-    database_url: str, crm_url: str, port: int
-) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """`customer-service serve` as a real process; SIGKILLed on the way out if still alive."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "CRM_BASE_URL": crm_url,
-        "PORT": str(port),
-        "CRM_TIMEOUT_SECONDS": "10",
-        "RETRY_INTERVAL_SECONDS": "3600",
-        "RECOVERY_PROBE_SECONDS": "0.2",
-        # The killed process's claims lapse after this; short, so the test is quick.
-        "CLAIM_LEASE_SECONDS": "2",
-    }
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
-        [sys.executable, "-m", "customer_service", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-
-            async def up() -> bool:
-                assert process.poll() is None, "the service exited at start-up"
-                try:
-                    return (await http.get("/health")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await eventually(up, within=30)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+from support import (
+    CrmControl,
+    LiveServer,
+    crm_view,
+    eventually,
+    expected_crm_record,
+    free_port,
+    service_process,
+)
 
 
 async def test_sigkill_between_commit_and_delivery_loses_nothing(
