@@ -17,6 +17,7 @@ order, retries and statuses apply, and the customers are kicked when the run end
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from customer_service.reconciliation.compare import (
     customer_id_of,
 )
 from customer_service.reconciliation.schemas import ReconciliationReport
+from customer_service.request_id import current_request_id
 from customer_service.sync import outbox
 from customer_service.sync.models import Operation
 from customer_service.sync.outbox import PENDING_KICKS
@@ -87,6 +89,15 @@ class Reconciler:
 
     async def run(self, repair: bool = False) -> ReconciliationReport:
         """One full run; raises `CrmReadFailed` when the CRM cannot be read."""
+        # A run outside a request gets an id of its own, for its log lines, its CRM calls
+        # and the deliveries of the fixes it queues.
+        token = current_request_id.set(current_request_id.get() or f"reconcile-{uuid.uuid4().hex}")
+        try:
+            return await self._run(repair)
+        finally:
+            current_request_id.reset(token)
+
+    async def _run(self, repair: bool) -> ReconciliationReport:
         async with self._lock:
             started = utc_now()
             run = _Run(repair)

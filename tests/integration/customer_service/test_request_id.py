@@ -4,9 +4,13 @@ import logging
 
 import httpx
 import pytest
+import respx
 from support import CrmControl, eventually
 
-from customer_service.request_id import RequestIdFilter
+from customer_service.crm.client import CrmClient
+from customer_service.db import create_engine, create_sessionmaker
+from customer_service.reconciliation.reconciler import Reconciler
+from customer_service.request_id import RequestIdFilter, current_request_id
 
 ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
 
@@ -37,3 +41,23 @@ async def test_the_delivery_a_write_causes_logs_under_its_request_id(
     assert getattr(record, "request_id", None) == "write-9"
     requests = await crm_control.requests()
     assert requests and requests[-1]["method"] == "POST"
+
+
+@respx.mock
+async def test_a_reconciliation_outside_a_request_calls_the_crm_under_an_id_of_its_own(
+    database_url: str,
+) -> None:
+    crm = "http://crm.test"
+    route = respx.get(f"{crm}/api/crm/customers").mock(
+        return_value=httpx.Response(200, json={"items": [], "total": 0})
+    )
+    engine = create_engine(database_url)
+    try:
+        async with httpx.AsyncClient(base_url=crm) as http:
+            reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http))
+            assert (await reconciler.run()).drift == 0
+    finally:
+        await engine.dispose()
+    sent = route.calls.last.request.headers["X-Request-ID"]
+    assert sent.startswith("reconcile-")
+    assert current_request_id.get() is None
