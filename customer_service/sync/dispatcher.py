@@ -53,7 +53,9 @@ class Dispatcher:
         """Stop taking kicks; give deliveries in flight `grace` seconds, then cancel them.
 
         A cancelled delivery loses nothing: its row stays in the outbox, and a CRM call that
-        did land is recognised by its Idempotency-Key when the row is sent again.
+        did land is recognised by its Idempotency-Key when the row is sent again. The
+        cancellation never lands inside a transaction: the delivery's database work is
+        shielded (`dbwork`), so it still commits or rolls back and returns its connection.
         """
         self._closed = True
         tasks = list(self._running.values())
