@@ -3,13 +3,12 @@
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from customer_service.columns import utc_now
 from customer_service.errors import problem
 from customer_service.metrics import Metrics
 from customer_service.sync import repository
-from customer_service.sync.models import FailedRequest
 
 router = APIRouter(tags=["operations"])
 
@@ -39,7 +38,7 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     async with state.sessionmaker() as session:
         counts = await repository.count_by_status(session)
-        oldest = await session.scalar(select(func.min(FailedRequest.created_at)))
+        oldest = await repository.oldest_created_at(session)
     age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
     registry: Metrics = state.metrics
     registry.set_outbox(counts, age)

@@ -6,7 +6,6 @@ posting back here, so the page works without JavaScript; the script only refresh
 """
 
 import secrets
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlencode
@@ -14,7 +13,6 @@ from urllib.parse import quote, unquote, urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
 
 from customer_service.columns import utc_now
 from customer_service.deps import RequestId, SessionDep
@@ -22,7 +20,7 @@ from customer_service.metrics import Metrics
 from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
 from customer_service.schemas import INT32_MAX
 from customer_service.sync import repository
-from customer_service.sync.models import FailedRequest, RequestStatus
+from customer_service.sync.models import RequestStatus
 from customer_service.sync.outbox import PENDING_KICKS
 
 HERE = Path(__file__).parent
@@ -106,7 +104,7 @@ async def page(
     state = request.app.state
     wanted, customer = _status_filter(status), _customer_filter(customer_id)
     counts = await repository.count_by_status(session)
-    oldest: datetime | None = await session.scalar(select(func.min(FailedRequest.created_at)))
+    oldest = await repository.oldest_created_at(session)
     rows, total = await repository.page(session, wanted, customer, PAGE_SIZE, 0)
     metrics: Metrics = state.metrics
     reconciler: Reconciler = state.reconciler

@@ -207,3 +207,11 @@ async def page(
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
     query = select(FailedRequest.status, func.count()).group_by(FailedRequest.status)
     return {status: int(n) for status, n in (await session.execute(query)).all()}
+
+
+async def oldest_created_at(session: AsyncSession) -> datetime | None:
+    """When the oldest undelivered request was written (ids follow commits closely enough,
+    and the primary key answers this without a scan)."""
+    query = select(FailedRequest.created_at).order_by(FailedRequest.id).limit(1)
+    found: datetime | None = await session.scalar(query)
+    return found
