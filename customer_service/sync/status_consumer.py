@@ -23,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
-from customer_service.sync.transports.kafka import ensure_topics
+from customer_service.sync.transports.kafka import ensure_topics, rewind_recreated, stop_quietly
 
 log = logging.getLogger(__name__)
 
 APPLIED = "applied"
+# While idle, how often to look whether the broker lost (and recreated) the topic.
+REWIND_CHECK_SECONDS = 1.0
 DEAD = "dead"
 
 
@@ -113,12 +115,17 @@ class StatusConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+                await stop_quietly(consumer)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            if not batches and loop.time() - checked > REWIND_CHECK_SECONDS:
+                checked = loop.time()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(rewind_recreated(consumer), 5)
             for partition, messages in batches.items():
                 statuses = [s for m in messages if (s := parse_status(m.value)) is not None]
                 if skipped := len(messages) - len(statuses):
@@ -128,15 +135,14 @@ class StatusConsumer:
                         await record_status(session, status)
                 # A broker restarted empty refuses commits for the topic it lost, and aiokafka
                 # retries forever: start over (the topic is created again) instead.
-                await asyncio.wait_for(consumer.commit({partition: messages[-1].offset + 1}), 10)
+                await asyncio.wait_for(consumer.commit({partition: messages[-1].offset + 1}), 5)
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop after the batch in hand; cancel only if it takes longer than `grace`."""
         self._stopping.set()
         if self._task is None:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        await asyncio.wait({self._task}, timeout=grace)
         if not self._task.done():
             self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.wait({self._task})

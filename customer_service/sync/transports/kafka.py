@@ -75,6 +75,22 @@ async def stop_quietly(client: Any) -> None:
         log.debug("stopping %s: %s", type(client).__name__, task.exception())
 
 
+async def rewind_recreated(consumer: Any) -> None:
+    """Read again from the start every assigned partition that ends before our position.
+
+    On a real Kafka that never happens; it means the broker lost the topic and it was made
+    anew (Tansu's memory storage after a restart), and a consumer left at its old offset
+    would skip what the new partition holds until it grows past it."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return
+    ends = await consumer.end_offsets(assigned)
+    behind = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+    if behind:
+        log.warning("partitions %s were recreated by the broker: reading them again", behind)
+        await consumer.seek_to_beginning(*behind)
+
+
 def _ms(seconds: float) -> int:
     return max(1000, int(seconds * 1000))
 
@@ -89,21 +105,30 @@ class KafkaSender:
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         self._timeout = settings.crm_timeout_seconds
+        # False until the topics are known to exist, and again after a failed publish: a
+        # broker restarted empty (Tansu's memory storage) takes records for a topic it no
+        # longer has, which then no consumer group can commit; creating it first avoids that.
+        self._topics_ready = False
 
     async def start(self) -> None:
         """Create the missing topics and start the producer; a broker that is down only
         logs a warning (deliveries fail and are retried until it is up)."""
-        settings = self._settings
         try:
-            await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [settings.kafka_topic, settings.kafka_status_topic],
-                settings.kafka_partitions,
-                self._timeout,
-            )
+            await self._ensure_topics()
             await self._ready()
         except Exception as exc:
-            log.warning("Kafka at %s not ready: %s", settings.kafka_bootstrap_servers, exc)
+            servers = self._settings.kafka_bootstrap_servers
+            log.warning("Kafka at %s not ready: %s", servers, exc)
+
+    async def _ensure_topics(self) -> None:
+        settings = self._settings
+        await ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.kafka_topic, settings.kafka_status_topic],
+            settings.kafka_partitions,
+            self._timeout,
+        )
+        self._topics_ready = True
 
     async def _ready(self) -> AIOKafkaProducer:
         async with self._starting:
@@ -132,6 +157,8 @@ class KafkaSender:
         topic, once the CRM has applied the event."""
         del crm_id  # the CRM's consumer finds the record by externalId
         try:
+            if not self._topics_ready:
+                await self._ensure_topics()
             producer = await self._ready()
             await asyncio.wait_for(
                 producer.send_and_wait(
@@ -144,6 +171,7 @@ class KafkaSender:
             )
         except Exception as exc:
             # TimeoutError, KafkaError, a connection refused at start: all transient.
+            self._topics_ready = False
             return Failed(f"Kafka publish failed: {type(exc).__name__}: {exc}".rstrip(": "))
         try:
             await self._note_published(row.customer_id, row.version)
@@ -171,6 +199,8 @@ class KafkaSender:
     async def ping(self) -> bool:
         """Does the broker answer a metadata request now?"""
         try:
+            if not self._topics_ready:
+                await self._ensure_topics()
             producer = await self._ready()
             await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout)
         except Exception:
