@@ -58,6 +58,7 @@ COMMIT_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 5.0
 # While idle, how often to look whether the broker lost (and recreated) the topic.
 REWIND_CHECK_SECONDS = 1.0
+FETCH_MAX_WAIT_MS = 50
 
 
 class InvalidEvent(Exception):
@@ -320,6 +321,8 @@ class CrmConsumer:
             auto_offset_reset="earliest",
             # A long outage holds a partition's event in retries; stay in the group.
             max_poll_interval_ms=3_600_000,
+            # Tansu answers a fetch only at its max wait when nothing is new: keep it short.
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=session_ms // 3,
         )
@@ -529,8 +532,10 @@ async def replay_letters(
 ) -> ReplayReport:
     """Apply open dead letters (one, or all oldest first) now, under the fault switch.
 
-    An applied letter is closed and its `applied` status published; one that fails again
-    stays open, and so do the later letters of that customer (they keep their order)."""
+    An applied letter has its `applied` status published, then is closed; one that fails
+    again stays open, and so do the later letters of that customer (they keep their
+    order). Without a broker nothing is applied: the customer service would never learn
+    of it."""
     async with sessionmaker() as session:
         letters = list(await ledger.open_letters(session, letter_id))
     report = ReplayReport([], {})
@@ -544,13 +549,15 @@ async def replay_letters(
         enable_idempotence=settings.kafka_idempotent_producer,
         request_timeout_ms=5000,
     )
-    started = False
     try:
         await producer.start()
-        started = True
     except Exception as exc:
-        log.warning("Kafka not reachable, no status will be published: %s", exc)
         await stop_quietly(producer)
+        error = f"Kafka at {settings.kafka_bootstrap_servers}: {type(exc).__name__}: {exc}"
+        if settings.kafka_idempotent_producer:
+            error += " (a broker without the idempotent producer, such as Tansu, needs"
+            error += " KAFKA_IDEMPOTENT_PRODUCER=false)"
+        return ReplayReport([], {letter.id: error for letter in letters})
     try:
         for letter in letters:
             if letter.external_id in blocked:
@@ -559,8 +566,19 @@ async def replay_letters(
             try:
                 event = parse_event(letter.event.encode())
                 result = await applier.apply(event, replay=True)
+                if isinstance(result, Applied):
+                    value = status_event(
+                        event.event_id,
+                        event.customer_id,
+                        event.version,
+                        "applied",
+                        result.crm_id,
+                        None,
+                    )
+                    key = event.external_id.encode()
+                    await producer.send_and_wait(settings.kafka_status_topic, key=key, value=value)
             except Exception as exc:
-                result = Refused(str(exc), permanent=True)
+                result = Refused(f"{type(exc).__name__}: {exc}", permanent=True)
             if not isinstance(result, Applied):
                 assert isinstance(result, Refused)
                 report.failed[letter.id] = result.error
@@ -571,13 +589,6 @@ async def replay_letters(
                 if stored is not None:
                     stored.replayed_at = store.utc_now()
             report.applied.append(letter.id)
-            if started:
-                value = status_event(
-                    event.event_id, event.customer_id, event.version, "applied", result.crm_id, None
-                )
-                await producer.send_and_wait(
-                    settings.kafka_status_topic, key=event.external_id.encode(), value=value
-                )
     finally:
         await stop_quietly(producer)
     return report

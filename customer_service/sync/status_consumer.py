@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 APPLIED = "applied"
 # While idle, how often to look whether the broker lost (and recreated) the topic.
 REWIND_CHECK_SECONDS = 1.0
+FETCH_MAX_WAIT_MS = 50
 DEAD = "dead"
 
 
@@ -96,6 +97,8 @@ class StatusConsumer:
                 group_id=f"{self._settings.kafka_status_topic}.customer-service",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                # Tansu answers a fetch only at its max wait when nothing is new: keep it short.
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
                 session_timeout_ms=session_ms,
                 heartbeat_interval_ms=session_ms // 3,
             )
