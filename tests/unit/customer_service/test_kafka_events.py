@@ -1,0 +1,65 @@
+"""The Kafka wire formats on the service's side: the event a row becomes, and the status
+events read back (pure, no broker)."""
+
+import json
+from datetime import UTC, datetime
+
+from customer_service.sync.models import FailedRequest, Operation
+from customer_service.sync.status_consumer import CrmStatus, parse_status
+from customer_service.sync.transports.kafka import encode_event, event_of
+
+PAYLOAD = {
+    "externalId": "42",
+    "firstName": "Ada",
+    "lastName": "Lovelace",
+    "email": "ada@example.com",
+    "phone": None,
+    "address": "London, GB",
+}
+
+
+def _row(operation: Operation, payload: dict[str, object] | None) -> FailedRequest:
+    return FailedRequest(
+        id=7,
+        customer_id=42,
+        operation=operation,
+        version=3,
+        payload=payload,
+        idempotency_key="5f0c1d2e-0000-4000-8000-000000000001",
+        created_at=datetime(2026, 11, 24, 10, 0, tzinfo=UTC),
+    )
+
+
+def test_an_update_becomes_the_event_of_the_contract() -> None:
+    event = event_of(_row(Operation.UPDATE, PAYLOAD))
+    assert event == {
+        "eventId": "5f0c1d2e-0000-4000-8000-000000000001",
+        "eventType": "UPDATE",
+        "customerId": 42,
+        "version": 3,
+        "occurredAt": "2026-11-24T10:00:00Z",
+        "customer": PAYLOAD,
+    }
+    assert json.loads(encode_event(event)) == event
+
+
+def test_a_delete_carries_no_customer() -> None:
+    event = event_of(_row(Operation.DELETE, None))
+    assert event["eventType"] == "DELETE" and event["customer"] is None
+
+
+def test_status_events_are_read_and_anything_else_is_skipped() -> None:
+    applied = b'{"eventId": "e", "customerId": 42, "version": 3, "status": "applied",'
+    applied += b' "crmId": "crm_1", "error": null}'
+    assert parse_status(applied) == CrmStatus(42, 3, "applied", "crm_1")
+    dead = b'{"eventId": "e", "customerId": "42", "version": 4, "status": "dead", "error": "x"}'
+    assert parse_status(dead) == CrmStatus(42, 4, "dead", None)
+    for junk in (
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"customerId": 1}',
+        b'{"customerId": 1, "version": 1, "status": "maybe"}',
+        None,
+    ):
+        assert parse_status(junk) is None, junk
