@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 
 from crm_mock.config import CrmSettings
-from crm_mock.faults import FaultSettings
+from crm_mock.faults import FaultSettings, RateWindow
 from crm_mock.locks import KeyedLocks
 
 
@@ -28,6 +28,7 @@ class CrmRuntime:
     faults: FaultSettings = field(default_factory=FaultSettings)
     idempotency_locks: KeyedLocks = field(default_factory=KeyedLocks)
     rng: random.Random = field(default_factory=random.Random)
+    rate_window: RateWindow = field(default_factory=RateWindow)
 
 
 def runtime_of(app: Starlette) -> CrmRuntime:

@@ -24,13 +24,15 @@ class FaultSettings(BaseModel):
     status_code: int = Field(default=503, ge=400, le=599)
     latency_ms: int = Field(default=0, ge=0, le=MAX_LATENCY_MS)
     retry_after_seconds: int | None = Field(default=None, ge=0)
+    rate_limit_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class FaultUpdate(BaseModel):
     """The body of `PUT /api/crm/_faults`: any subset of the fields; the others keep their value.
 
-    Only `retryAfterSeconds` may be null (to stop sending `Retry-After`); unknown fields are
-    refused so a typo does not silently change nothing.
+    Only `retryAfterSeconds` and `rateLimitPerSecond` may be null (to stop sending
+    `Retry-After`, to lift the limit); unknown fields are refused so a typo does not
+    silently change nothing.
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
@@ -40,6 +42,7 @@ class FaultUpdate(BaseModel):
     status_code: int | None = Field(default=None, ge=400, le=599)
     latency_ms: int | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     retry_after_seconds: int | None = Field(default=None, ge=0)
+    rate_limit_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("down", "error_rate", "status_code", "latency_ms", mode="before")
     @classmethod
@@ -81,3 +84,24 @@ def decide_fault(settings: FaultSettings, draw: float) -> InjectedFault | None:
         retry_after_seconds=settings.retry_after_seconds,
         reason=reason,
     )
+
+
+@dataclass(slots=True)
+class RateWindow:
+    """The calls admitted in the current wall-clock second, for `rateLimitPerSecond`."""
+
+    second: int = -1
+    count: int = 0
+
+    def admit(self, now: float, limit: int | None) -> bool:
+        """Count a call at `now` (seconds) and say whether it is within `limit` calls in
+        its second; a refused call is not counted (it did nothing)."""
+        if limit is None:
+            return True
+        second = int(now)
+        if second != self.second:
+            self.second, self.count = second, 0
+        if self.count >= limit:
+            return False
+        self.count += 1
+        return True

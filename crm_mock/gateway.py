@@ -5,7 +5,8 @@ For each call, in this order:
 1. idempotency: a POST, PUT or DELETE with an `Idempotency-Key` takes the key's lock (repeats
    of one key run one at a time) and looks up the answer first given to the key;
 2. faults: sleep `latencyMs`, then answer `statusCode` (and `Retry-After`) when the CRM is
-   `down` or the call loses the `errorRate` draw; such a call changes nothing;
+   `down` or the call loses the `errorRate` draw, or 429 with `Retry-After` past
+   `rateLimitPerSecond` calls in the current second; such a call changes nothing;
 3. auth: when `CRM_API_TOKEN` is set, a call without `Authorization: Bearer <token>` gets 401;
 4. the first answer again if the key was seen before (nothing changes), else the endpoint
    itself, whose answer is then kept for the key (unless it is a 5xx);
@@ -21,6 +22,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -235,6 +237,9 @@ class CustomerCallsGateway:
         fault = decide_fault(runtime.faults, runtime.rng.random())
         if fault is not None:
             return Answer.fault(fault), False
+        if not runtime.rate_window.admit(time.time(), runtime.faults.rate_limit_per_second):
+            limited = {"retry-after": str(runtime.faults.retry_after_seconds or 1)}
+            return Answer.problem(429, "rate limit exceeded: retry later", limited), False
         if not is_authorized(call.headers.get("authorization"), runtime.settings.crm_api_token):
             refusal = Answer.problem(
                 401, "a valid bearer token is required", {"www-authenticate": "Bearer"}

@@ -7,6 +7,7 @@ from fastapi import Depends, FastAPI
 
 from customer_service.config import Settings, SyncMode
 from customer_service.crm.client import CrmClient, build_http_client
+from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.router import router as customers_router
 from customer_service.dashboard.router import router as dashboard_router
 from customer_service.db import create_sessionmaker, engine_for
@@ -38,7 +39,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         engine = engine_for(settings)
         sessionmaker = create_sessionmaker(engine)
         http = build_http_client(settings)
-        client = CrmClient(http, on_call=metrics.observe_crm_call)
+        throttle = CallThrottle(settings.crm_max_requests_per_second)
+        client = CrmClient(http, on_call=metrics.observe_crm_call, throttle=throttle)
         # One engine, two transports: Kafka mode publishes instead of calling the CRM.
         kafka = KafkaMode(settings, sessionmaker) if settings.sync_mode == SyncMode.KAFKA else None
         sender = kafka.sender if kafka is not None else HttpSender(client)
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         reconcile_loop = ReconcileLoop(reconciler, interval)
         reconcile_loop.start()
         background = run_scheduler and settings.sync_enabled
+        # The probe runs with the scheduler: only then may the breaker hold kicks back.
+        deliverer.health.probing = background
         scheduler = build_scheduler(retry_job, settings) if background else None
         if scheduler is not None:
             scheduler.start()

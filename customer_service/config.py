@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=25, ge=1)
     retry_backoff_base_seconds: PositiveSeconds = 1.0
     retry_backoff_max_seconds: PositiveSeconds = 3600.0
+    # A ceiling on this process's calls to the CRM (0: none); a 429 pauses them all too.
+    crm_max_requests_per_second: float = Field(default=0.0, ge=0, le=100_000)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic: str = Field(default="customer-events", min_length=1)
     kafka_status_topic: str = Field(default="customer-events.status", min_length=1)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from customer_service.config import Settings
+from customer_service.crm.throttle import CallThrottle
 from customer_service.request_id import HEADER as REQUEST_ID_HEADER
 from customer_service.request_id import current_request_id
 
@@ -60,8 +61,10 @@ class CrmClient:
         self,
         http: httpx.AsyncClient,
         on_call: Callable[[str, int | None, float], None] | None = None,
+        throttle: CallThrottle | None = None,
     ) -> None:
         self._http = http
+        self._throttle = throttle or CallThrottle()
         # Told (method, status or None when there was no answer, seconds) after each call.
         self._on_call = on_call
 
@@ -78,6 +81,7 @@ class CrmClient:
         request_id = current_request_id.get()
         if request_id is not None:
             headers[REQUEST_ID_HEADER] = request_id
+        await self._throttle.wait_turn()
         start = time.perf_counter()
         try:
             response = await self._http.request(
@@ -87,6 +91,8 @@ class CrmClient:
             self._observe(method, None, start)
             raise CrmUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
         self._observe(method, response.status_code, start)
+        if response.status_code == 429:
+            self._throttle.too_many_requests(response.headers.get("Retry-After"))
         try:
             body = response.json() if response.content else None
         except ValueError:

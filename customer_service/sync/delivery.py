@@ -30,7 +30,13 @@ from customer_service.sync.dbwork import BackgroundDatabase
 from customer_service.sync.models import FailedRequest
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.plan import Batch, Hold, plan_next
-from customer_service.sync.retry import RetryPolicy, Urgency, judge_failure, parse_retry_after
+from customer_service.sync.retry import (
+    RetryPolicy,
+    Urgency,
+    is_crm_wide,
+    judge_failure,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +83,34 @@ class PassCounts:
 
 @dataclass
 class CrmHealth:
-    """What this replica last saw of the CRM: a transient failure makes it `suspect`.
+    """What this replica last saw of the CRM, and its circuit breaker (guarantee 7).
+
+    A failure that speaks for the whole CRM (`retry.is_crm_wide`: no answer, 429, 502,
+    503, 504) makes it `suspect`. While it is suspect and a probe runs (`probing`: the
+    process's retry job asks the CRM, one call at a time, whether it is back), the
+    breaker is open: writes no longer kick a delivery of their own; their requests wait
+    in the outbox for the pass the probe starts when the CRM answers again. Without a
+    probe (an API-only process, tests driving passes themselves) it never opens.
 
     A new process starts suspect, so its first probe (and the forced pass that follows a
     good answer) sends what an earlier process left behind without waiting for backoff.
     """
 
     suspect: bool = True
+    probing: bool = False
     on_recovery: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.probing and self.suspect
+
+    def mark_healthy(self) -> None:
+        """The CRM answered well: close the breaker and, if it was open, tell the listeners
+        (the retry job's recovery pass, the dispatcher's held kicks)."""
+        if self.suspect:
+            self.suspect = False
+            for callback in self.on_recovery:
+                callback()
 
 
 class Deliverer:
@@ -207,7 +233,7 @@ class Deliverer:
                 )
             )
             counts.delivered += size
-            self._saw_crm_healthy()
+            self.health.mark_healthy()
 
     async def _settle_and_look(
         self,
@@ -259,7 +285,8 @@ class Deliverer:
             )
         else:
             counts.failed += size
-            self.health.suspect = True
+            if is_crm_wide(outcome.status):
+                self.health.suspect = True
             log.info(
                 "request %s of customer %s failed (attempt %s): %s",
                 batch.send.id,
@@ -267,9 +294,3 @@ class Deliverer:
                 verdict.attempts,
                 outcome.error,
             )
-
-    def _saw_crm_healthy(self) -> None:
-        if self.health.suspect:
-            self.health.suspect = False
-            for callback in self.health.on_recovery:
-                callback()

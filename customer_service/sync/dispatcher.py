@@ -3,6 +3,9 @@
 `kick` is called once the transaction that wrote outbox rows has committed. Each kicked
 customer gets one background task at a time in this process; a kick that arrives while
 its task runs makes the task go round once more, so no commit is left unattended.
+While the CRM's breaker is open (`delivery.CrmHealth`) a kick is held, not run: the
+customers are kicked when the CRM answers again (beside the probe's recovery pass; the
+claims keep the two from sending one customer twice).
 """
 
 import asyncio
@@ -21,11 +24,19 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
+        # Customers whose kick came while the breaker was open: kicked when it closes.
+        self._held: set[int] = set()
         self._closed = False
+        deliverer.health.on_recovery.append(self._release_held)
 
     def kick(self, customer_ids: Iterable[int]) -> None:
         """Deliver these customers' requests soon (called after the commit)."""
         if self._closed or not self._enabled:
+            return
+        if self._deliverer.health.breaker_open:
+            # The CRM is failing: the requests wait in the outbox until it answers again,
+            # instead of each write calling it once more.
+            self._held.update(customer_ids)
             return
         for customer_id in customer_ids:
             if customer_id in self._running:
@@ -33,6 +44,10 @@ class Dispatcher:
                 continue
             task = asyncio.create_task(self._run(customer_id), name=f"deliver-{customer_id}")
             self._running[customer_id] = task
+
+    def _release_held(self) -> None:
+        held, self._held = sorted(self._held), set()
+        self.kick(held)
 
     async def _run(self, customer_id: int) -> None:
         try:

@@ -32,6 +32,18 @@ def is_permanent(status: int | None) -> bool:
     return 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS
 
 
+# Answers that speak for the whole CRM, not one request: it is down, overloaded or
+# asks everyone to slow down. Only these (and no answer at all) open the breaker.
+CRM_WIDE_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
+def is_crm_wide(status: int | None) -> bool:
+    """True when a failure says the CRM itself is unavailable (no answer, a timeout, 429,
+    502, 503, 504), so live deliveries should stop calling it until a probe says it is
+    back; a failure of one request (a 500 on one record, a 409) only backs that one off."""
+    return status is None or status in CRM_WIDE_STATUSES
+
+
 def backoff_seconds(
     attempts: int, base: float, maximum: float, rand: random.Random | None = None
 ) -> float:

@@ -189,8 +189,7 @@ class RetryJob:
             return
         if await self._client.ping():
             log.info("the CRM answers again: draining the backlog now")
-            self._deliverer.health.suspect = False
-            self.start_forced_pass()
+            self._deliverer.health.mark_healthy()  # starts the recovery pass
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop the passes between customers; deliveries in flight get `grace` seconds,
@@ -225,6 +224,7 @@ def build_scheduler(job: RetryJob, settings: Settings) -> AsyncIOScheduler:
         job.probe,
         "interval",
         seconds=settings.recovery_probe_seconds,
+        next_run_time=datetime.now(UTC),  # a new process starts suspect: ask at once
         max_instances=1,
         coalesce=True,
         id="recovery-probe",

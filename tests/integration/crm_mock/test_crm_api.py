@@ -17,6 +17,7 @@ HEALTHY = {
     "statusCode": 503,
     "latencyMs": 0,
     "retryAfterSeconds": None,
+    "rateLimitPerSecond": None,
 }
 
 
@@ -610,3 +611,18 @@ async def test_openapi_documents_errors_as_problem_json(crm_api: httpx.AsyncClie
     for code in ("401", "404", "409", "422", "503"):
         assert list(replace[code]["content"]) == [PROBLEM_JSON]
     assert "Problem" in schema["components"]["schemas"]
+
+
+async def test_rate_limit_answers_429_with_retry_after_past_the_limit(
+    crm_api: httpx.AsyncClient,
+) -> None:
+    await set_faults(crm_api, rateLimitPerSecond=1000, retryAfterSeconds=2)
+    await set_faults(crm_api, rateLimitPerSecond=1)
+    answers = [(await crm_api.get("/api/crm/customers")) for _ in range(3)]
+    limited = [a for a in answers if a.status_code == 429]
+    # Three calls span at most two wall-clock seconds: at least one is refused.
+    assert limited, [a.status_code for a in answers]
+    assert limited[0].headers["retry-after"] == "2"
+    assert limited[0].headers["content-type"].startswith("application/problem+json")
+    await set_faults(crm_api, rateLimitPerSecond=None)
+    assert all([(await crm_api.get("/api/crm/customers")).status_code == 200 for _ in range(5)])

@@ -54,6 +54,7 @@ def test_defaults_match_the_spec() -> None:
         "statusCode": 503,
         "latencyMs": 0,
         "retryAfterSeconds": None,
+        "rateLimitPerSecond": None,
     }
 
 
@@ -128,3 +129,13 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(ValidationError):
         settings.down = True  # type: ignore[misc]
+
+
+def test_rate_window_admits_the_limit_per_wall_clock_second() -> None:
+    from crm_mock.faults import RateWindow
+
+    window = RateWindow()
+    assert [window.admit(100.1, 3) for _ in range(5)] == [True, True, True, False, False]
+    assert window.admit(100.99, 3) is False
+    assert window.admit(101.0, 3) is True  # a new second
+    assert all(window.admit(101.5, None) for _ in range(100))  # no limit

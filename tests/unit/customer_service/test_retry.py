@@ -121,3 +121,20 @@ def test_recovery_pass_keeps_retry_after_when_it_is_later() -> None:
 def test_operator_retry_of_a_request_not_yet_due_counts() -> None:
     verdict = _judge(attempts=4, urgency=Urgency.OPERATOR, scheduled=NOW + timedelta(hours=1))
     assert verdict.attempts == 5 and verdict.dead
+
+
+def test_only_failures_of_the_whole_crm_open_the_breaker() -> None:
+    from customer_service.sync.retry import is_crm_wide
+
+    assert all(is_crm_wide(s) for s in (None, 408, 429, 502, 503, 504))
+    assert not any(is_crm_wide(s) for s in (400, 404, 409, 422, 500))
+
+
+def test_a_429_pauses_for_its_retry_after_or_a_second() -> None:
+    from customer_service.crm.throttle import pause_seconds
+
+    now = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
+    assert pause_seconds("3", now) == 3.0
+    assert pause_seconds(None, now) == 1.0
+    assert pause_seconds("soon", now) == 1.0
+    assert pause_seconds("Wed, 25 Nov 2026 10:00:05 GMT", now) == 5.0
