@@ -70,7 +70,6 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
                 deliver=settings.sync_enabled,
                 probe=background,
                 health=deliverer.health,
-                on_back=retry_job.start_forced_pass,
             )
         try:
             yield

@@ -36,3 +36,4 @@ class ReconcileLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._reconciler.drain()

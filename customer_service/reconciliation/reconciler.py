@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,6 +42,7 @@ from customer_service.reconciliation.compare import (
 from customer_service.reconciliation.schemas import ReconciliationReport
 from customer_service.request_id import current_request_id
 from customer_service.sync import outbox
+from customer_service.sync.dbwork import BackgroundDatabase
 from customer_service.sync.models import Operation
 from customer_service.sync.outbox import PENDING_KICKS
 
@@ -79,6 +81,8 @@ class Reconciler:
         kick: Callable[[Iterable[int]], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # Shielded transactions: a run cancelled at shutdown never strands a connection.
+        self._db = BackgroundDatabase(sessionmaker, slots=1)
         self._client = client
         self._page_size = page_size
         self._kick = kick
@@ -86,6 +90,11 @@ class Reconciler:
         self.latest: ReconciliationReport | None = None
         # Called with each finished report (the metrics listen here).
         self.listeners: list[Callable[[ReconciliationReport], None]] = []
+
+    async def drain(self) -> None:
+        """Wait for transactions a cancelled run left to finish (they give their
+        connections back)."""
+        await self._db.drain()
 
     async def run(self, repair: bool = False) -> ReconciliationReport:
         """One full run; raises `CrmReadFailed` when the CRM cannot be read."""
@@ -144,8 +153,8 @@ class Reconciler:
         return answer
 
     async def _local(self, ids: Iterable[int]) -> dict[int, Local]:
-        async with self._sessionmaker() as session:
-            return await repository.local_state(session, set(ids))
+        wanted = set(ids)
+        return await self._db.run(lambda session: repository.local_state(session, wanted))
 
     async def _crm_pass(self, run: _Run) -> None:
         offset = 0
@@ -166,8 +175,9 @@ class Reconciler:
     async def _customer_pass(self, run: _Run) -> None:
         after = 0
         while True:
-            async with self._sessionmaker() as session:
-                page = await repository.customers_after(session, after, self._page_size)
+            page = await self._db.run(
+                partial(repository.customers_after, after=after, limit=self._page_size)
+            )
             if not page:
                 return
             for customer_id, busy in page:
@@ -211,16 +221,19 @@ class Reconciler:
             target.add(finding.customer_id)
         if not run.repair or finding.customer_id is None:
             return
-        async with self._sessionmaker() as session:
-            async with session.begin():
-                queued = await _queue_fix(session, finding)
-            kicks = session.info.pop(PENDING_KICKS, set())
+        queued, kicks = await self._db.run(partial(_queue_fix_and_kicks, finding=finding))
         if queued:
             run.queued += 1
             run.queued_by_kind[finding.kind.value] = (
                 run.queued_by_kind.get(finding.kind.value, 0) + 1
             )
             run.kicks.update(kicks)
+
+
+async def _queue_fix_and_kicks(session: AsyncSession, *, finding: Finding) -> tuple[bool, set[int]]:
+    queued = await _queue_fix(session, finding)
+    kicks: set[int] = session.info.pop(PENDING_KICKS, set())
+    return queued, kicks
 
 
 async def _queue_fix(session: AsyncSession, finding: Finding) -> bool:

@@ -9,7 +9,6 @@ which plays the CRM probe's part: while deliveries are failing it asks the broke
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,9 +28,7 @@ class KafkaMode:
         self._probe: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
 
-    async def start(
-        self, *, deliver: bool, probe: bool, health: CrmHealth, on_back: Callable[[], None]
-    ) -> None:
+    async def start(self, *, deliver: bool, probe: bool, health: CrmHealth) -> None:
         """Topics and producer (in the background: a broker that is down or hung must not
         hold up start-up); with `deliver`, the status reader; with `probe`, the broker
         probe."""
@@ -39,15 +36,14 @@ class KafkaMode:
         if deliver:
             self.status.start()
         if deliver and probe:
-            self._probe = asyncio.create_task(self._watch(health, on_back), name="broker-probe")
+            self._probe = asyncio.create_task(self._watch(health), name="broker-probe")
 
-    async def _watch(self, health: CrmHealth, on_back: Callable[[], None]) -> None:
+    async def _watch(self, health: CrmHealth) -> None:
         while True:
             await asyncio.sleep(self._settings.recovery_probe_seconds)
             if health.suspect and await self.sender.ping():
                 log.info("the Kafka broker answers again: draining the backlog now")
-                health.suspect = False
-                on_back()
+                health.mark_healthy()  # the recovery pass and the held kicks
 
     async def close(self) -> None:
         for task in (self._starting, self._probe):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
+from customer_service.sync.dbwork import BackgroundDatabase
 from customer_service.sync.transports.kafka import ensure_topics, rewind_recreated, stop_quietly
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,11 @@ def _raised(column: Any, version: int) -> Any:
     return case((column.is_(None), version), (column < version, version), else_=column)
 
 
+async def record_statuses(session: AsyncSession, *, statuses: list[CrmStatus]) -> None:
+    for status in statuses:
+        await record_status(session, status)
+
+
 async def record_status(session: AsyncSession, status: CrmStatus) -> None:
     """Note on the customer (if it still exists) what the CRM did with its version."""
     query = update(Customer).where(Customer.id == status.customer_id)
@@ -82,6 +89,7 @@ class StatusConsumer:
     def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._settings = settings
         self._sessionmaker = sessionmaker
+        self._db = BackgroundDatabase(sessionmaker, slots=1)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -133,9 +141,8 @@ class StatusConsumer:
                 statuses = [s for m in messages if (s := parse_status(m.value)) is not None]
                 if skipped := len(messages) - len(statuses):
                     log.warning("skipped %s unreadable status events", skipped)
-                async with self._sessionmaker() as session, session.begin():
-                    for status in statuses:
-                        await record_status(session, status)
+                # Shielded: a close that cancels us never interrupts the transaction.
+                await self._db.run(partial(record_statuses, statuses=statuses))
                 # A broker restarted empty refuses commits for the topic it lost, and aiokafka
                 # retries forever: start over (the topic is created again) instead.
                 await asyncio.wait_for(consumer.commit({partition: messages[-1].offset + 1}), 5)
@@ -149,3 +156,4 @@ class StatusConsumer:
         if not self._task.done():
             self._task.cancel()
         await asyncio.wait({self._task})
+        await self._db.drain()
