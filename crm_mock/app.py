@@ -27,7 +27,8 @@ def create_app(settings: CrmSettings | None = None) -> FastAPI:
     """The CRM mock app; settings are read from the environment when not given.
 
     The lifespan creates the engine and any missing table, and puts a `CrmRuntime` (engine,
-    sessionmaker, fault switches, idempotency locks) on `app.state.runtime`.
+    sessionmaker, fault switches, idempotency locks, the journal writing the request log) on
+    `app.state.runtime`.
     """
     resolved = settings if settings is not None else CrmSettings()
 
@@ -41,8 +42,12 @@ def create_app(settings: CrmSettings | None = None) -> FastAPI:
             )
             # A fresh process is a healthy CRM, for its Kafka consumer too.
             await ledger.share_faults(app.state.runtime.sessionmaker, app.state.runtime.faults)
+            app.state.runtime.journal.start()
             logger.info("CRM mock ready, data in %s", engine.url.render_as_string())
-            yield
+            try:
+                yield
+            finally:
+                await app.state.runtime.journal.close()
         finally:
             await engine.dispose()
 

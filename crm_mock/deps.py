@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from crm_mock.config import CrmSettings
 from crm_mock.faults import FaultSettings, RateWindow
+from crm_mock.journal import Journal
 from crm_mock.locks import KeyedLocks
 
 
@@ -29,6 +30,11 @@ class CrmRuntime:
     idempotency_locks: KeyedLocks = field(default_factory=KeyedLocks)
     rng: random.Random = field(default_factory=random.Random)
     rate_window: RateWindow = field(default_factory=RateWindow)
+    # Request-log entries and idempotent answers, written in groups (`journal` module).
+    journal: Journal = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.journal = Journal(self.sessionmaker)
 
 
 def runtime_of(app: Starlette) -> CrmRuntime:
@@ -39,20 +45,33 @@ def runtime_of(app: Starlette) -> CrmRuntime:
     return runtime
 
 
-def get_runtime(request: Request) -> CrmRuntime:
-    """Dependency: the runtime of the app serving the request."""
+async def get_runtime(request: Request) -> CrmRuntime:
+    """Dependency: the runtime of the app serving the request.
+
+    Async although it awaits nothing: FastAPI runs a plain function dependency in a worker
+    thread, a hand-off per request that cost more than the whole lookup.
+    """
     return runtime_of(request.app)
 
 
 RuntimeDep = Annotated[CrmRuntime, Depends(get_runtime)]
 
 
-async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+# The ASGI scope key under which the gateway hands a call its own session (and transaction).
+CALL_SESSION = "crm_mock.session"
+
+
+async def get_session(runtime: RuntimeDep, request: Request) -> AsyncIterator[AsyncSession]:
     """Dependency: one transaction per request, committed when the handler returns normally.
 
     Used with `scope="function"` so the commit happens before the answer leaves: a client
-    that got 201 can read the record at once.
+    that got 201 can read the record at once. A call with an `Idempotency-Key` runs in the
+    gateway's transaction instead, which the gateway commits with the key's look-up.
     """
+    shared = request.scope.get(CALL_SESSION)
+    if isinstance(shared, AsyncSession):
+        yield shared
+        return
     async with runtime.sessionmaker() as session:
         try:
             yield session

@@ -3,16 +3,17 @@
 For each call, in this order:
 
 1. idempotency: a POST, PUT or DELETE with an `Idempotency-Key` takes the key's lock (repeats
-   of one key run one at a time) and looks up the answer first given to the key;
+   of one key run one at a time);
 2. faults: sleep `latencyMs`, then answer `statusCode` (and `Retry-After`) when the CRM is
    `down` or the call loses the `errorRate` draw, or 429 with `Retry-After` past
    `rateLimitPerSecond` calls in the current second; such a call changes nothing;
 3. auth: when `CRM_API_TOKEN` is set, a call without `Authorization: Bearer <token>` gets 401;
 4. the first answer again if the key was seen before (nothing changes), else the endpoint
-   itself, whose answer is then kept for the key (unless it is a 5xx);
+   itself, whose answer is then kept for the key (unless it is a 5xx); the look-up and the
+   endpoint's writes share one transaction (the endpoint's session is the gateway's);
 5. the request log: every call, whatever happened to it, is appended to `crm_request_log`
    with the status it was answered, before the answer leaves (so a client that has the
-   answer also finds the entry).
+   answer also finds the entry); the kept answer is written with it (`journal`).
 
 A pure ASGI middleware rather than dependencies, because it must see the status actually
 sent, including the 422 FastAPI answers before any dependency runs.
@@ -32,7 +33,7 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_mock import store
-from crm_mock.deps import CrmRuntime, runtime_of
+from crm_mock.deps import CALL_SESSION, CrmRuntime, runtime_of
 from crm_mock.faults import InjectedFault, decide_fault
 from crm_mock.problems import PROBLEM_MEDIA_TYPE, build_problem, problem_bytes
 from crm_mock.routes import CUSTOMERS_PATH
@@ -190,33 +191,40 @@ class CustomerCallsGateway:
         call = Call.from_scope(scope, raw_body, received_at)
         # Looked up before the call runs: after a DELETE the record is gone.
         external_id = call.stated_external_id() or await self._external_id_of_record(runtime, call)
-        answer = await self._answer(runtime, call, scope, receive)
-        await self._log(runtime, call, answer, external_id)
+        answer = await self._answer(runtime, call, scope, receive, external_id)
         await send(
             {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
         )
         await send({"type": "http.response.body", "body": answer.body})
 
     async def _answer(
-        self, runtime: CrmRuntime, call: Call, scope: Scope, receive: Receive
+        self,
+        runtime: CrmRuntime,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        external_id: str | None,
     ) -> Answer:
+        """The call's answer, once it and its log entry (and kept answer) are recorded."""
         key = call.idempotency_key
         if key is None or call.method not in IDEMPOTENT_METHODS:
-            answer, _ = await self._process(runtime, call, scope, receive, stored=None)
+            answer, _ = await self._process(runtime, call, scope, receive, key=None)
+            await self._record(runtime, call, answer, external_id, kept_for=None)
             return answer
         if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            return Answer.problem(
+            answer = Answer.problem(
                 400, f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
             )
-        # The lock spans look-up, delay, execution and saving: a repeat that arrives while
+            await self._record(runtime, call, answer, external_id, kept_for=None)
+            return answer
+        # The lock spans delay, look-up, execution and saving: a repeat that arrives while
         # the first call is still being processed waits for its answer instead of running too.
         async with runtime.idempotency_locks.hold(key):
-            stored = await self._find_answer(runtime, key)
-            answer, executed = await self._process(runtime, call, scope, receive, stored=stored)
+            answer, executed = await self._process(runtime, call, scope, receive, key=key)
             # Only an answer of a call that ran is kept. A 5xx changed nothing (or nobody knows
             # what it did), a fault or a 401 never ran: a retry with the key must run again.
-            if executed and answer.status < 500:
-                await self._save_answer(runtime, key, call, answer)
+            kept_for = key if executed and answer.status < 500 else None
+            await self._record(runtime, call, answer, external_id, kept_for=kept_for)
             return answer
 
     async def _process(
@@ -226,9 +234,10 @@ class CustomerCallsGateway:
         scope: Scope,
         receive: Receive,
         *,
-        stored: store.IdempotentAnswer | None,
+        key: str | None,
     ) -> tuple[Answer, bool]:
-        """Delay, fault, auth, then replay `stored` or run the endpoint; True if it ran."""
+        """Delay, fault, auth, then replay the answer kept for `key` or run the endpoint;
+        True if it ran."""
         latency_ms = runtime.faults.latency_ms
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)
@@ -245,9 +254,29 @@ class CustomerCallsGateway:
                 401, "a valid bearer token is required", {"www-authenticate": "Bearer"}
             )
             return refusal, False
-        if stored is not None:
-            return Answer.replay(stored), False
-        return await self._execute(call, scope, receive), True
+        if key is None:
+            return await self._execute(call, scope, receive), True
+        return await self._replay_or_execute(runtime, key, call, scope, receive)
+
+    async def _replay_or_execute(
+        self, runtime: CrmRuntime, key: str, call: Call, scope: Scope, receive: Receive
+    ) -> tuple[Answer, bool]:
+        """The answer kept for `key`, or the endpoint's, looked up and run in one transaction
+        (after the delay: no transaction is held while a call sleeps); True if it ran."""
+        async with runtime.sessionmaker() as session:
+            stored = await store.find_idempotent_answer(session, key)
+            if stored is not None:
+                return Answer.replay(stored), False
+            answer = await self._execute(call, {**scope, CALL_SESSION: session}, receive)
+            if answer.status >= 500:
+                await session.rollback()
+                return answer, True
+            try:
+                await session.commit()
+            except Exception:
+                logger.exception("could not commit %s %s", call.method, call.path)
+                return Answer.problem(500, "the CRM failed to process the request"), True
+            return answer, True
 
     async def _execute(self, call: Call, scope: Scope, receive: Receive) -> Answer:
         """Run the endpoint on the buffered body and capture its whole answer."""
@@ -290,32 +319,29 @@ class CustomerCallsGateway:
             logger.exception("could not look up the external id of %s", crm_id)
             return None
 
-    async def _find_answer(self, runtime: CrmRuntime, key: str) -> store.IdempotentAnswer | None:
-        async with runtime.sessionmaker() as session, session.begin():
-            return await store.find_idempotent_answer(session, key)
-
-    async def _save_answer(self, runtime: CrmRuntime, key: str, call: Call, answer: Answer) -> None:
-        headers = {name: value for name in _REPLAYED_HEADERS if (value := answer.header(name))}
-        stored = store.IdempotentAnswer(
-            key=key,
-            method=call.method,
-            path=call.path,
-            status_code=answer.status,
-            headers=json.dumps(headers),
-            body=answer.body.decode("utf-8", errors="replace"),
-            created_at=store.utc_now(),
-        )
-        try:
-            async with runtime.sessionmaker() as session, session.begin():
-                await store.save_idempotent_answer(session, stored)
-        except Exception:
-            # The change itself is committed; a retry without the saved answer meets the
-            # record (409) or its absence (404) instead, which a client handles anyway.
-            logger.exception("could not save the answer to Idempotency-Key %r", key)
-
-    async def _log(
-        self, runtime: CrmRuntime, call: Call, answer: Answer, external_id: str | None
+    async def _record(
+        self,
+        runtime: CrmRuntime,
+        call: Call,
+        answer: Answer,
+        external_id: str | None,
+        *,
+        kept_for: str | None,
     ) -> None:
+        """Log the call, and keep its answer for the key `kept_for`, in the journal's next
+        group; returns once both are committed."""
+        kept = None
+        if kept_for is not None:
+            headers = {name: value for name in _REPLAYED_HEADERS if (value := answer.header(name))}
+            kept = store.IdempotentAnswer(
+                key=kept_for,
+                method=call.method,
+                path=call.path,
+                status_code=answer.status,
+                headers=json.dumps(headers),
+                body=answer.body.decode("utf-8", errors="replace"),
+                created_at=store.utc_now(),
+            )
         entry = store.RequestLogEntry(
             method=call.method,
             path=call.path,
@@ -326,10 +352,11 @@ class CustomerCallsGateway:
             received_at=call.received_at,
         )
         try:
-            async with runtime.sessionmaker() as session, session.begin():
-                await store.append_request_log(session, entry)
+            await runtime.journal.record(entry, kept)
         except Exception:
-            # The caller's answer matters more than the log; say loudly that an entry is missing.
+            # The caller's answer matters more than the log; say loudly that an entry is
+            # missing. The change itself is committed: a retry without the kept answer meets
+            # the record (409) or its absence (404) instead, which a client handles anyway.
             logger.exception(
                 "could not log %s %s (status %s)", call.method, call.path, answer.status
             )
