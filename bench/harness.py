@@ -1,8 +1,9 @@
-"""The benchmark's plumbing: free ports, server processes, databases, RSS and percentiles.
+"""The benchmark's plumbing: server processes, databases, CPU, RSS and percentiles.
 
-Nothing here measures anything; `run.py` does. Every process started through `Servers`
+Nothing here measures anything; the phases do. Every process started through `Servers`
 is stopped by `Servers.stop_all` (terminate, then kill after a deadline), which `run.py`
-calls in a `finally`, so an error or Ctrl-C leaves nothing running.
+calls in a `finally`, so an error or Ctrl-C leaves nothing running. Free ports and the
+server processes themselves come from `scripts/processes.py`, shared with `make demo`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +20,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+# The server-process helpers are shared with scripts/demo.py: they live in scripts/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from processes import (
+    ProcessError,
+    ServerProcess,
+    console_script,
+    free_port,
+    wait_healthy_async,
+)
+
+# A running server, as the phases call it.
+Server = ServerProcess
+
+__all__ = ["ProcessError", "Server", "console_script", "free_port"]
+
 STARTUP_SECONDS = 60.0
-STOP_SECONDS = 10.0
-LOG_TAIL_LINES = 30
 
 # Settings of either service that the caller's environment must not leak into ours.
 OWN_SETTINGS = (
@@ -52,27 +63,12 @@ OWN_SETTINGS = (
 )
 
 
-class BenchError(Exception):
+class BenchError(ProcessError):
     """A phase could not be measured; the message says why."""
 
 
 def say(line: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {line}", flush=True)
-
-
-def free_port() -> int:
-    """A port nobody listens on now (bind port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def console_script(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise BenchError(f"{path} not found: install the project first (make bench does)")
-    return str(path)
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -86,44 +82,6 @@ def clean_env(**settings: str) -> dict[str, str]:
 
 
 @dataclass
-class Server:
-    name: str
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    started_at: float
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def check_alive(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            raise BenchError(f"the {self.name} exited with code {code}\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        tail = "\n".join(f"    {line}" for line in lines[-LOG_TAIL_LINES:])
-        return f"  last lines of {self.log_path}:\n{tail}"
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it is still there after STOP_SECONDS."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            say(f"{self.name} (pid {self.pid}) ignored SIGTERM for {STOP_SECONDS:.0f} s: killing")
-            self.process.kill()
-            self.process.wait(timeout=STOP_SECONDS)
-
-
-@dataclass
 class Servers:
     """Every server this run started, so that all of them are stopped at the end."""
 
@@ -133,24 +91,20 @@ class Servers:
     def start(self, name: str, argv: list[str], env: dict[str, str], port: int) -> Server:
         folder = self.workdir / name
         folder.mkdir(parents=True, exist_ok=True)
-        log_path = folder / "server.log"
-        with log_path.open("ab") as log:
-            # Its own session: Ctrl-C reaches only the benchmark, which stops the servers.
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = Server(name, f"http://127.0.0.1:{port}", process, log_path, time.monotonic())
+        server = ServerProcess(
+            name,
+            argv,
+            env,
+            cwd=folder,
+            log_path=folder / "server.log",
+            base_url=f"http://127.0.0.1:{port}",
+        )
         self.started.append(server)
         return server
 
     def stop(self, server: Server) -> None:
-        server.stop()
+        if server.stop():
+            say(f"{server.name} (pid {server.pid}) ignored SIGTERM: killed")
         if server in self.started:
             self.started.remove(server)
 
@@ -164,18 +118,7 @@ class Servers:
 
 
 async def wait_healthy(server: Server, within: float = STARTUP_SECONDS) -> None:
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=1.0) as client:
-        while True:
-            server.check_alive()
-            try:
-                if (await client.get(f"{server.base_url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"the {server.name} did not answer /health within {within:.0f} s")
-            await asyncio.sleep(0.05)
+    await wait_healthy_async(server, within)
 
 
 def run_command(argv: list[str], env: dict[str, str], cwd: Path) -> None:
@@ -258,6 +201,21 @@ def rss_kib(pid: int) -> dict[str, int]:
     except (OSError, ValueError):
         pass
     return values
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, from /proc/<pid>/stat (nan when
+    it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    # After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

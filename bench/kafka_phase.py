@@ -12,15 +12,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from context import Bench
 from harness import BenchError, Server, clean_env, free_port, say
-
-if TYPE_CHECKING:
-    from run import Bench, WriteRun
-
-    Load = Callable[..., Awaitable[WriteRun]]
+from load import paced_load, write_load
 
 BROKER_START_SECONDS = 20.0
 
@@ -46,12 +42,12 @@ async def wait_listening(server: Server, port: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def kafka_figures(bench: Bench, write_load: Load, paced_load: Load) -> dict[str, Any]:
-    """The run's loads (`run.write_load`, `run.paced_load`) against the Kafka set-up."""
+async def kafka_figures(bench: Bench, lag_rate: float) -> dict[str, Any]:
+    """The run's loads (`load.write_load`, `load.paced_load`) against the Kafka set-up."""
     p = bench.params
     say(
         f"phase 7: Kafka mode, {p.writers} writers for {p.write_seconds:.0f} s, then sync lag "
-        f"at {p.lag_rate:g} writes/s (Tansu broker, the CRM's consumer)"
+        f"at {lag_rate:.0f} writes/s (Tansu broker, the CRM's consumer)"
     )
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
@@ -74,9 +70,9 @@ async def kafka_figures(bench: Bench, write_load: Load, paced_load: Load) -> dic
         log = await bench.crm_log(crm)
         return sum(1 for e in log if e["method"] == "POST" and e["status"] == 201) >= count
 
-    await write_load(bench.client, service, "kafka-warm", p.writers, count=2 * p.writers)
+    await write_load(service, "kafka-warm", p.writers, count=2 * p.writers)
     await bench.wait_for("the warm-up to be applied", lambda: applied(2 * p.writers), 60, watched)
-    run = await write_load(bench.client, service, "kafka", p.writers, seconds=p.write_seconds)
+    run = await write_load(service, "kafka", p.writers, seconds=p.write_seconds)
     summary = run.summary()
     say(f"  {run.ok} writes in {run.elapsed:.1f} s = {run.per_second:.1f}/s")
     total = 2 * p.writers + run.ok
@@ -84,12 +80,14 @@ async def kafka_figures(bench: Bench, write_load: Load, paced_load: Load) -> dic
     summary["appliedSecondsAfterLastWrite"] = settled
     say(f"  every write applied by the CRM {settled:.1f} s after the last one")
 
-    paced = await paced_load(bench.client, service, "kafka-lag", p.lag_rate, p.lag_writes)
+    paced = await paced_load(
+        service, "kafka-lag", lag_rate, max(1, round(lag_rate * p.lag_seconds))
+    )
     await bench.wait_for(
         "the paced writes to be applied", lambda: applied(total + len(paced.created)), 120, watched
     )
-    lag = bench.match_lag(paced, await bench.crm_log(crm))
-    lag["ratePerSecond"] = p.lag_rate
+    lag = Bench.match_lag(paced, await bench.crm_log(crm))
+    lag["ratePerSecond"] = lag_rate
     say(f"  sync lag: p50 {lag['p50Ms']:.1f} ms, p99 {lag['p99Ms']:.1f} ms")
     bench.servers.stop_all()
     return {"writers": p.writers, "seconds": p.write_seconds, "throughput": summary, "lag": lag}

@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,10 +26,16 @@ from types import FrameType
 from typing import IO, Any
 
 import httpx
+from processes import (
+    ProcessError,
+    ServerProcess,
+    console_script,
+    free_port,
+    port_is_free,
+    wait_healthy,
+)
 
-STARTUP_SECONDS = 30.0
 POLL_SECONDS = 10.0
-STOP_SECONDS = 10.0
 ADDRESS_PARTS = ("street", "city", "state", "postalCode", "country")
 COMPARED_FIELDS = ("externalId", "firstName", "lastName", "email", "phone", "address")
 
@@ -82,94 +87,33 @@ def pick(data: dict[str, Any], *fields: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- ports
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def choose_port(variable: str) -> int:
     """The port named by `variable` when it is set and free, else any free port."""
     wanted = os.environ.get(variable, "").strip()
     if wanted:
         if not wanted.isdigit() or not 0 < int(wanted) < 65536:
             raise DemoError(f"{variable}={wanted!r} is not a port number")
-        if _port_is_free(int(wanted)):
+        if port_is_free(int(wanted)):
             return int(wanted)
         say(f"(port {wanted} from {variable} is busy, using a free one)")
-    return _free_port()
+    return free_port()
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def console_script(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise DemoError(
-            f"{path} not found: install the project first (make run or pip install -e .)"
-        )
-    return str(path)
-
-
-class Server:
-    """One server process, its output appended to the shared log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path, log: IO[str]):
-        self.name = name
-        log.write(f"\n===== {name}: {shlex.join(argv)}\n")
-        log.flush()
-        # A session of its own: Ctrl-C in the terminal reaches only the demo, which then
-        # stops the servers itself, in order.
-        self.process = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def check_alive(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            raise DemoError(f"the {self.name} exited with code {code}")
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_SECONDS)
-
-
-def wait_healthy(server: Server, base_url: str) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    with httpx.Client(timeout=1.0) as client:
-        while True:
-            server.check_alive()
-            try:
-                if client.get(f"{base_url}/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise DemoError(f"the {server.name} did not answer {base_url}/health in time")
-            time.sleep(0.1)
+def start_server(
+    name: str, argv: list[str], env: dict[str, str], folder: Path, log: IO[str], base_url: str
+) -> ServerProcess:
+    """A server whose output goes to the demo's log, after a line naming it."""
+    log.write(f"\n===== {name}: {shlex.join(argv)}\n")
+    log.flush()
+    return ServerProcess(
+        name,
+        argv,
+        env,
+        cwd=folder,
+        log_path=Path(log.name),
+        base_url=base_url,
+        stop_signal=signal.SIGINT,
+    )
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -178,7 +122,7 @@ def wait_healthy(server: Server, base_url: str) -> None:
 class Api:
     """An HTTP client that echoes each call as a curl command line before making it."""
 
-    def __init__(self, servers: list[Server]) -> None:
+    def __init__(self, servers: list[ServerProcess]) -> None:
         self.client = httpx.Client(timeout=10.0)
         self.servers = servers
 
@@ -420,14 +364,14 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    servers: list[Server] = []
+    servers: list[ServerProcess] = []
     with workspace() as folder:
         log_path = folder / "servers.log"
         code = 0
         try:
             with log_path.open("a", encoding="utf-8") as log:
                 code = _run(folder, log, servers)
-        except DemoError as error:
+        except (DemoError, ProcessError) as error:
             say()
             say(f"demo failed: {error}")
             tail = _tail(log_path)
@@ -450,14 +394,14 @@ def main() -> int:
         return code
 
 
-def _run(folder: Path, log: IO[str], servers: list[Server]) -> int:
+def _run(folder: Path, log: IO[str], servers: list[ServerProcess]) -> int:
     say("CRM outage demo: the customer service keeps a CRM in step, and survives it going down.")
     customer_service = console_script("customer-service")
     crm_mock = console_script("crm-mock")
     crm_port = choose_port("DEMO_CRM_PORT")
     service_port = choose_port("DEMO_PORT")
     while service_port == crm_port:
-        service_port = _free_port()
+        service_port = free_port()
     crm = f"http://127.0.0.1:{crm_port}"
     service = f"http://127.0.0.1:{service_port}"
 
@@ -500,12 +444,14 @@ def _run(folder: Path, log: IO[str], servers: list[Server]) -> int:
         raise DemoError(f"customer-service migrate exited with code {migrated.returncode}")
 
     say(f"Starting the CRM mock on {crm} and the customer service on {service}...")
-    servers.append(Server("CRM mock", [crm_mock, "serve"], crm_env, folder, log))
+    servers.append(start_server("CRM mock", [crm_mock, "serve"], crm_env, folder, log, crm))
     servers.append(
-        Server("customer service", [customer_service, "serve"], service_env, folder, log)
+        start_server(
+            "customer service", [customer_service, "serve"], service_env, folder, log, service
+        )
     )
-    for server, url in zip(servers, (crm, service), strict=True):
-        wait_healthy(server, url)
+    for server in servers:
+        wait_healthy(server)
     say("Both are up.")
 
     api = Api(servers)

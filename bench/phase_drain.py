@@ -1,0 +1,149 @@
+"""Phases 3 and 6: the drain of a backlog, its rate against the CRM mock's maximum, and the
+service's peak memory while draining.
+
+The backlog is written straight into a fresh database (`seed.seed_backlog`); the service
+starts on it once with `SYNC_ENABLED=false` for its idle RSS, then with sync on, and the
+drain runs from the process's start until `GET /api/failed-requests` says 0, its RSS
+sampled from `/proc/<pid>/status` every 0.1 s (and `VmHWM` at the end). The run drains
+`BENCH_BACKLOG` (20,000) and `BENCH_BIG_BACKLOG` (100,000): memory must not grow with the
+backlog. After the first drain, the CRM mock's own maximum: POSTs straight to it with the
+service's concurrency (`RETRY_CONCURRENCY`, 16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from typing import Any
+
+from context import Bench
+from crm_rate import crm_max_rate
+from harness import BenchError, parse_time, ratio, rss_kib, say, wait_healthy
+from seed import seed_backlog
+
+RETRY_CONCURRENCY = 16
+
+
+async def drain(bench: Bench, n: int, tag: str, *, crm_max: bool) -> dict[str, Any]:
+    """Drain a backlog of `n`; with `crm_max`, also the CRM mock's own maximum rate."""
+    p = bench.params
+    deadline = p.drain_deadline(n)
+    say(f"phase 3 and 6: drain of a {n}-request backlog, peak memory")
+    url = await bench.new_database(f"{tag}-database")
+    seeding = time.monotonic()
+    await seed_backlog(url, n)
+    say(
+        f"  seeded {n} customers and their pending CREATE requests "
+        f"in {time.monotonic() - seeding:.1f} s"
+    )
+    crm = await bench.start_crm(f"{tag}-crm")
+
+    # Idle baseline: the same database and binary, with delivery off.
+    idle = await bench.start_service(f"{tag}-idle", crm, url, SYNC_ENABLED="false")
+    seeded = await bench.failed_total(idle)
+    if seeded != n:
+        raise BenchError(f"the service sees {seeded} pending requests, not {n}")
+    await asyncio.sleep(2.0)
+    samples: list[int] = []
+    for _ in range(10):
+        samples.append(rss_kib(idle.pid).get("VmRSS", 0))
+        await asyncio.sleep(0.2)
+    idle_kib = sorted(samples)[len(samples) // 2]
+    bench.servers.stop(idle)
+    say(f"  idle RSS (SYNC_ENABLED=false, same database): {idle_kib / 1024:.1f} MiB")
+
+    say(f"  starting the service with sync on; deadline {deadline:.0f} s")
+    spawned = time.monotonic()
+    service = bench.spawn_service(f"{tag}-drain", crm, url)
+    peak_kib = hwm_kib = 0
+    rss_series: list[tuple[float, int]] = []
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak_kib
+        while sampling:
+            kib = rss_kib(service.pid).get("VmRSS", 0)
+            peak_kib = max(peak_kib, kib)
+            rss_series.append((time.monotonic() - spawned, kib))
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await wait_healthy(service)
+        ready_after = time.monotonic() - spawned
+        last_report = time.monotonic()
+        left = n
+        while True:
+            service.check_alive()
+            crm.check_alive()
+            left = await bench.failed_total(service)
+            now = time.monotonic()
+            if left == 0:
+                break
+            if now - spawned > deadline:
+                raise BenchError(f"the drain did not finish in {deadline:.0f} s ({left} left)")
+            if now - last_report >= 15:
+                done = n - left
+                say(f"  drain: {done}/{n} delivered, {done / (now - spawned):.0f}/s so far")
+                last_report = now
+            await asyncio.sleep(0.5)
+        drained_after = time.monotonic() - spawned
+        hwm_kib = rss_kib(service.pid).get("VmHWM", 0)
+    finally:
+        sampling = False
+        await sampler
+    peak_kib = max(peak_kib, hwm_kib)
+    drain_rate = n / drained_after
+    say(
+        f"  drained {n} in {drained_after:.1f} s from spawn = {drain_rate:.1f}/s; "
+        f"peak RSS {peak_kib / 1024:.1f} MiB"
+    )
+    bench.servers.stop(service)
+
+    crm_page = await bench.get_json(f"{crm.base_url}/api/crm/customers", limit=1)
+    log = await bench.crm_log(crm)
+    posts = [e for e in log if e["method"] == "POST"]
+    by_status = Counter(str(e["status"]) for e in posts)
+    ok_times = sorted(parse_time(e["receivedAt"]) for e in posts if 200 <= e["status"] < 300)
+    active = (ok_times[-1] - ok_times[0]).total_seconds() if len(ok_times) > 1 else math.nan
+    if int(crm_page["total"]) != n:
+        say(f"  WARNING: the CRM holds {crm_page['total']} records, expected {n}")
+
+    maximum: dict[str, Any] = {"perSecond": math.nan}
+    if crm_max:
+        say(f"  CRM mock maximum: {RETRY_CONCURRENCY} concurrent POSTs for {p.crm_seconds:.0f} s")
+        maximum = await crm_max_rate(crm, RETRY_CONCURRENCY, p.crm_seconds)
+        say(
+            f"  CRM mock: {maximum['perSecond']:.1f} POSTs/s, "
+            f"{maximum['cpuMsPerPost']:.2f} ms of its CPU each"
+        )
+    bench.servers.stop_all()
+
+    rss_mib = peak_kib / 1024
+    idle_mib = idle_kib / 1024
+    return {
+        "backlog": n,
+        "retryConcurrency": RETRY_CONCURRENCY,
+        "deadlineSeconds": deadline,
+        "readyAfterSeconds": ready_after,
+        "drainedAfterSeconds": drained_after,
+        "perSecond": drain_rate,
+        "crmRecords": int(crm_page["total"]),
+        "crmPostsByStatus": dict(by_status),
+        "crmFirstToLastSuccessSeconds": active,
+        "perSecondFirstToLastSuccess": (len(ok_times) - 1) / active if active else math.nan,
+        "crmMax": maximum,
+        "ratio": ratio(drain_rate, maximum["perSecond"]),
+        "memory": {
+            "idleRssMiB": idle_mib,
+            "idleSamplesKiB": samples,
+            "peakRssMiB": rss_mib,
+            "vmHwmKiB": hwm_kib,
+            "ratio": ratio(rss_mib, idle_mib),
+            "seriesKiB": [
+                [round(t, 2), kib] for t, kib in rss_series[:: max(1, len(rss_series) // 500)]
+            ],
+        },
+    }

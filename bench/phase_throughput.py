@@ -1,0 +1,69 @@
+"""Phase 1: synced writes per second and the service's CPU per synced write.
+
+Three services, each against a fresh CRM mock, each loaded by `BENCH_WRITERS` writers for
+`BENCH_WRITE_SECONDS`: the customer service with `SYNC_ENABLED=false` (it records the CRM
+requests but never delivers them: the write alone), the customer service with sync on,
+and the seed's design (`seed_app.py`: the write awaits its CRM call). A write of crm-sync
+counts as synced once the CRM has it: its synced rate is the writes over the time from the
+first write until `GET /api/failed-requests` says 0, and its CPU (utime + stime from
+`/proc/<pid>/stat`) is counted over the same span, so the deliveries that trail the load
+are paid for. The seed's writes are synced when they answer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from context import Bench
+from harness import process_cpu_seconds, ratio, say
+from load import write_load
+
+SYNCED_WITHIN_SECONDS = 600.0
+
+
+async def throughput(bench: Bench) -> dict[str, Any]:
+    p = bench.params
+    say(
+        f"phase 1: synced writes, {p.writers} writers for {p.write_seconds:.0f} s each: "
+        "crm-sync with sync off, with sync on, the seed's design"
+    )
+    result: dict[str, Any] = {"writers": p.writers, "seconds": p.write_seconds}
+    for label, enabled in (("syncOff", False), ("syncOn", True), ("seed", False)):
+        crm = await bench.start_crm(f"p1-{label}-crm")
+        if label == "seed":
+            service = await bench.start_seed_app("p1-seed", crm)
+        else:
+            service = await bench.start_service(
+                f"p1-{label}", crm, SYNC_ENABLED="true" if enabled else "false"
+            )
+        await write_load(service, f"{label}-warm", p.writers, count=4 * p.writers)
+        if enabled:
+            await bench.wait_drained(service, crm)
+        cpu_before = process_cpu_seconds(service.pid)
+        started = time.monotonic()
+        run = await write_load(service, label, p.writers, seconds=p.write_seconds)
+        summary = run.summary()
+        if enabled:
+            summary["undeliveredAtEnd"] = await bench.failed_total(service)
+            await bench.wait_drained(service, crm, within=SYNCED_WITHIN_SECONDS, interval=0.05)
+        span = time.monotonic() - started
+        cpu = process_cpu_seconds(service.pid) - cpu_before
+        summary["cpuSeconds"] = cpu
+        summary["cpuMsPerWrite"] = cpu / run.ok * 1000
+        summary["syncedSeconds"] = span
+        summary["syncedPerSecond"] = math.nan if label == "syncOff" else run.ok / span
+        result[label] = summary
+        say(
+            f"  {label}: {run.ok} writes in {run.elapsed:.1f} s = {run.per_second:.1f}/s"
+            + (f", all synced after {span:.1f} s" if enabled else "")
+            + f"; {summary['cpuMsPerWrite']:.2f} ms CPU a write; errors {dict(run.errors)}"
+        )
+        bench.servers.stop_all()
+    on, off, seed = result["syncOn"], result["syncOff"], result["seed"]
+    result["ratio"] = ratio(on["perSecond"], off["perSecond"])
+    result["syncedOverSeed"] = ratio(on["syncedPerSecond"], seed["syncedPerSecond"])
+    result["cpuOverSeed"] = ratio(on["cpuMsPerWrite"], seed["cpuMsPerWrite"])
+    result["cpuOverOff"] = ratio(on["cpuMsPerWrite"], off["cpuMsPerWrite"])
+    return result

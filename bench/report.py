@@ -1,0 +1,205 @@
+"""The benchmark's table: one row per number, with its baseline, ratio, target and verdict.
+
+The targets are those of SPEC section 7 and issue 7 ("What must show it"); a `FAIL` is a
+finding, not an error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from context import LAG_TARGET_MS
+from harness import ratio
+from phase_latency import CRM_SLOW_MS
+
+RECOVERY_TARGET_SECONDS = 10.0
+
+
+def _fmt(value: float, unit: str, digits: int = 1) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f} {unit}".rstrip()
+
+
+def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+
+    def row(metric: str, value: str, baseline: str, r: float, target: str, verdict: str) -> None:
+        rows.append(
+            {
+                "metric": metric,
+                "value": value,
+                "baseline": baseline,
+                "ratio": _fmt(r, "", 3),
+                "target": target,
+                "verdict": verdict,
+            }
+        )
+
+    def measured(key: str) -> dict[str, Any] | None:
+        data: dict[str, Any] = metrics.get(key, {})
+        if not data or data.get("skipped"):
+            return None
+        if data.get("error"):
+            row(f"{key}: error", "", "", math.nan, "", "not measured")
+            return None
+        return data
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "FAIL"
+
+    if t := measured("throughput"):
+        on, off, seed = t["syncOn"], t["syncOff"], t["seed"]
+        row(
+            f"1 synced writes/s, crm-sync / seed's design ({t['writers']} writers)",
+            _fmt(on["syncedPerSecond"], "/s"),
+            _fmt(seed["syncedPerSecond"], "/s"),
+            t["syncedOverSeed"],
+            ">= 1.2 (issue 7)",
+            verdict(t["syncedOverSeed"] >= 1.2),
+        )
+        row(
+            "1 service CPU per synced write, crm-sync / seed's design",
+            _fmt(on["cpuMsPerWrite"], "ms", 2),
+            _fmt(seed["cpuMsPerWrite"], "ms", 2),
+            t["cpuOverSeed"],
+            "<= 1.0 (issue 7)",
+            verdict(t["cpuOverSeed"] <= 1.0),
+        )
+        row(
+            "1 write throughput, sync on / off",
+            _fmt(on["perSecond"], "/s"),
+            _fmt(off["perSecond"], "/s"),
+            t["ratio"],
+            "(1.0 = sync is free)",
+            "-",
+        )
+        row(
+            "1 service CPU per write, sync on / off",
+            _fmt(on["cpuMsPerWrite"], "ms", 2),
+            _fmt(off["cpuMsPerWrite"], "ms", 2),
+            t["cpuOverOff"],
+            "-",
+            "-",
+        )
+    if lat := measured("latency"):
+        for pct in ("p50", "p99"):
+            slow = lat["slow"]["latencyMs"][pct]
+            row(
+                f"2 write latency {pct}, CRM +{CRM_SLOW_MS} ms / healthy",
+                _fmt(slow, "ms"),
+                _fmt(lat["healthy"]["latencyMs"][pct], "ms"),
+                lat[f"ratio{pct.upper()}"],
+                f"near 1; < {CRM_SLOW_MS} ms (G4)",
+                verdict(slow < CRM_SLOW_MS),
+            )
+    if d := measured("drain"):
+        row(
+            f"3 drain rate of {d['backlog']} / CRM max ({d['retryConcurrency']} conc.)",
+            _fmt(d["perSecond"], "/s"),
+            _fmt(d["crmMax"]["perSecond"], "/s"),
+            d["ratio"],
+            ">= 0.9 (issue 7)",
+            verdict(d["ratio"] >= 0.9),
+        )
+    if rec := measured("recovery"):
+        delay = rec["firstDeliverySeconds"]
+        row(
+            "4 CRM back -> first delivered retry",
+            _fmt(delay, "s", 2),
+            _fmt(rec["retryIntervalSeconds"], "s (interval)", 0),
+            rec["ratio"],
+            f"< {RECOVERY_TARGET_SECONDS:.0f} s (G7)",
+            verdict(delay < RECOVERY_TARGET_SECONDS),
+        )
+    if lat := measured("latency"):
+        lag = lat["lag"]
+        rate = f"{lag['ratePerSecond']:.0f} writes/s"
+        row(
+            f"5 sync lag p50 ({rate})",
+            _fmt(lag["p50Ms"], "ms"),
+            "100 ms",
+            lag["p50Ms"] / 100,
+            "-",
+            "-",
+        )
+        row(
+            f"5 sync lag p99 ({rate}, half the sync-off capacity)",
+            _fmt(lag["p99Ms"], "ms"),
+            _fmt(LAG_TARGET_MS, "ms", 0),
+            lag["ratioP99"],
+            f"<= {LAG_TARGET_MS:.0f} ms (G4, issue 7)",
+            verdict(lag["p99Ms"] <= LAG_TARGET_MS and lag["unmatched"] == 0),
+        )
+    if d := measured("drain"):
+        mem = d["memory"]
+        row(
+            f"6 peak RSS draining {d['backlog']} / idle",
+            _fmt(mem["peakRssMiB"], "MiB"),
+            _fmt(mem["idleRssMiB"], "MiB"),
+            mem["ratio"],
+            "-",
+            "-",
+        )
+        if big := measured("bigDrain"):
+            big_mem = big["memory"]
+            r = ratio(big_mem["peakRssMiB"], mem["peakRssMiB"])
+            row(
+                f"6 peak RSS draining {big['backlog']} / draining {d['backlog']}",
+                _fmt(big_mem["peakRssMiB"], "MiB"),
+                _fmt(mem["peakRssMiB"], "MiB"),
+                r,
+                "<= 1.2 (issue 7)",
+                verdict(r <= 1.2),
+            )
+    if k := measured("kafka"):
+        http = metrics.get("throughput", {}).get("syncOn", {}).get("perSecond", math.nan)
+        row(
+            f"7 Kafka write throughput / HTTP, sync on ({k['writers']} writers)",
+            _fmt(k["throughput"]["perSecond"], "/s"),
+            _fmt(http, "/s"),
+            ratio(k["throughput"]["perSecond"], http),
+            "-",
+            "-",
+        )
+        http_lag = metrics.get("latency", {}).get("lag", {})
+        for pct in ("p50", "p99"):
+            value = k["lag"][f"{pct}Ms"]
+            baseline = http_lag.get(f"{pct}Ms", math.nan)
+            row(
+                f"7 Kafka sync lag {pct}, to the CRM's apply / HTTP",
+                _fmt(value, "ms"),
+                _fmt(baseline, "ms"),
+                ratio(value, baseline),
+                "-",
+                "-",
+            )
+    return rows
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    headers = {
+        "metric": "metric",
+        "value": "value",
+        "baseline": "baseline",
+        "ratio": "ratio",
+        "target": "target",
+        "verdict": "verdict",
+    }
+    widths = {k: max(len(headers[k]), *(len(r[k]) for r in rows)) for k in headers}
+    line = "  ".join(f"{headers[k]:<{widths[k]}}" for k in headers)
+    print()
+    print(line.rstrip())
+    print("  ".join("-" * widths[k] for k in headers))
+    for r in rows:
+        print("  ".join(f"{r[k]:<{widths[k]}}" for k in headers).rstrip())
+    print()
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """The table as GitHub Markdown, for bench/README.md."""
+    keys = ("metric", "value", "baseline", "ratio", "target", "verdict")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
