@@ -235,3 +235,45 @@ async def service_process(
             process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         log.close()
+
+
+ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
+
+
+async def create_customer(
+    client: httpx.AsyncClient, email: str = "ada@example.com"
+) -> dict[str, Any]:
+    """POST Ada (with `email`) to the customer service; the 201 body."""
+    response = await client.post("/api/customers", json={**ADA, "email": email})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def update_customer(
+    client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any
+) -> None:
+    body = {**ADA, "email": customer["email"], **changes}
+    response = await client.put(f"/api/customers/{customer['id']}", json=body)
+    assert response.status_code == 200, response.text
+
+
+async def read_customer(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]:
+    body: dict[str, Any] = (await client.get(f"/api/customers/{customer_id}")).json()
+    return body
+
+
+async def deliveries_idle(client: httpx.AsyncClient) -> bool:
+    """No delivery kicked by a write is running in the service (its metrics say)."""
+    metrics = (await client.get("/metrics")).text
+    return "crm_sync_deliveries_in_flight 0.0\n" in metrics
+
+
+async def operator_retry(client: httpx.AsyncClient) -> dict[str, int]:
+    """`POST /api/failed-requests/retry` once the deliveries kicked by earlier writes are
+    done, so none of them holds a customer the pass then skips as busy."""
+    await eventually(lambda: deliveries_idle(client))
+    response = await client.post("/api/failed-requests/retry")
+    assert response.status_code == 200, response.text
+    body: dict[str, int] = response.json()
+    return body

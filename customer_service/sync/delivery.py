@@ -2,9 +2,10 @@
 
 No database transaction stays open during a CRM call, so a slow CRM never holds a lock
 that an API write needs. A delivery of one request takes two short transactions besides
-the call: before it, claim the customer and read its queue; after it, record the answer
-and (on success) renew the claim and read the queue again. A third one releases the
-claim and looks whether a request arrived meanwhile.
+the call: before it, claim the customer and read its queue; after it, record the answer,
+read the queue again, and either renew the claim (more to send) or give it back (nothing
+left, or a failure). A claim is renewed in the background only for a delivery still
+running after a third of its lease.
 
 Every transaction goes through `dbwork.BackgroundDatabase`: a delivery that is cancelled
 (shutdown, a grace period running out) stops between transactions, never inside one,
@@ -43,6 +44,13 @@ log = logging.getLogger(__name__)
 
 class Sender(Protocol):
     async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome: ...
+
+
+class Released:
+    """The claim was given back in the transaction that recorded the last answer."""
+
+
+RELEASED = Released()
 
 
 @dataclass(frozen=True)
@@ -150,16 +158,20 @@ class Deliverer:
             if view is None:
                 counts.busy += 1
                 return counts
-            failures = counts.failed + counts.dead
+            released = False
             try:
                 async with self._heartbeat(customer_id, token):
-                    await self._send_queue(customer_id, token, view, urgency, counts)
+                    released = await self._send_queue(customer_id, token, view, urgency, counts)
             finally:
-                head = await self.db.run(
-                    partial(self._release, customer_id=customer_id, token=token)
-                )
-            if counts.failed + counts.dead > failures:
-                return counts  # the failure's backoff decides when to try again
+                if not released:
+                    head = await self.db.run(
+                        partial(self._release, customer_id=customer_id, token=token)
+                    )
+            if released:
+                # Given back in the transaction that recorded the last answer, after a look
+                # at the queue: a failure (its backoff decides when to try again), or
+                # nothing left to send. A request committed later is kicked on its own.
+                return counts
             if not isinstance(plan_next(head, utc_now(), force=False), Batch):
                 return counts
             # A request committed while we were releasing the claim: take it too.
@@ -188,39 +200,53 @@ class Deliverer:
 
         async def renew() -> None:
             while True:
-                await asyncio.sleep(lease / 3)
                 try:
                     await self.db.run(
                         lambda s: repository.claim(s, customer_id, token, utc_now(), lease)
                     )
                 except Exception:
                     log.warning("could not renew the claim on customer %s", customer_id)
+                await asyncio.sleep(lease / 3)
 
-        task = asyncio.create_task(renew(), name=f"lease-{customer_id}")
+        # Most deliveries end long before a third of the lease: the renewing task is only
+        # made for one that is still running then.
+        task: asyncio.Task[None] | None = None
+
+        def start() -> None:
+            nonlocal task
+            task = asyncio.create_task(renew(), name=f"lease-{customer_id}")
+
+        handle = asyncio.get_running_loop().call_later(lease / 3, start)
         try:
             yield
         finally:
-            # Safe at any instant: a renewal in flight is shielded and still finishes.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            handle.cancel()
+            if task is not None:
+                # Safe at any instant: a renewal in flight is shielded and still finishes.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _send_queue(
         self, customer_id: int, token: str, view: View, urgency: Urgency, counts: PassCounts
-    ) -> None:
-        """Send batches, oldest first, until the queue holds, one fails or the claim is lost."""
-        current: View | None = view
-        while current is not None:
-            batch = plan_next(current.rows, current.now, force=urgency is not Urgency.DUE)
+    ) -> bool:
+        """Send batches, oldest first, until the queue holds, one fails or the claim is lost.
+
+        True when the claim was given back already, in the transaction that recorded the
+        last answer (the common case: one transaction fewer per delivery)."""
+        force = urgency is not Urgency.DUE
+        current: View | Released | None = view
+        while isinstance(current, View):
+            batch = plan_next(current.rows, current.now, force=force)
             if isinstance(batch, Hold):
-                return
+                return False
             size = len(batch.settles)
             counts.attempted += size
             known = current.crm_id or batch.send.crm_id
             outcome = await self._sender.send(batch.send, known)
             if not isinstance(outcome, Delivered):
-                await self._record_failure(batch, outcome, urgency, counts)
-                return
+                await self._record_failure(batch, outcome, urgency, counts, customer_id, token)
+                return True
             learnt = outcome.crm_id != known
             current = await self.db.run(
                 partial(
@@ -230,10 +256,12 @@ class Deliverer:
                     learnt=learnt,
                     customer_id=customer_id,
                     token=token,
+                    force=force,
                 )
             )
             counts.delivered += size
             self.health.mark_healthy()
+        return current is RELEASED
 
     async def _settle_and_look(
         self,
@@ -244,14 +272,31 @@ class Deliverer:
         learnt: bool,
         customer_id: int,
         token: str,
-    ) -> View | None:
-        """Record a delivery, then renew the claim and read what is next: one transaction."""
+        force: bool,
+    ) -> "View | Released | None":
+        """Record a delivery and read what is next, in one transaction: with more to send,
+        renew the claim (None if it is lost); with nothing, give the claim back."""
         await repository.settle(session, batch.settles, crm_id, batch.send.version, learnt)
-        return await self._look(session, customer_id, token)
+        now = utc_now()
+        rows, known = await repository.queue_and_crm_id(session, customer_id)
+        if not isinstance(plan_next(rows, now, force=force), Batch):
+            await repository.release(session, customer_id, token)
+            return RELEASED
+        lease = self._settings.claim_lease_seconds
+        if not await repository.claim(session, customer_id, token, now, lease):
+            return None
+        return View(rows, known, now)
 
     async def _record_failure(
-        self, batch: Batch, outcome: Failed, urgency: Urgency, counts: PassCounts
+        self,
+        batch: Batch,
+        outcome: Failed,
+        urgency: Urgency,
+        counts: PassCounts,
+        customer_id: int,
+        token: str,
     ) -> None:
+        """Record the failed attempt and give the claim back, in one transaction."""
         size = len(batch.settles)
         now = utc_now()
         verdict = judge_failure(
@@ -263,8 +308,9 @@ class Deliverer:
             scheduled=batch.settles[0].next_attempt_at,
             urgency=urgency,
         )
-        await self.db.run(
-            lambda session: repository.record_failure(
+
+        async def record(session: AsyncSession) -> None:
+            await repository.record_failure(
                 session,
                 batch.settles,
                 outcome.error,
@@ -273,7 +319,9 @@ class Deliverer:
                 verdict.next_attempt_at,
                 now,
             )
-        )
+            await repository.release(session, customer_id, token)
+
+        await self.db.run(record)
         if verdict.dead:
             counts.dead += size
             log.warning(

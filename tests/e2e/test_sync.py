@@ -13,32 +13,17 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from support import CrmControl, LiveServer, crm_view, eventually, expected_crm_record
+from support import create_customer as _create
+from support import deliveries_idle as _idle
+from support import operator_retry as _retry
+from support import read_customer as _customer
+from support import update_customer as _update
 
 from customer_service.app import create_app
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync.models import SyncClaim
 from customer_service.sync.retry import Urgency
-
-ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
-
-
-async def _create(client: httpx.AsyncClient, email: str = "ada@example.com") -> dict[str, Any]:
-    response = await client.post("/api/customers", json={**ADA, "email": email})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _update(client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any) -> None:
-    body = {**ADA, "email": customer["email"], **changes}
-    response = await client.put(f"/api/customers/{customer['id']}", json=body)
-    assert response.status_code == 200, response.text
-
-
-async def _customer(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]:
-    body: dict[str, Any] = (await client.get(f"/api/customers/{customer_id}")).json()
-    return body
 
 
 async def _outbox(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
@@ -53,20 +38,6 @@ async def _synced(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]
         return customer if customer["crm"]["status"] == "synced" else None
 
     return await eventually(check)
-
-
-async def _idle(client: httpx.AsyncClient) -> bool:
-    metrics = (await client.get("/metrics")).text
-    return "crm_sync_deliveries_in_flight 0.0\n" in metrics
-
-
-async def _retry(client: httpx.AsyncClient) -> dict[str, int]:
-    # Deliveries kicked by earlier writes finish first, so the pass's counts are exact.
-    await eventually(lambda: _idle(client))
-    response = await client.post("/api/failed-requests/retry")
-    assert response.status_code == 200
-    body: dict[str, int] = response.json()
-    return body
 
 
 async def _assert_equal_sides(client: httpx.AsyncClient, crm: CrmControl, customer_id: int) -> None:

@@ -24,16 +24,18 @@ from support import (
     eventually,
     expected_crm_record,
     free_port,
+    operator_retry,
     service_process,
 )
+from support import create_customer as _create
+from support import read_customer as _customer
+from support import update_customer as _update
 
 from crm_mock import store
 from crm_mock.config import CrmSettings
 from crm_mock.consumer import CrmConsumer
 from customer_service.app import create_app
 from customer_service.config import Settings
-
-ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
 
 
 @dataclass
@@ -78,24 +80,6 @@ async def client(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as http,
     ):
         yield http
-
-
-async def _create(client: httpx.AsyncClient, email: str = "ada@example.com") -> dict[str, Any]:
-    response = await client.post("/api/customers", json={**ADA, "email": email})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def _update(client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any) -> None:
-    body = {**ADA, "email": customer["email"], **changes}
-    response = await client.put(f"/api/customers/{customer['id']}", json=body)
-    assert response.status_code == 200, response.text
-
-
-async def _customer(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]:
-    body: dict[str, Any] = (await client.get(f"/api/customers/{customer_id}")).json()
-    return body
 
 
 async def _synced(client: httpx.AsyncClient, customer_id: int, version: int) -> dict[str, Any]:
@@ -171,7 +155,7 @@ async def test_ten_updates_during_an_outage_arrive_in_order_and_the_last_wins(
     await eventually(refused)
     assert (await _customer(client, customer["id"]))["crm"]["status"] != "synced"
     await crm_control.faults(down=False)
-    await client.post("/api/failed-requests/retry")
+    await operator_retry(client)
     await _synced(client, customer["id"], 11)
     await _assert_equal_sides(client, crm_control, customer["id"])
     names = [_sent_state(r)["firstName"] for r in await _landed(crm_control, customer["id"])]
@@ -196,7 +180,7 @@ async def test_fault_switch_down_then_up(
     assert status == ("failed" if transport.name == "http" else "pending")
     assert await _landed(crm_control, customer["id"]) == []
     await crm_control.faults(down=False)
-    await client.post("/api/failed-requests/retry")
+    await operator_retry(client)
     await _synced(client, customer["id"], 1)
     await _assert_equal_sides(client, crm_control, customer["id"])
 
