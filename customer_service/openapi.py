@@ -136,6 +136,29 @@ METRICS_EXAMPLE = (
 )
 
 
+def _header(description: str, example: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}, "example": example}
+
+
+REQUEST_ID_HEADER = _header(
+    "The request's id: the X-Request-ID it came with, or one made for it", "3f2b9c0e7a1d4e6f"
+)
+ETAG_HEADER = _header("The customer's version, quoted; If-Match takes it", '"2"')
+# Headers of particular answers, by (method, path, status), beside X-Request-ID on all.
+HEADERS: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("post", "/api/customers", "201"): {
+        "Location": _header("Where the new customer is", "/api/customers/1"),
+        "ETag": ETAG_HEADER,
+    },
+    ("get", "/api/customers/{customer_id}", "200"): {"ETag": ETAG_HEADER},
+    ("put", "/api/customers/{customer_id}", "200"): {"ETag": ETAG_HEADER},
+}
+STATUS_HEADERS: dict[str, dict[str, Any]] = {
+    "401": {"WWW-Authenticate": _header("How to authenticate", "ApiKey")},
+    "503": {"Retry-After": _header("Seconds to wait before trying again", "2")},
+}
+
+
 def _statuses(method: str, path: str, operation: dict[str, Any]) -> set[int]:
     """The error statuses an operation can answer."""
     found: set[int] = set(EXTRA.get((method, path), ()))
@@ -187,6 +210,11 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                         }
                     },
                 }
+            for code, answer in answers.items():
+                headers = answer.setdefault("headers", {})
+                headers["X-Request-ID"] = REQUEST_ID_HEADER
+                headers.update(STATUS_HEADERS.get(code, {}))
+                headers.update(HEADERS.get((method, path, code), {}))
     return schema
 
 
