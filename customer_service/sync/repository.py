@@ -36,7 +36,7 @@ async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) ->
 
 
 async def next_attempt_at(session: AsyncSession) -> datetime | None:
-    """When the earliest failed request is due again (None when none is waiting)."""
+    """When the earliest failed request is due (None when none is waiting)."""
     query = select(func.min(FailedRequest.next_attempt_at)).where(
         FailedRequest.status == RequestStatus.FAILED
     )

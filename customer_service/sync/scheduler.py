@@ -151,24 +151,33 @@ class RetryJob:
     async def _plan_follow_up(self, counts: PassCounts) -> None:
         """Look again before the next tick when this pass left work that will be due soon:
         customers claimed elsewhere (maybe a crashed replica's, or this process's before a
-        restart) once such a claim can have expired; after a pass that sent something
-        while the CRM answers, failed requests (a timeout, a flaky call) at their next
-        attempt time. While the
-        CRM is down the probe, not this, brings the next pass. One follow-up task serves
-        every request, at the earliest time asked."""
+        restart) once such a claim can have expired; while the CRM answers, failed
+        requests (a timeout, a flaky call) at their next attempt time when that comes
+        before the next tick. While the CRM is down the probe, not this, brings the next pass.
+        One follow-up task serves every request, at the earliest time asked."""
         if self._closing.is_set():
             return
         loop = asyncio.get_running_loop()
         wanted: list[float] = []
         if counts.busy:
             wanted.append(loop.time() + self._settings.claim_lease_seconds + 0.5)
-        if counts.attempted and not self._deliverer.health.suspect:
+        if not self._deliverer.health.suspect:
+            now = utc_now()
             due = await self._deliverer.db.run(repository.next_attempt_at)
-            if due is not None:
-                wanted.append(loop.time() + max(0.0, (due - utc_now()).total_seconds()) + 0.05)
+            # One due already that this pass did not take is claimed elsewhere (the lease
+            # follow-up covers it) or behind a dead request: looking again at once would
+            # only spin. After a pass that sent something, it may simply be next.
+            if due is not None and (due > now or counts.attempted):
+                wait = max(0.0, (due - now).total_seconds()) + 0.1
+                # Later than the next tick: the periodic pass takes it then.
+                if wait < self._settings.retry_interval_seconds:
+                    wanted.append(loop.time() + wait)
         if not wanted:
             return
         at = min(wanted)
+        log.info(
+            "looking again in %.1f s (busy customers or failed requests left)", at - loop.time()
+        )
         self._follow_up_at = at if self._follow_up_at is None else min(self._follow_up_at, at)
         if self._follow_up is None or self._follow_up.done():
             self._follow_up = asyncio.create_task(self._follow_up_loop(), name="retry-follow-up")

@@ -65,11 +65,13 @@ async def _all_synced_answering(timed: TimedClient, ids: list[int], within: floa
     synced."""
 
     async def synced() -> bool:
-        pending = 0
+        behind = {}
         for customer_id in ids:
             body = (await timed.call("GET", f"/api/customers/{customer_id}")).json()
-            pending += body["crm"]["status"] != "synced"
-        return pending == 0
+            if body["crm"]["status"] != "synced":
+                behind[customer_id] = body["crm"]
+        assert not behind, f"not synced: {behind}"
+        return True
 
     await eventually(synced, within=within, interval=0.1)
 
