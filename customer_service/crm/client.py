@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from customer_service.config import Settings
-from customer_service.crm.throttle import CallThrottle
+from customer_service.crm.throttle import CallThrottle, CrmPaused
 from customer_service.request_id import HEADER as REQUEST_ID_HEADER
 from customer_service.request_id import current_request_id
 
@@ -65,6 +65,9 @@ class CrmClient:
     ) -> None:
         self._http = http
         self._throttle = throttle or CallThrottle()
+        # A 429 pause longer than one call's timeout fails the call instead of waiting.
+        timeout = http.timeout.read
+        self._patience = timeout if timeout is not None else 2.0
         # Told (method, status or None when there was no answer, seconds) after each call.
         self._on_call = on_call
 
@@ -81,7 +84,10 @@ class CrmClient:
         request_id = current_request_id.get()
         if request_id is not None:
             headers[REQUEST_ID_HEADER] = request_id
-        await self._throttle.wait_turn()
+        try:
+            await self._throttle.wait_turn(patience=self._patience)
+        except CrmPaused as exc:
+            raise CrmUnreachable(str(exc)) from exc
         start = time.perf_counter()
         try:
             response = await self._http.request(

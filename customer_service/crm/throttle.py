@@ -26,19 +26,30 @@ def pause_seconds(retry_after: str | None, now: datetime) -> float:
     return DEFAULT_PAUSE_SECONDS if seconds is None else max(seconds, 0.0)
 
 
+class CrmPaused(Exception):
+    """A call not made: the CRM's 429 pauses calls for longer than the caller waits."""
+
+
 class CallThrottle:
     def __init__(self, max_per_second: float = 0.0) -> None:
         # Capacity one: each call takes the whole bucket, which drains in 1/limit s.
         self._limiter = AsyncLimiter(1, 1 / max_per_second) if max_per_second > 0 else None
         self._paused_until = 0.0
 
-    async def wait_turn(self) -> None:
-        """Return when this call may go: after any 429 pause, and within the ceiling."""
+    async def wait_turn(self, patience: float) -> None:
+        """Return when this call may go: after any 429 pause, and within the ceiling.
+
+        Raises `CrmPaused` at once when the pause lasts longer than `patience` (the CRM
+        timeout): the call fails like one the CRM did not answer, instead of holding its
+        caller (an API request, a delivery) for as long as the CRM asked everyone to wait.
+        """
         loop = asyncio.get_running_loop()
         while True:  # a pause may be extended while we wait
             delay = self._paused_until - loop.time()
             if delay <= 0:
                 break
+            if delay > patience:
+                raise CrmPaused(f"the CRM asked to wait {delay:.0f} s (429 Retry-After)")
             await asyncio.sleep(delay)
         if self._limiter is not None:
             await self._limiter.acquire()

@@ -138,3 +138,14 @@ def test_a_429_pauses_for_its_retry_after_or_a_second() -> None:
     assert pause_seconds(None, now) == 1.0
     assert pause_seconds("soon", now) == 1.0
     assert pause_seconds("Wed, 25 Nov 2026 10:00:05 GMT", now) == 5.0
+
+
+async def test_a_pause_longer_than_the_callers_patience_fails_the_call_at_once() -> None:
+    from customer_service.crm.throttle import CallThrottle, CrmPaused
+
+    throttle = CallThrottle()
+    throttle.too_many_requests("3600")
+    with pytest.raises(CrmPaused):
+        await throttle.wait_turn(patience=2.0)
+    assert throttle.paused
+    await CallThrottle().wait_turn(patience=2.0)  # no pause: goes at once
