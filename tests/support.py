@@ -277,3 +277,17 @@ async def operator_retry(client: httpx.AsyncClient) -> dict[str, int]:
     assert response.status_code == 200, response.text
     body: dict[str, int] = response.json()
     return body
+
+
+async def assert_equal_sides(client: httpx.AsyncClient, crm: CrmControl, customer_id: int) -> None:
+    """The CRM holds exactly one record of the customer, equal to it, and the customer
+    says so (`synced` at its version, with that record's id)."""
+    customer = await read_customer(client, customer_id)
+    records = await crm.records(customer_id)
+    assert len(records) == 1, records
+    assert crm_view(records[0]) == expected_crm_record(customer)
+    assert customer["crm"] == {
+        "id": records[0]["id"],
+        "status": "synced",
+        "syncedVersion": customer["version"],
+    }

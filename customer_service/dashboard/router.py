@@ -21,7 +21,7 @@ from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
 from customer_service.schemas import INT32_MAX
 from customer_service.sync import repository
 from customer_service.sync.models import RequestStatus
-from customer_service.sync.outbox import PENDING_KICKS
+from customer_service.sync.outbox import kick_after_commit
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -161,7 +161,7 @@ async def replay(
     row = await repository.replay(session, request_id, utc_now())
     if row is None:
         return _back(status, customer_id, f"Request {request_id} is gone already.")
-    session.info.setdefault(PENDING_KICKS, set()).add(row.customer_id)
+    kick_after_commit(session, row.customer_id)
     return _back(status, customer_id, f"Request {request_id} replayed.")
 
 
@@ -178,7 +178,7 @@ async def discard(
     row = await repository.discard(session, request_id)
     if row is None:
         return _back(status, customer_id, f"Request {request_id} is gone already.")
-    session.info.setdefault(PENDING_KICKS, set()).add(row.customer_id)
+    kick_after_commit(session, row.customer_id)
     return _back(status, customer_id, f"Request {request_id} discarded.")
 
 

@@ -17,6 +17,11 @@ from customer_service.sync.models import FailedRequest, Operation, RequestStatus
 PENDING_KICKS = "outbox_customer_ids"
 
 
+def kick_after_commit(session: AsyncSession, customer_id: int) -> None:
+    """Have the dispatcher deliver `customer_id`'s requests once this session commits."""
+    session.info.setdefault(PENDING_KICKS, set()).add(customer_id)
+
+
 def enqueue(session: AsyncSession, customer: Customer, operation: Operation) -> FailedRequest:
     """Add the CRM request for `operation` on `customer` to the session's transaction."""
     now = utc_now()
@@ -35,7 +40,7 @@ def enqueue(session: AsyncSession, customer: Customer, operation: Operation) -> 
         updated_at=now,
     )
     session.add(row)
-    session.info.setdefault(PENDING_KICKS, set()).add(customer.id)
+    kick_after_commit(session, customer.id)
     return row
 
 
@@ -58,5 +63,5 @@ def enqueue_record_delete(session: AsyncSession, customer_id: int, crm_id: str) 
         updated_at=now,
     )
     session.add(row)
-    session.info.setdefault(PENDING_KICKS, set()).add(customer_id)
+    kick_after_commit(session, customer_id)
     return row

@@ -11,7 +11,7 @@ from customer_service.errors import RequestNotFound
 from customer_service.schemas import INT32_MAX, Page
 from customer_service.sync import repository
 from customer_service.sync.models import RequestStatus
-from customer_service.sync.outbox import PENDING_KICKS
+from customer_service.sync.outbox import kick_after_commit
 from customer_service.sync.retry import Urgency
 from customer_service.sync.schemas import FailedRequestRead, RetryReport
 
@@ -49,7 +49,7 @@ async def replay(request_id: RequestId, session: SessionDep) -> FailedRequestRea
     row = await repository.replay(session, request_id, utc_now())
     if row is None:
         raise RequestNotFound(request_id)
-    session.info.setdefault(PENDING_KICKS, set()).add(row.customer_id)
+    kick_after_commit(session, row.customer_id)
     return FailedRequestRead.model_validate(row)
 
 
@@ -59,5 +59,5 @@ async def discard(request_id: RequestId, session: SessionDep) -> Response:
     if row is None:
         raise RequestNotFound(request_id)
     # A discarded dead request no longer holds back the customer's newer ones.
-    session.info.setdefault(PENDING_KICKS, set()).add(row.customer_id)
+    kick_after_commit(session, row.customer_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from support import CrmControl, LiveServer, crm_view, eventually, expected_crm_record
+from support import CrmControl, LiveServer, eventually, expected_crm_record
+from support import assert_equal_sides as _assert_equal_sides
 from support import create_customer as _create
 from support import deliveries_idle as _idle
 from support import operator_retry as _retry
@@ -38,18 +39,6 @@ async def _synced(client: httpx.AsyncClient, customer_id: int) -> dict[str, Any]
         return customer if customer["crm"]["status"] == "synced" else None
 
     return await eventually(check)
-
-
-async def _assert_equal_sides(client: httpx.AsyncClient, crm: CrmControl, customer_id: int) -> None:
-    customer = await _customer(client, customer_id)
-    records = await crm.records(customer_id)
-    assert len(records) == 1, records
-    assert crm_view(records[0]) == expected_crm_record(customer)
-    assert customer["crm"] == {
-        "id": records[0]["id"],
-        "status": "synced",
-        "syncedVersion": customer["version"],
-    }
 
 
 async def test_healthy_crm_gets_create_update_delete(

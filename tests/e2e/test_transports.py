@@ -20,13 +20,12 @@ from kafka_support import BlackHole, Broker, Topics
 from support import (
     CrmControl,
     LiveServer,
-    crm_view,
     eventually,
-    expected_crm_record,
     free_port,
     operator_retry,
     service_process,
 )
+from support import assert_equal_sides as _assert_equal_sides
 from support import create_customer as _create
 from support import read_customer as _customer
 from support import update_customer as _update
@@ -90,18 +89,6 @@ async def _synced(client: httpx.AsyncClient, customer_id: int, version: int) -> 
         return customer if done else None
 
     return await eventually(check, within=30)
-
-
-async def _assert_equal_sides(client: httpx.AsyncClient, crm: CrmControl, customer_id: int) -> None:
-    customer = await _customer(client, customer_id)
-    records = await crm.records(customer_id)
-    assert len(records) == 1, records
-    assert crm_view(records[0]) == expected_crm_record(customer)
-    assert customer["crm"] == {
-        "id": records[0]["id"],
-        "status": "synced",
-        "syncedVersion": customer["version"],
-    }
 
 
 def _sent_state(entry: dict[str, Any]) -> dict[str, Any]:
