@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from customer_service import sqlite_driver
 from customer_service.config import Settings
 
 # Stable constraint names, so migrations can name what they alter.
@@ -41,13 +42,19 @@ def create_engine(
         # One connection: SQLite has one writer anyway, and waiting in the pool wakes up at
         # once where SQLite's busy handler would sleep and poll. Transactions are short (no
         # CRM call inside one), so the wait is a queue of milliseconds, not a lock.
-        engine = create_async_engine(
-            url,
-            connect_args={"timeout": 30},
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=pool_timeout,
-        )
+        path = make_url(url).database
+        if path in (None, "", ":memory:"):
+            engine = create_async_engine(url, connect_args={"timeout": 30})
+        else:
+            # SQLite's calls run on the loop's thread (`sqlite_driver` says why and at what
+            # price).
+            engine = create_async_engine(
+                url,
+                async_creator=sqlite_driver.connector(path, timeout=30),
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=pool_timeout,
+            )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

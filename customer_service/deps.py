@@ -29,7 +29,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         state.dispatcher.kick(sorted(kicks))
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: FastAPI runs a plain-function dependency in its threadpool, a thread hand-off
+    # on every request.
     settings: Settings = request.app.state.settings
     return settings
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from customer_service.customers import service
-from customer_service.customers.schemas import CustomerCreate, CustomerRead
+from customer_service.customers.schemas import CrmStatus, CustomerCreate, CustomerRead
 from customer_service.deps import CustomerId, SessionDep
 from customer_service.schemas import INT32_MAX, Page
 
@@ -22,7 +22,8 @@ async def create_customer(
     body: CustomerCreate, session: SessionDep, response: Response
 ) -> CustomerRead:
     customer = await service.create(session, body)
-    read = await service.read(session, customer.id)
+    # Its CREATE was just queued: pending, with no CRM id yet. No need to read it back.
+    read = service.to_read(customer, CrmStatus.PENDING)
     response.headers["Location"] = f"/api/customers/{customer.id}"
     return _etag(response, read)
 

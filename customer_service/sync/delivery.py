@@ -1,11 +1,13 @@
 """Deliver one customer's queue: claim it, send oldest first, record each answer.
 
 No database transaction stays open during a CRM call, so a slow CRM never holds a lock
-that an API write needs. A delivery of one request takes two short transactions besides
-the call: before it, claim the customer and read its queue; after it, record the answer,
-read the queue again, and either renew the claim (more to send) or give it back (nothing
-left, or a failure). A claim is renewed in the background only for a delivery still
-running after a third of its lease.
+that an API write needs. A delivery of one request needs two short pieces of database
+work besides the call: before it, claim the customer and read its queue; after it, record
+the answer, read the queue again, and either renew the claim (more to send) or give it
+back (nothing left). Both are group-committed with every other delivery's (`grouping`):
+one transaction serves all the deliveries that asked meanwhile. A failure is recorded,
+and its claim given back, in a transaction of its own. A claim is renewed in the
+background only for a delivery still running after a third of its lease.
 
 Every transaction goes through `dbwork.BackgroundDatabase`: a delivery that is cancelled
 (shutdown, a grace period running out) stops between transactions, never inside one,
@@ -18,7 +20,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from typing import Protocol
 
@@ -28,6 +29,7 @@ from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
 from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.grouping import RELEASED, GroupCommit, Released, View
 from customer_service.sync.models import FailedRequest
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.plan import Batch, Hold, plan_next
@@ -44,22 +46,6 @@ log = logging.getLogger(__name__)
 
 class Sender(Protocol):
     async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome: ...
-
-
-class Released:
-    """The claim was given back in the transaction that recorded the last answer."""
-
-
-RELEASED = Released()
-
-
-@dataclass(frozen=True)
-class View:
-    """One transaction's look at a customer's queue, oldest first."""
-
-    rows: list[FailedRequest]
-    crm_id: str | None
-    now: datetime
 
 
 @dataclass
@@ -130,6 +116,7 @@ class Deliverer:
         health: CrmHealth | None = None,
     ) -> None:
         self.db = BackgroundDatabase(sessionmaker, settings.sync_database_connections)
+        self._group = GroupCommit(self.db, settings.claim_lease_seconds)
         self._sender = sender
         self._settings = settings
         self.health = health or CrmHealth()
@@ -154,7 +141,7 @@ class Deliverer:
         counts = PassCounts()
         while True:
             token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
-            view = await self.db.run(partial(self._look, customer_id=customer_id, token=token))
+            view = await self._group.look(customer_id, token)
             if view is None:
                 counts.busy += 1
                 return counts
@@ -182,16 +169,6 @@ class Deliverer:
         """Give the claim back; the head of the queue tells whether work arrived meanwhile."""
         await repository.release(session, customer_id, token)
         return await repository.queue_of(session, customer_id, limit=1)
-
-    async def _look(self, session: AsyncSession, customer_id: int, token: str) -> View | None:
-        """Take or renew the claim and read the queue, in the caller's transaction; None
-        when another replica holds the claim (renewing is also the check it is ours)."""
-        now = utc_now()
-        lease = self._settings.claim_lease_seconds
-        if not await repository.claim(session, customer_id, token, now, lease):
-            return None
-        rows, crm_id = await repository.queue_and_crm_id(session, customer_id)
-        return View(rows, crm_id, now)
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, customer_id: int, token: str) -> AsyncIterator[None]:
@@ -248,44 +225,10 @@ class Deliverer:
                 await self._record_failure(batch, outcome, urgency, counts, customer_id, token)
                 return True
             learnt = outcome.crm_id != known
-            current = await self.db.run(
-                partial(
-                    self._settle_and_look,
-                    batch=batch,
-                    crm_id=outcome.crm_id,
-                    learnt=learnt,
-                    customer_id=customer_id,
-                    token=token,
-                    force=force,
-                )
-            )
+            current = await self._group.settle(batch, outcome.crm_id, learnt, token, force)
             counts.delivered += size
             self.health.mark_healthy()
         return current is RELEASED
-
-    async def _settle_and_look(
-        self,
-        session: AsyncSession,
-        *,
-        batch: Batch,
-        crm_id: str | None,
-        learnt: bool,
-        customer_id: int,
-        token: str,
-        force: bool,
-    ) -> "View | Released | None":
-        """Record a delivery and read what is next, in one transaction: with more to send,
-        renew the claim (None if it is lost); with nothing, give the claim back."""
-        await repository.settle(session, batch.settles, crm_id, batch.send.version, learnt)
-        now = utc_now()
-        rows, known = await repository.queue_and_crm_id(session, customer_id)
-        if not isinstance(plan_next(rows, now, force=force), Batch):
-            await repository.release(session, customer_id, token)
-            return RELEASED
-        lease = self._settings.claim_lease_seconds
-        if not await repository.claim(session, customer_id, token, now, lease):
-            return None
-        return View(rows, known, now)
 
     async def _record_failure(
         self,

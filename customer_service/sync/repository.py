@@ -1,9 +1,12 @@
 """All SQL of the outbox: rows of `failed_requests` and the per-customer claims."""
 
+import functools
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import bindparam, case, delete, func, select, text, update
+from sqlalchemy import Table, TextClause, bindparam, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.columns import UTCDateTime
@@ -71,6 +74,92 @@ async def queue_and_crm_id(
     )
     found = (await session.execute(query)).all()
     return [row[0] for row in found], (found[0][1] if found else None)
+
+
+async def queues_and_crm_ids(
+    session: AsyncSession, customer_ids: list[int], limit: int = 100
+) -> dict[int, tuple[list[FailedRequest], str | None]]:
+    """`queue_and_crm_id` of many customers in one statement: each one's first `limit`
+    requests, oldest first, and its CRM id. A customer with no request is left out."""
+    ranked = (
+        select(
+            FailedRequest.id,
+            func.row_number()
+            .over(partition_by=FailedRequest.customer_id, order_by=FailedRequest.id)
+            .label("position"),
+        )
+        .where(FailedRequest.customer_id.in_(customer_ids))
+        .subquery()
+    )
+    query = (
+        select(FailedRequest, Customer.crm_id)
+        .join(ranked, ranked.c.id == FailedRequest.id)
+        .outerjoin(Customer, Customer.id == FailedRequest.customer_id)
+        .where(ranked.c.position <= limit)
+        .order_by(FailedRequest.customer_id, FailedRequest.id)
+    )
+    queues: dict[int, tuple[list[FailedRequest], str | None]] = {}
+    for row, crm_id in (await session.execute(query)).all():
+        queue = queues.setdefault(row.customer_id, ([], crm_id))
+        queue[0].append(row)
+    return queues
+
+
+# Core statements for the group commit (`sync.grouping`), run once per group with every
+# row's parameters (executemany): built once, compiled once.
+_requests = cast(Table, FailedRequest.__table__)
+_customers = cast(Table, Customer.__table__)
+_claims = cast(Table, SyncClaim.__table__)
+LEARN_CRM_ID = (
+    update(_requests)
+    .where(_requests.c.customer_id == bindparam("b_customer"), _requests.c.crm_id.is_(None))
+    .values(crm_id=bindparam("b_crm_id"))
+)
+_synced = _customers.c.crm_synced_version
+NOTE_SYNCED = (
+    update(_customers)
+    .where(_customers.c.id == bindparam("b_customer"))
+    .values(
+        crm_id=bindparam("b_crm_id"),
+        crm_synced_version=case(
+            (_synced.is_(None), bindparam("b_version")),
+            (_synced < bindparam("b_version"), bindparam("b_version")),
+            else_=_synced,
+        ),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One delivered batch: the rows it removes, and what the CRM now holds."""
+
+    customer_id: int
+    row_ids: list[int]
+    crm_id: str | None
+    version: int
+    learnt: bool
+
+
+async def settle_many(session: AsyncSession, settled: list[Settled]) -> None:
+    """`settle` for many deliveries: three statements whatever their number."""
+    ids = [row_id for one in settled for row_id in one.row_ids]
+    await session.execute(delete(_requests).where(_requests.c.id.in_(ids)))
+    learnt = [
+        {"b_customer": one.customer_id, "b_crm_id": one.crm_id}
+        for one in settled
+        if one.learnt and one.crm_id is not None
+    ]
+    noted = [
+        {"b_customer": one.customer_id, "b_crm_id": one.crm_id, "b_version": one.version}
+        for one in settled
+        if one.crm_id is not None
+    ]
+    connection = await session.connection()
+    if learnt:
+        await connection.execute(LEARN_CRM_ID, learnt)
+    if noted:
+        await connection.execute(NOTE_SYNCED, noted)
 
 
 async def settle(
@@ -155,6 +244,42 @@ async def claim(
     params = {"customer_id": customer_id, "owner": owner, "expires_at": expires, "now": now}
     holder: str | None = await session.scalar(CLAIM, params)
     return holder == owner
+
+
+@functools.lru_cache(maxsize=256)
+def _claims_statement(count: int) -> TextClause:
+    values = ", ".join(f"(:customer_{i}, :owner_{i}, :expires_at)" for i in range(count))
+    return text(
+        "INSERT INTO sync_claims (customer_id, owner, expires_at)"
+        f" VALUES {values}"
+        " ON CONFLICT (customer_id) DO UPDATE"
+        " SET owner = excluded.owner, expires_at = excluded.expires_at"
+        " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < :now"
+        " RETURNING customer_id, owner"
+    ).bindparams(
+        bindparam("expires_at", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime())
+    )
+
+
+async def claim_many(
+    session: AsyncSession, wanted: dict[int, str], now: datetime, lease: float
+) -> set[int]:
+    """`claim` for many customers (customer id -> owner) in one statement; the customers
+    whose claim is now ours."""
+    if not wanted:
+        return set()
+    params: dict[str, object] = {"expires_at": now + timedelta(seconds=lease), "now": now}
+    for i, (customer_id, owner) in enumerate(wanted.items()):
+        params[f"customer_{i}"] = customer_id
+        params[f"owner_{i}"] = owner
+    found = await session.execute(_claims_statement(len(wanted)), params)
+    return {customer_id for customer_id, owner in found.all() if wanted.get(customer_id) == owner}
+
+
+async def release_many(session: AsyncSession, owners: list[str]) -> None:
+    """Give back the claims held under these owners (each claim's owner is unique)."""
+    if owners:
+        await session.execute(delete(_claims).where(_claims.c.owner.in_(owners)))
 
 
 async def release(session: AsyncSession, customer_id: int, owner: str) -> None:

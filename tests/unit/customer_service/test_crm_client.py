@@ -9,6 +9,8 @@ from customer_service.crm.client import CrmClient, CrmUnreachable, build_http_cl
 from customer_service.request_id import current_request_id
 
 BASE = "http://crm.test"
+# The client has a transport of its own (`crm.transport`): mock at httpx's level, above it.
+pytestmark = pytest.mark.respx(using="httpx")
 
 
 @pytest.fixture
@@ -17,9 +19,10 @@ async def client() -> CrmClient:
     return CrmClient(build_http_client(settings))
 
 
-@respx.mock
-async def test_create_sends_idempotency_key_and_bearer_token(client: CrmClient) -> None:
-    route = respx.post(f"{BASE}/api/crm/customers").mock(
+async def test_create_sends_idempotency_key_and_bearer_token(
+    client: CrmClient, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(f"{BASE}/api/crm/customers").mock(
         return_value=httpx.Response(201, json={"id": "c1"})
     )
     answer = await client.create({"externalId": "1"}, "key-1")
@@ -29,25 +32,22 @@ async def test_create_sends_idempotency_key_and_bearer_token(client: CrmClient) 
     assert sent.headers["Authorization"] == "Bearer s3cret"
 
 
-@respx.mock
-async def test_no_token_no_authorization_header() -> None:
+async def test_no_token_no_authorization_header(respx_mock: respx.MockRouter) -> None:
     client = CrmClient(build_http_client(Settings(crm_base_url=BASE)))
-    route = respx.delete(f"{BASE}/api/crm/customers/c1").mock(return_value=httpx.Response(204))
+    route = respx_mock.delete(f"{BASE}/api/crm/customers/c1").mock(return_value=httpx.Response(204))
     answer = await client.remove("c1", "k")
     assert answer.ok
     assert "Authorization" not in route.calls.last.request.headers
 
 
-@respx.mock
-async def test_timeout_is_unreachable(client: CrmClient) -> None:
-    respx.put(f"{BASE}/api/crm/customers/c1").mock(side_effect=httpx.ReadTimeout("slow"))
+async def test_timeout_is_unreachable(client: CrmClient, respx_mock: respx.MockRouter) -> None:
+    respx_mock.put(f"{BASE}/api/crm/customers/c1").mock(side_effect=httpx.ReadTimeout("slow"))
     with pytest.raises(CrmUnreachable):
         await client.replace("c1", {}, "k")
 
 
-@respx.mock
-async def test_retry_after_header_is_kept(client: CrmClient) -> None:
-    respx.post(f"{BASE}/api/crm/customers").mock(
+async def test_retry_after_header_is_kept(client: CrmClient, respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(f"{BASE}/api/crm/customers").mock(
         return_value=httpx.Response(503, headers={"Retry-After": "30"}, json={"detail": "down"})
     )
     answer = await client.create({}, "k")
@@ -56,9 +56,10 @@ async def test_retry_after_header_is_kept(client: CrmClient) -> None:
     assert answer.describe() == "CRM answered 503: down"
 
 
-@respx.mock
-async def test_reads_carry_an_idempotency_key_too(client: CrmClient) -> None:
-    route = respx.get(f"{BASE}/api/crm/customers").mock(
+async def test_reads_carry_an_idempotency_key_too(
+    client: CrmClient, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.get(f"{BASE}/api/crm/customers").mock(
         return_value=httpx.Response(200, json={"items": [], "total": 0})
     )
     await client.find("42")
@@ -68,18 +69,20 @@ async def test_reads_carry_an_idempotency_key_too(client: CrmClient) -> None:
     assert route.calls.last.request.url.params["externalId"] == "42"
 
 
-@respx.mock
-async def test_ping_is_false_on_5xx_and_true_on_200(client: CrmClient) -> None:
-    route = respx.get(f"{BASE}/api/crm/customers")
+async def test_ping_is_false_on_5xx_and_true_on_200(
+    client: CrmClient, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.get(f"{BASE}/api/crm/customers")
     route.mock(return_value=httpx.Response(503))
     assert not await client.ping()
     route.mock(return_value=httpx.Response(200, json={"items": [], "total": 0}))
     assert await client.ping()
 
 
-@respx.mock
-async def test_crm_calls_carry_the_current_request_id(client: CrmClient) -> None:
-    route = respx.get(f"{BASE}/api/crm/customers/c1").mock(return_value=httpx.Response(200))
+async def test_crm_calls_carry_the_current_request_id(
+    client: CrmClient, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.get(f"{BASE}/api/crm/customers/c1").mock(return_value=httpx.Response(200))
     token = current_request_id.set("req-7")
     try:
         await client.get("c1")

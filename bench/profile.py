@@ -1,0 +1,112 @@
+"""`python bench/profile.py drain|write`: one phase against a live pair, under py-spy.
+
+What `bench/README.md` reports as "what the profile showed" comes from this: it starts the
+CRM mock and the customer service (SQLite, or PostgreSQL with `BENCH_DATABASES=postgresql`)
+as `make bench` does, runs a drain of `BENCH_BACKLOG` (default 5,000) or a closed-loop
+write load (`BENCH_WRITERS` for `BENCH_WRITE_SECONDS`, sync on), and records the service
+with `py-spy record` (when py-spy is installed: `pip install py-spy`) into
+`bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from context import Bench, Params
+from harness import Database, Servers, process_cpu_seconds, say, wait_healthy
+from load import write_load
+from seed import seed_backlog
+
+HERE = Path(__file__).resolve().parent
+
+
+def top_functions(collapsed: Path, limit: int = 40) -> list[tuple[str, float]]:
+    """Inclusive share of samples per function (each function once per stack)."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            inclusive[frame] += n
+    return [(frame, n / total) for frame, n in inclusive.most_common(limit)] if total else []
+
+
+async def main(phase: str) -> None:
+    params = Params.from_env()
+    kind = os.environ.get("BENCH_DATABASES", "sqlite").split(",")[0]
+    postgres = os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/crm_sync_bench"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="crm-sync-profile-"))
+    bench = Bench(params, Servers(workdir), Database(postgres if kind == "postgresql" else None))
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = HERE / f"profile-{phase}.txt"
+    try:
+        crm = await bench.start_crm("crm")
+        url = await bench.new_database("service-db")
+        n = int(os.environ.get("BENCH_BACKLOG", "5000"))
+        if phase == "drain":
+            await seed_backlog(url, n)
+            service = bench.spawn_service("service", crm, url, SYNC_ENABLED="true")
+        else:
+            service = await bench.start_service("service", crm, url)
+        recorder = None
+        if Path(spy).exists():
+            recorder = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--gil",
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                    "-p",
+                    str(service.pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        started = time.monotonic()
+        cpu0 = process_cpu_seconds(service.pid)
+        await wait_healthy(service)
+        if phase == "drain":
+            await bench.wait_drained(service, crm, within=600, interval=0.2)
+            span = time.monotonic() - started
+            cpu = process_cpu_seconds(service.pid) - cpu0
+            say(f"drained {n} in {span:.1f} s = {n / span:.0f}/s; {cpu / n * 1000:.2f} ms CPU each")
+        else:
+            run = await write_load(service, "profile", params.writers, seconds=params.write_seconds)
+            await bench.wait_drained(service, crm, within=600, interval=0.05)
+            span = time.monotonic() - started
+            cpu = process_cpu_seconds(service.pid) - cpu0
+            say(
+                f"{run.ok} writes at {run.per_second:.0f}/s, synced after {span:.1f} s "
+                f"= {run.ok / span:.0f}/s; {cpu / run.ok * 1000:.2f} ms CPU per synced write"
+            )
+        if recorder is not None:
+            recorder.send_signal(2)
+            recorder.wait(timeout=60)
+            for frame, share in top_functions(out):
+                print(f"{share * 100:5.1f} %  {frame}")
+    finally:
+        await bench.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "drain"))

@@ -1,0 +1,209 @@
+"""Group commit of the delivery engine's bookkeeping: many deliveries, one transaction.
+
+Each delivery needs two short transactions besides its CRM call: before it, claim the
+customer and read its queue (`look`); after it, record the answer, read the queue again,
+and renew the claim or give it back (`settle`). Run one by one, they were most of the
+service's CPU per delivery (profiled: `bench/README.md`). Here every look and settle
+asked for while the previous group's transaction runs waits for the next one, which does
+them all with a fixed number of statements, whatever their number:
+
+1. the settles: delete the delivered rows, note the CRM ids and versions (executemany);
+2. their queues, read in one statement; each settle then either gives its claim back
+   (nothing to send now) or renews it, both in one statement;
+3. the looks: claim their customers in one multi-row upsert, after the releases of 2 so a
+   look never misses a claim given back in the same group, and read the claimed queues.
+
+A lone delivery does not wait: with nothing in flight its group starts at once. Every
+group runs through `BackgroundDatabase`: shielded, so a caller that is cancelled stops
+waiting but its settle still commits (the row is gone and the CRM has it: nothing is lost
+or sent twice), within the engine's connection budget, drained at shutdown. A group that
+fails fails each of its callers, whose rows stay in the outbox for the next attempt.
+"""
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.columns import utc_now
+from customer_service.sync import repository
+from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.models import FailedRequest
+from customer_service.sync.plan import Batch, plan_next
+
+
+class Released:
+    """The claim was given back in the transaction that recorded the last answer."""
+
+
+RELEASED = Released()
+
+
+@dataclass(frozen=True)
+class View:
+    """One transaction's look at a customer's queue, oldest first."""
+
+    rows: list[FailedRequest]
+    crm_id: str | None
+    now: datetime
+
+
+# A caller's future and what it is to be told.
+_Answer = tuple["asyncio.Future[Any]", object]
+
+
+@dataclass
+class _Look:
+    customer_id: int
+    token: str
+    answer: "asyncio.Future[View | None]"
+
+
+@dataclass
+class _Settle:
+    batch: Batch
+    crm_id: str | None
+    learnt: bool
+    token: str
+    force: bool
+    answer: "asyncio.Future[View | Released | None]"
+
+    @property
+    def customer_id(self) -> int:
+        return self.batch.send.customer_id
+
+
+@dataclass
+class _Group:
+    looks: list[_Look] = field(default_factory=list)
+    settles: list[_Settle] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.looks or self.settles)
+
+    def fail(self, error: BaseException) -> None:
+        answers: list[asyncio.Future[Any]] = [op.answer for op in self.looks]
+        answers += [op.answer for op in self.settles]
+        for answer in answers:
+            if not answer.done():
+                answer.set_exception(error)
+
+
+class GroupCommit:
+    def __init__(self, db: BackgroundDatabase, lease_seconds: float) -> None:
+        self._db = db
+        self._lease = lease_seconds
+        self._next = _Group()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def look(self, customer_id: int, token: str) -> View | None:
+        """Claim `customer_id` under `token` and read its queue; None when another
+        delivery (here or in another replica) holds the claim."""
+        answer: asyncio.Future[View | None] = asyncio.get_running_loop().create_future()
+        self._next.looks.append(_Look(customer_id, token, answer))
+        self._start()
+        return await asyncio.shield(answer)
+
+    async def settle(
+        self, batch: Batch, crm_id: str | None, learnt: bool, token: str, force: bool
+    ) -> View | Released | None:
+        """Record `batch` delivered and read what is next: with more to send, the claim
+        is renewed (None if it was lost); with nothing, it is given back (RELEASED)."""
+        answer: asyncio.Future[View | Released | None] = asyncio.get_running_loop().create_future()
+        self._next.settles.append(_Settle(batch, crm_id, learnt, token, force, answer))
+        self._start()
+        return await asyncio.shield(answer)
+
+    def _start(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="delivery-group-commit")
+
+    async def _flush(self) -> None:
+        while self._next:
+            group, self._next = self._next, _Group()
+            try:
+                answers = await self._db.run(partial(self._apply, group=group))
+            except Exception as error:
+                group.fail(error)
+                continue
+            except BaseException:
+                # The flusher itself was cancelled (the loop is closing): nobody is left
+                # to run the waiting groups.
+                group.fail(RuntimeError("the delivery engine stopped"))
+                self._next.fail(RuntimeError("the delivery engine stopped"))
+                raise
+            # Committed: hand out the answers.
+            for answer, result in answers:
+                if not answer.done():
+                    answer.set_result(result)
+
+    async def _apply(self, session: AsyncSession, group: _Group) -> list[_Answer]:
+        """One group, in the caller's transaction; its answers, to hand out once it has
+        committed."""
+        answers: list[_Answer] = []
+        if group.settles:
+            answers += await self._settle_all(session, group.settles)
+        if group.looks:
+            answers += await self._look_all(session, group.looks)
+        return answers
+
+    async def _settle_all(self, session: AsyncSession, settles: list[_Settle]) -> list[_Answer]:
+        await repository.settle_many(
+            session,
+            [
+                repository.Settled(
+                    op.customer_id,
+                    [row.id for row in op.batch.settles],
+                    op.crm_id,
+                    op.batch.send.version,
+                    op.learnt,
+                )
+                for op in settles
+            ],
+        )
+        now = utc_now()
+        queues = await repository.queues_and_crm_ids(
+            session, sorted({op.customer_id for op in settles})
+        )
+        done: list[str] = []
+        renew: dict[int, str] = {}
+        views: dict[str, View] = {}
+        for op in settles:
+            rows, crm_id = queues.get(op.customer_id, ([], None))
+            if isinstance(plan_next(rows, now, force=op.force), Batch):
+                renew[op.customer_id] = op.token
+                views[op.token] = View(rows, crm_id, now)
+            else:
+                done.append(op.token)
+        await repository.release_many(session, done)
+        renewed = await repository.claim_many(session, renew, now, self._lease)
+        answers: list[_Answer] = []
+        for op in settles:
+            view = views.get(op.token)
+            if view is None:
+                result: View | Released | None = RELEASED
+            else:
+                result = view if op.customer_id in renewed else None
+            answers.append((op.answer, result))
+        return answers
+
+    async def _look_all(self, session: AsyncSession, looks: list[_Look]) -> list[_Answer]:
+        now = utc_now()
+        wanted: dict[int, str] = {}
+        for op in looks:
+            # Two looks at one customer in one group: the first may claim it, the other
+            # finds it held, as it would in a transaction of its own.
+            wanted.setdefault(op.customer_id, op.token)
+        claimed = await repository.claim_many(session, wanted, now, self._lease)
+        queues = await repository.queues_and_crm_ids(session, sorted(claimed)) if claimed else {}
+        answers: list[_Answer] = []
+        for op in looks:
+            if op.customer_id in claimed and wanted[op.customer_id] == op.token:
+                rows, crm_id = queues.get(op.customer_id, ([], None))
+                answers.append((op.answer, View(rows, crm_id, now)))
+            else:
+                answers.append((op.answer, None))
+        return answers
