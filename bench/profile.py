@@ -52,6 +52,7 @@ async def main(phase: str) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="crm-sync-profile-"))
     bench = Bench(params, Servers(workdir), Database(postgres if kind == "postgresql" else None))
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    has_spy = Path(spy).exists()
     out = HERE / f"profile-{phase}.txt"
     try:
         crm = await bench.start_crm("crm")
@@ -63,8 +64,8 @@ async def main(phase: str) -> None:
         else:
             service = await bench.start_service("service", crm, url)
         recorder = None
-        if Path(spy).exists():
-            recorder = subprocess.Popen(
+        if has_spy:
+            recorder = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited
                 [
                     spy,
                     "record",

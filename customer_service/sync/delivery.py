@@ -130,13 +130,18 @@ class Deliverer:
         self.owner = f"{uuid.uuid4().hex[:12]}"
 
     async def deliver_customer(
-        self, customer_id: int, urgency: Urgency = Urgency.DUE
+        self,
+        customer_id: int,
+        urgency: Urgency = Urgency.DUE,
+        sending: asyncio.Semaphore | None = None,
     ) -> PassCounts:
         """Send `customer_id`'s due requests, oldest first, until one fails or none is due.
 
         With an urgency other than DUE the oldest request is taken whatever its backoff
         (dead ones stay dead). Returns without sending when another replica holds the
-        customer's claim.
+        customer's claim. `sending` bounds the CRM calls in flight (a retry pass's
+        RETRY_CONCURRENCY): a slot is held for each call only, not for the bookkeeping
+        around it.
         """
         counts = PassCounts()
         while True:
@@ -148,7 +153,9 @@ class Deliverer:
             released = False
             try:
                 async with self._heartbeat(customer_id, token):
-                    released = await self._send_queue(customer_id, token, view, urgency, counts)
+                    released = await self._send_queue(
+                        customer_id, token, view, urgency, counts, sending
+                    )
             finally:
                 if not released:
                     head = await self.db.run(
@@ -205,7 +212,13 @@ class Deliverer:
                     await task
 
     async def _send_queue(
-        self, customer_id: int, token: str, view: View, urgency: Urgency, counts: PassCounts
+        self,
+        customer_id: int,
+        token: str,
+        view: View,
+        urgency: Urgency,
+        counts: PassCounts,
+        sending: asyncio.Semaphore | None,
     ) -> bool:
         """Send batches, oldest first, until the queue holds, one fails or the claim is lost.
 
@@ -220,7 +233,8 @@ class Deliverer:
             size = len(batch.settles)
             counts.attempted += size
             known = current.crm_id or batch.send.crm_id
-            outcome = await self._sender.send(batch.send, known)
+            async with sending or contextlib.nullcontext():
+                outcome = await self._sender.send(batch.send, known)
             if not isinstance(outcome, Delivered):
                 await self._record_failure(batch, outcome, urgency, counts, customer_id, token)
                 return True

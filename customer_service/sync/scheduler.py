@@ -1,8 +1,10 @@
 """The retry job: every `RETRY_INTERVAL_SECONDS`, one pass over the due requests.
 
-A pass groups the due requests by customer and works on up to `RETRY_CONCURRENCY`
-customers at once; inside a customer, requests go one at a time, oldest first, and the
-group stops at its first failure (see `delivery`). A pass also runs at start-up, so
+A pass groups the due requests by customer and sends the requests of up to
+`RETRY_CONCURRENCY` customers at once (the CRM calls of every pass of the process share
+that bound; up to as many more customers are being read or settled meanwhile); inside a
+customer, requests go one at a time, oldest first, and the group stops at its first
+failure (see `delivery`). A pass also runs at start-up, so
 what a crashed process left behind goes out at once.
 
 While the CRM is failing, a probe asks it every `RECOVERY_PROBE_SECONDS` whether it is
@@ -84,16 +86,20 @@ class RetryJob:
 
         async def worker() -> None:
             while not queue.empty() and not stopped():
-                async with self._slots:
-                    if queue.empty() or stopped():
-                        return  # checked again: waiting for a slot may take a while
-                    customer_id = queue.get_nowait()
-                    try:
-                        totals.add(await self._deliverer.deliver_customer(customer_id, urgency))
-                    except Exception:
-                        log.exception("retry of customer %s failed", customer_id)
+                customer_id = queue.get_nowait()
+                try:
+                    totals.add(
+                        await self._deliverer.deliver_customer(
+                            customer_id, urgency, sending=self._slots
+                        )
+                    )
+                except Exception:
+                    log.exception("retry of customer %s failed", customer_id)
 
-        workers = min(self._settings.retry_concurrency, len(customers))
+        # Twice as many workers as slots: while RETRY_CONCURRENCY customers have a CRM call
+        # in flight, as many more are read (claimed) or settled, so the next call is ready
+        # the moment a slot frees and the CRM is never kept waiting on our bookkeeping.
+        workers = min(2 * self._settings.retry_concurrency, len(customers))
         await asyncio.gather(*(worker() for _ in range(workers)))
         left = queue.qsize()
         log.info(

@@ -1,0 +1,212 @@
+"""The group commit of the delivery engine (`sync.grouping`), on both databases: many
+deliveries' looks and settles in one transaction, each caller with its own answer, and
+nothing lost when a caller is cancelled or a group fails."""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.columns import utc_now
+from customer_service.customers.models import Customer
+from customer_service.db import create_engine, create_sessionmaker
+from customer_service.sync import outbox, repository
+from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.grouping import RELEASED, GroupCommit, View
+from customer_service.sync.models import FailedRequest, Operation, SyncClaim
+from customer_service.sync.plan import Batch, plan_next
+
+T = TypeVar("T")
+
+
+class CountingDatabase(BackgroundDatabase):
+    """Counts the transactions the group commit asks for."""
+
+    transactions = 0
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        self.transactions += 1
+        return await super().run(work)
+
+
+@dataclass
+class Engine:
+    db: CountingDatabase
+    group: GroupCommit
+
+    async def read(self, query: Any) -> Any:
+        return await self.db.run(lambda session: session.scalar(query))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[Engine]:
+    sql = create_engine(database_url)
+    db = CountingDatabase(create_sessionmaker(sql), slots=2)
+    try:
+        yield Engine(db, GroupCommit(db, lease_seconds=30.0))
+    finally:
+        await db.drain()
+        await sql.dispose()
+
+
+async def _customers(engine: Engine, count: int, updates: int = 0) -> list[int]:
+    """`count` customers, each with a pending CREATE and `updates` UPDATEs behind it."""
+
+    async def write(session: AsyncSession) -> list[int]:
+        ids = []
+        for n in range(count):
+            now = utc_now()
+            customer = Customer(
+                first_name=f"G{n}",
+                last_name="Group",
+                email=f"g{n}@example.com",
+                email_key=f"g{n}@example.com",
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(customer)
+            await session.flush()
+            outbox.enqueue(session, customer, Operation.CREATE)
+            for _ in range(updates):
+                customer.version += 1
+                outbox.enqueue(session, customer, Operation.UPDATE)
+            ids.append(customer.id)
+        return ids
+
+    return await engine.db.run(write)
+
+
+def _batch(view: View) -> Batch:
+    batch = plan_next(view.rows, view.now, force=True)
+    assert isinstance(batch, Batch)
+    return batch
+
+
+async def test_many_deliveries_share_a_transaction_and_each_gets_its_own_answer(
+    engine: Engine,
+) -> None:
+    ids = await _customers(engine, 20)
+    engine.db.transactions = 0
+    views = await asyncio.gather(*(engine.group.look(cid, f"token-{cid}") for cid in ids))
+    # The first look starts a group at once; the other 19 wait for it and share the next.
+    assert engine.db.transactions <= 3
+    for cid, view in zip(ids, views, strict=True):
+        assert isinstance(view, View)
+        assert [row.customer_id for row in view.rows] == [cid]
+        assert view.rows[0].operation == Operation.CREATE
+    assert await engine.read(select(func.count()).select_from(SyncClaim)) == 20
+
+    engine.db.transactions = 0
+    answers = await asyncio.gather(
+        *(
+            engine.group.settle(_batch(view), f"crm-{cid}", True, f"token-{cid}", force=False)
+            for cid, view in zip(ids, views, strict=True)
+            if isinstance(view, View)
+        )
+    )
+    assert engine.db.transactions <= 3
+    assert answers == [RELEASED] * 20
+    assert await engine.read(select(func.count()).select_from(FailedRequest)) == 0
+    assert await engine.read(select(func.count()).select_from(SyncClaim)) == 0
+    crm_ids = await engine.db.run(
+        lambda s: s.execute(select(Customer.id, Customer.crm_id, Customer.crm_synced_version))
+    )
+    assert {row[0]: (row[1], row[2]) for row in crm_ids} == {cid: (f"crm-{cid}", 1) for cid in ids}
+
+
+async def test_a_settle_with_more_to_send_renews_the_claim_and_shows_the_rest(
+    engine: Engine,
+) -> None:
+    [cid] = await _customers(engine, 1, updates=2)
+    view = await engine.group.look(cid, "mine")
+    assert isinstance(view, View) and len(view.rows) == 3
+    batch = _batch(view)
+    assert [row.operation for row in batch.settles] == [Operation.CREATE]
+    after = await engine.group.settle(batch, "crm-1", True, "mine", force=False)
+    assert isinstance(after, View)
+    assert [row.operation for row in after.rows] == [Operation.UPDATE, Operation.UPDATE]
+    # The later requests learnt the CRM id, and the claim is still ours.
+    assert {row.crm_id for row in after.rows} == {"crm-1"}
+    assert await engine.read(select(SyncClaim.owner)) == "mine"
+
+
+async def test_two_looks_at_one_customer_in_one_group_claim_it_once(engine: Engine) -> None:
+    ids = await _customers(engine, 2)
+    # The first look runs alone; the three after it share the next group.
+    first, second, third, fourth = await asyncio.gather(
+        engine.group.look(ids[1], "a"),
+        engine.group.look(ids[0], "b"),
+        engine.group.look(ids[0], "c"),
+        engine.group.look(ids[1], "d"),
+    )
+    assert isinstance(first, View) and isinstance(second, View)
+    assert third is None and fourth is None
+    owners = await engine.db.run(
+        lambda s: s.execute(select(SyncClaim.customer_id, SyncClaim.owner))
+    )
+    assert dict(owners.all()) == {ids[1]: "a", ids[0]: "b"}
+
+
+async def test_a_look_is_not_given_a_claim_that_another_delivery_holds(engine: Engine) -> None:
+    [cid] = await _customers(engine, 1)
+
+    async def held(session: AsyncSession) -> bool:
+        return await repository.claim(session, cid, "other-replica", utc_now(), 30.0)
+
+    assert await engine.db.run(held)
+    assert await engine.group.look(cid, "mine") is None
+    assert await engine.read(select(SyncClaim.owner)) == "other-replica"
+
+
+async def test_a_cancelled_caller_still_has_its_delivery_recorded(engine: Engine) -> None:
+    [cid] = await _customers(engine, 1)
+    view = await engine.group.look(cid, "mine")
+    assert isinstance(view, View)
+    settling = asyncio.create_task(
+        engine.group.settle(_batch(view), "crm-9", True, "mine", force=False)
+    )
+    await asyncio.sleep(0)  # the settle is queued (its group is under way)
+    settling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await settling
+    await engine.db.drain()
+    # The CRM has it: the row is gone and its id noted, as if nobody had been cancelled.
+    assert await engine.read(select(func.count()).select_from(FailedRequest)) == 0
+    assert await engine.read(select(Customer.crm_id)) == "crm-9"
+    assert await engine.read(select(func.count()).select_from(SyncClaim)) == 0
+
+
+async def test_a_failing_group_fails_each_caller_and_keeps_every_row(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _customers(engine, 3)
+    views = await asyncio.gather(*(engine.group.look(cid, f"t{cid}") for cid in ids))
+    real = repository.settle_many
+
+    async def settle_then_fail(session: AsyncSession, settled: Any) -> None:
+        await real(session, settled)  # the rows are deleted in the transaction...
+        raise RuntimeError("the database went away")  # ...which then rolls back
+
+    monkeypatch.setattr(repository, "settle_many", settle_then_fail)
+    answers = await asyncio.gather(
+        *(
+            engine.group.settle(_batch(view), f"crm-{cid}", True, f"t{cid}", force=False)
+            for cid, view in zip(ids, views, strict=True)
+            if isinstance(view, View)
+        ),
+        return_exceptions=True,
+    )
+    assert len(answers) == 3
+    assert all(isinstance(a, RuntimeError) for a in answers), answers
+    assert await engine.read(select(func.count()).select_from(FailedRequest)) == 3
+    assert await engine.read(select(func.count(Customer.crm_id))) == 0
+    # The engine goes on: the next group works.
+    monkeypatch.setattr(repository, "settle_many", real)
+    view = views[0]
+    assert isinstance(view, View)
+    assert await engine.group.settle(_batch(view), "crm-x", True, f"t{ids[0]}", False) is RELEASED
