@@ -43,6 +43,12 @@ def top_functions(collapsed: Path, limit: int = 40) -> list[tuple[str, float]]:
     return [(frame, n / total) for frame, n in inclusive.most_common(limit)] if total else []
 
 
+def py_spy() -> str | None:
+    """py-spy on the PATH or beside this Python, if installed."""
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return found if Path(found).exists() else None
+
+
 async def main(phase: str) -> None:
     params = Params.from_env()
     kind = os.environ.get("BENCH_DATABASES", "sqlite").split(",")[0]
@@ -51,8 +57,7 @@ async def main(phase: str) -> None:
     )
     workdir = Path(tempfile.mkdtemp(prefix="crm-sync-profile-"))
     bench = Bench(params, Servers(workdir), Database(postgres if kind == "postgresql" else None))
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    has_spy = Path(spy).exists()
+    spy = py_spy()
     out = HERE / f"profile-{phase}.txt"
     try:
         crm = await bench.start_crm("crm")
@@ -64,7 +69,7 @@ async def main(phase: str) -> None:
         else:
             service = await bench.start_service("service", crm, url)
         recorder = None
-        if has_spy:
+        if spy is not None:
             recorder = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited
                 [
                     spy,
