@@ -21,11 +21,13 @@ fails fails each of its callers, whose rows stay in the outbox for the next atte
 """
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.columns import utc_now
@@ -50,6 +52,11 @@ class View:
     crm_id: str | None
     now: datetime
 
+
+log = logging.getLogger(__name__)
+
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
+DEADLOCK_ATTEMPTS = 3
 
 # A caller's future and what it is to be told.
 _Answer = tuple["asyncio.Future[Any]", object]
@@ -125,7 +132,7 @@ class GroupCommit:
         while self._next:
             group, self._next = self._next, _Group()
             try:
-                answers = await self._db.run(partial(self._apply, group=group))
+                answers = await self._run(group)
             except Exception as error:
                 group.fail(error)
                 continue
@@ -139,6 +146,20 @@ class GroupCommit:
             for answer, result in answers:
                 if not answer.done():
                     answer.set_result(result)
+
+    async def _run(self, group: _Group) -> list[_Answer]:
+        """The group's transaction, run again (it rolled back whole) when PostgreSQL chose
+        it as the victim of a deadlock: another replica's group (or this one's ad hoc
+        transactions) locking some of the same claims in another order."""
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                return await self._db.run(partial(self._apply, group=group))
+            except DBAPIError as error:
+                code = getattr(error.orig, "sqlstate", None)
+                if code != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS - 1:
+                    raise
+                log.info("delivery group chosen as a deadlock victim; running it again")
+        raise AssertionError("unreachable")
 
     async def _apply(self, session: AsyncSession, group: _Group) -> list[_Answer]:
         """One group, in the caller's transaction; its answers, to hand out once it has
@@ -193,7 +214,8 @@ class GroupCommit:
     async def _look_all(self, session: AsyncSession, looks: list[_Look]) -> list[_Answer]:
         now = utc_now()
         wanted: dict[int, str] = {}
-        for op in looks:
+        # In customer order: every group locks the claims it touches in the same order.
+        for op in sorted(looks, key=lambda op: op.customer_id):
             # Two looks at one customer in one group: the first may claim it, the other
             # finds it held, as it would in a transaction of its own.
             wanted.setdefault(op.customer_id, op.token)

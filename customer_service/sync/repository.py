@@ -269,7 +269,7 @@ async def claim_many(
     if not wanted:
         return set()
     params: dict[str, object] = {"expires_at": now + timedelta(seconds=lease), "now": now}
-    for i, (customer_id, owner) in enumerate(wanted.items()):
+    for i, (customer_id, owner) in enumerate(sorted(wanted.items())):
         params[f"customer_{i}"] = customer_id
         params[f"owner_{i}"] = owner
     found = await session.execute(_claims_statement(len(wanted)), params)

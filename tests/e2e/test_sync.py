@@ -253,6 +253,9 @@ async def test_retry_groups_run_in_parallel_across_customers_and_serially_within
     for customer in customers:
         await _update(client, customer, firstName="Changed")
         assert (await client.delete(f"/api/customers/{customer['id']}")).status_code == 204
+    # The deliveries those writes kicked have met the CRM down (in-process, the client and
+    # the service share a loop: they may not have run yet).
+    await eventually(lambda: _idle(client))
     latency = 0.4
     back_at = datetime.now(UTC).isoformat()
     await crm_control.faults(down=False, latencyMs=int(latency * 1000))
