@@ -36,6 +36,10 @@ class _Stale(Exception):
     """A reused connection was closed before any byte of the answer arrived."""
 
 
+class _Unasked(Exception):
+    """Bytes after the answer: a second answer to one request."""
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: one exchange at a time."""
 
@@ -47,9 +51,11 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[None] | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._received = False
+        self._headers_done = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self.status = 0
+        self._head = False  # the request in flight is a HEAD: its answer has no body
         self.keep_alive = False
 
     # --- asyncio.Protocol
@@ -66,16 +72,31 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the CRM asked for a protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed answer: {exc}"))
+            if self._answer.done():
+                self.close()  # bytes after the answer: the connection cannot be trusted
+            else:
+                self._fail(httpx.RemoteProtocolError(f"malformed answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._received:
+        if self._received and self._delimited_by_close():
+            self.keep_alive = False
+            self._complete()
+        elif self._received:
             self._fail(httpx.ReadError("the CRM closed the connection mid-answer"))
         else:
             self._fail(_Stale())
 
     # --- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._answer is not None and self._answer.done():
+            raise _Unasked  # stops the parser; `data_received` closes the connection
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        if self._head:
+            self.on_message_complete()  # whatever its Content-Length says, no body follows
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
@@ -84,10 +105,28 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if status == 101 or self._parser.should_upgrade():
+            self._fail(httpx.RemoteProtocolError("the CRM asked for a protocol upgrade"))
+            return
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints)
+            self._headers, self._body, self._headers_done = [], [], False
+            return
         self.keep_alive = self._parser.should_keep_alive()
+        self._complete()
+
+    def _complete(self) -> None:
+        assert self._parser is not None
+        self.status = self._parser.get_status_code()
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(None)
+
+    def _delimited_by_close(self) -> bool:
+        """Headers done, and neither a length nor chunks: the body ends with the connection."""
+        if self._parser is None or not self._headers_done:
+            return False
+        names = {name.lower() for name, _ in self._headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # --- use
     def _fail(self, error: Exception) -> None:
@@ -100,13 +139,15 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     async def exchange(
-        self, data: bytes, read_within: float | None
+        self, data: bytes, read_within: float | None, head: bool = False
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Send one request; its status, headers and whole body."""
         assert self.transport is not None
         self._parser = httptools.HttpResponseParser(self)
         self._answer = self._loop.create_future()
         self._received = False
+        self._headers_done = False
+        self._head = head
         self._headers, self._body = [], []
         try:
             self.transport.write(data)
@@ -161,22 +202,23 @@ class CrmTransport(httpx.AsyncBaseTransport):
     async def _exchange(
         self, request: httpx.Request, origin: Origin, data: bytes, timeouts: dict[str, Any]
     ) -> httpx.Response:
+        head = request.method == "HEAD"
         connection = self._take_idle(origin)
         reused = connection is not None
         if connection is None:
             connection = await self._connect(request, origin, timeouts.get("connect"))
         try:
-            status, headers, body = await connection.exchange(data, timeouts.get("read"))
+            status, headers, body = await connection.exchange(data, timeouts.get("read"), head)
         except _Stale:
             if not reused:
                 raise httpx.ReadError("the CRM closed the connection", request=request) from None
             # The server closed an idle connection as we sent: once more, on a new one.
             connection = await self._connect(request, origin, timeouts.get("connect"))
             try:
-                status, headers, body = await connection.exchange(data, timeouts.get("read"))
+                status, headers, body = await connection.exchange(data, timeouts.get("read"), head)
             except _Stale:
                 raise httpx.ReadError("the CRM closed the connection", request=request) from None
-        if connection.keep_alive and not connection.closed:
+        if connection.keep_alive and not connection.closed and not self._closed:
             self._put_idle(origin, connection)
         else:
             connection.close()

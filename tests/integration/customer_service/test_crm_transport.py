@@ -584,14 +584,9 @@ async def test_a_closed_client_fails_at_once_and_drops_its_idle_connections() ->
         assert server.accepts == 1
 
 
-# --- known defects of the transport (see the strict xfail reasons)
+# --- defects found by these tests, fixed in the transport
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a request in flight at aclose() puts its connection back in the closed pool",
-)
 async def test_a_request_in_flight_at_close_does_not_leave_its_connection_open() -> None:
     gate = asyncio.Event()
 
@@ -610,11 +605,6 @@ async def test_a_request_in_flight_at_close_does_not_leave_its_connection_open()
         await server.until(lambda: server.peers[0].eof, within=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=httpx.ReadError,
-    reason="an answer without length, ended by closing the connection, is taken as broken",
-)
 async def test_an_answer_delimited_by_closing_the_connection_is_read_whole() -> None:
     async def until_close(peer: Peer) -> None:
         await peer.request()
@@ -624,11 +614,6 @@ async def test_an_answer_delimited_by_closing_the_connection_is_read_whole() -> 
         assert (await client.get("/")).text == "the whole body"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # DID NOT RAISE: the 101 comes back as an answer
-    reason="a 101 answer resolves the exchange before the upgrade is seen; the connection is kept",
-)
 async def test_an_unasked_protocol_upgrade_raises_remote_protocol_error() -> None:
     async def upgrade_the_first(peer: Peer) -> None:
         if peer.number == 1:
@@ -645,11 +630,6 @@ async def test_an_unasked_protocol_upgrade_raises_remote_protocol_error() -> Non
         assert (await client.get("/two")).json()["connection"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bytes after an answer, in the same read, are parsed into that answer",
-)
 async def test_a_second_answer_to_one_request_is_not_mixed_into_the_first() -> None:
     async def answer_twice(peer: Peer) -> None:
         while await peer.request() is not None:
