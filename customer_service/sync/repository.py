@@ -81,25 +81,9 @@ async def queues_and_crm_ids(
 ) -> dict[int, tuple[list[FailedRequest], str | None]]:
     """`queue_and_crm_id` of many customers in one statement: each one's first `limit`
     requests, oldest first, and its CRM id. A customer with no request is left out."""
-    ranked = (
-        select(
-            FailedRequest.id,
-            func.row_number()
-            .over(partition_by=FailedRequest.customer_id, order_by=FailedRequest.id)
-            .label("position"),
-        )
-        .where(FailedRequest.customer_id.in_(customer_ids))
-        .subquery()
-    )
-    query = (
-        select(FailedRequest, Customer.crm_id)
-        .join(ranked, ranked.c.id == FailedRequest.id)
-        .outerjoin(Customer, Customer.id == FailedRequest.customer_id)
-        .where(ranked.c.position <= limit)
-        .order_by(FailedRequest.customer_id, FailedRequest.id)
-    )
+    params = {"b_customer_ids": customer_ids, "b_limit": limit}
     queues: dict[int, tuple[list[FailedRequest], str | None]] = {}
-    for row, crm_id in (await session.execute(query)).all():
+    for row, crm_id in (await session.execute(QUEUES, params)).all():
         queue = queues.setdefault(row.customer_id, ([], crm_id))
         queue[0].append(row)
     return queues
@@ -115,6 +99,25 @@ LEARN_CRM_ID = (
     .where(_requests.c.customer_id == bindparam("b_customer"), _requests.c.crm_id.is_(None))
     .values(crm_id=bindparam("b_crm_id"))
 )
+_ranked = (
+    select(
+        FailedRequest.id,
+        func.row_number()
+        .over(partition_by=FailedRequest.customer_id, order_by=FailedRequest.id)
+        .label("position"),
+    )
+    .where(FailedRequest.customer_id.in_(bindparam("b_customer_ids", expanding=True)))
+    .subquery()
+)
+QUEUES = (
+    select(FailedRequest, Customer.crm_id)
+    .join(_ranked, _ranked.c.id == FailedRequest.id)
+    .outerjoin(Customer, Customer.id == FailedRequest.customer_id)
+    .where(_ranked.c.position <= bindparam("b_limit"))
+    .order_by(FailedRequest.customer_id, FailedRequest.id)
+)
+DELETE_REQUESTS = delete(_requests).where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
+RELEASE_CLAIMS = delete(_claims).where(_claims.c.owner.in_(bindparam("b_owners", expanding=True)))
 _synced = _customers.c.crm_synced_version
 NOTE_SYNCED = (
     update(_customers)
@@ -144,7 +147,7 @@ class Settled:
 async def settle_many(session: AsyncSession, settled: list[Settled]) -> None:
     """`settle` for many deliveries: three statements whatever their number."""
     ids = [row_id for one in settled for row_id in one.row_ids]
-    await session.execute(delete(_requests).where(_requests.c.id.in_(ids)))
+    await session.execute(DELETE_REQUESTS, {"b_ids": ids})
     learnt = [
         {"b_customer": one.customer_id, "b_crm_id": one.crm_id}
         for one in settled
@@ -279,7 +282,7 @@ async def claim_many(
 async def release_many(session: AsyncSession, owners: list[str]) -> None:
     """Give back the claims held under these owners (each claim's owner is unique)."""
     if owners:
-        await session.execute(delete(_claims).where(_claims.c.owner.in_(owners)))
+        await session.execute(RELEASE_CLAIMS, {"b_owners": owners})
 
 
 async def release(session: AsyncSession, customer_id: int, owner: str) -> None:
