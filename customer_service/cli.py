@@ -3,6 +3,7 @@ reconcile [--repair]."""
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -143,8 +144,28 @@ def _serve(settings: Settings) -> int:
     if problem is not None:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return 2
+    _tune_gc()
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     return 0
+
+
+# Allocations between young collections, and how often the older generations follow.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def _tune_gc() -> None:
+    """Keep the garbage collector's pauses out of the sync lag.
+
+    With Python's defaults (700, 10, 10) a serving process ran a full collection every
+    few seconds under load, walking every object it had ever imported (FastAPI, SQLAlchemy,
+    pydantic): 50 to 300 ms with the event loop stopped, and every delivery in flight
+    waited. Measured at a steady 254 writes/s on PostgreSQL, the sync lag p99 fell from
+    242 ms to 72 ms (SQLite, 334 writes/s: 70 ms to 30 ms). What exists once start-up is
+    done is frozen (never walked again), and collections run less often; reference
+    counting still frees almost everything at once, so memory barely moves."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _first_line(exc: BaseException) -> str:
