@@ -65,6 +65,7 @@ class Params:
     lag_rate: float | None  # None: half the sync-off capacity measured in phase 1
     lag_seconds: float
     skip: frozenset[str]
+    scale_backlog: int = 5_000
 
     @classmethod
     def from_env(cls) -> Params:
@@ -83,6 +84,7 @@ class Params:
             skip=frozenset(
                 part.strip() for part in os.environ.get("BENCH_SKIP", "").split(",") if part.strip()
             ),
+            scale_backlog=int(_env_number("BENCH_SCALE_BACKLOG", 5_000, integer=True)),
         )
 
     def drain_deadline(self, backlog: int) -> float:
@@ -185,6 +187,11 @@ class Bench:
             if time.monotonic() - started > within:
                 raise BenchError(f"gave up after {within:.0f} s waiting for {what}")
             await asyncio.sleep(interval)
+
+    @staticmethod
+    async def wait_for_interval(seconds: float = 0.2) -> None:
+        """The pause between two polls."""
+        await asyncio.sleep(seconds)
 
     async def wait_drained(
         self, service: Server, crm: Server, within: float = 120.0, interval: float = 0.25

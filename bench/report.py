@@ -103,6 +103,15 @@ def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
             ">= 0.9 (issue 7)",
             verdict(d["ratio"] >= 0.9),
         )
+    if sc := measured("scaleOut"):
+        row(
+            f"8 drain of {sc['backlog']}, three processes / one (PostgreSQL)",
+            _fmt(sc["three"]["perSecond"], "/s"),
+            _fmt(sc["one"]["perSecond"], "/s"),
+            sc["ratio"],
+            "> 1 (issue 7)",
+            verdict(sc["ratio"] > 1.0),
+        )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

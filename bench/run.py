@@ -11,12 +11,14 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
 4. the delay from the CRM's return to the first delivered retry (`phase_recovery`);
 5. sync lag p50 and p99 at half the sync-off capacity of 1 (`phase_latency`);
 6. peak memory draining 20,000 and 100,000 (`phase_drain`);
-7. throughput and sync lag in Kafka mode against the HTTP figures (`kafka_phase`).
+7. throughput and sync lag in Kafka mode against the HTTP figures (`kafka_phase`);
+8. on PostgreSQL, the drain of one backlog by three service processes against one
+   (`phase_scale`).
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
 `BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
-bigDrain, recovery, kafka).
+bigDrain, recovery, kafka, scaleOut).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from kafka_phase import kafka_figures
 from phase_drain import RETRY_CONCURRENCY, drain
 from phase_latency import CRM_SLOW_MS, latency_and_lag
 from phase_recovery import RETRY_INTERVAL_SECONDS, recovery
+from phase_scale import scale_out
 from phase_throughput import throughput
 from report import build_table, markdown_table, print_table
 
@@ -71,6 +74,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("bigDrain", lambda: drain(bench, params.big_backlog, "p6", crm_max=False)),
         ("recovery", lambda: recovery(bench)),
         ("kafka", lambda: kafka_figures(bench, lag_rate(params, metrics))),
+        ("scaleOut", lambda: scale_out(bench)),
     ]
     try:
         for key, phase in phases:
@@ -125,6 +129,7 @@ def parameters(params: Params) -> dict[str, Any]:
         "lagRate": params.lag_rate,
         "lagSeconds": params.lag_seconds,
         "lagTargetMs": LAG_TARGET_MS,
+        "scaleBacklog": params.scale_backlog,
         "skipped": sorted(params.skip),
     }
 

@@ -8,6 +8,7 @@ from typing import cast
 
 from sqlalchemy import Table, TextClause, bindparam, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from customer_service.columns import UTCDateTime
 from customer_service.customers.models import Customer
@@ -99,9 +100,13 @@ LEARN_CRM_ID = (
     .where(_requests.c.customer_id == bindparam("b_customer"), _requests.c.crm_id.is_(None))
     .values(crm_id=bindparam("b_crm_id"))
 )
+# The queue rows come straight from the windowed scan of the customers' index range, and
+# each CRM id from a look-up by primary key: no join the planner could turn into a scan
+# of a whole table (which it did on PostgreSQL, on statistics taken before a 100,000
+# backlog arrived: 40 ms a group instead of 0.4).
 _ranked = (
     select(
-        FailedRequest.id,
+        FailedRequest,
         func.row_number()
         .over(partition_by=FailedRequest.customer_id, order_by=FailedRequest.id)
         .label("position"),
@@ -109,12 +114,14 @@ _ranked = (
     .where(FailedRequest.customer_id.in_(bindparam("b_customer_ids", expanding=True)))
     .subquery()
 )
+_queued = aliased(FailedRequest, _ranked)
 QUEUES = (
-    select(FailedRequest, Customer.crm_id)
-    .join(_ranked, _ranked.c.id == FailedRequest.id)
-    .outerjoin(Customer, Customer.id == FailedRequest.customer_id)
+    select(
+        _queued,
+        select(Customer.crm_id).where(Customer.id == _queued.customer_id).scalar_subquery(),
+    )
     .where(_ranked.c.position <= bindparam("b_limit"))
-    .order_by(FailedRequest.customer_id, FailedRequest.id)
+    .order_by(_queued.customer_id, _queued.id)
 )
 DELETE_REQUESTS = delete(_requests).where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
 RELEASE_CLAIMS = delete(_claims).where(_claims.c.owner.in_(bindparam("b_owners", expanding=True)))
