@@ -8,7 +8,8 @@ asked for while the previous group's transaction runs waits for the next one, wh
 them all with a fixed number of statements, whatever their number:
 
 1. the settles: delete the delivered rows, note the CRM ids and versions (executemany);
-2. their queues, read in one statement; each settle then either gives its claim back
+2. their queues, read in one statement; a create's new CRM id given to the requests
+   behind it (only where there are some); each settle then either gives its claim back
    (nothing to send now) or renews it, both in one statement;
 3. the looks: claim their customers in one multi-row upsert, after the releases of 2 so a
    look never misses a claim given back in the same group, and read the claimed queues.
@@ -29,6 +30,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from customer_service.columns import utc_now
 from customer_service.sync import repository
@@ -189,6 +191,17 @@ class GroupCommit:
         queues = await repository.queues_and_crm_ids(
             session, sorted({op.customer_id for op in settles})
         )
+        # A create's CRM id is new: the customer's requests behind it, if any, learn it.
+        learnt = {
+            op.customer_id: op.crm_id
+            for op in settles
+            if op.learnt and op.crm_id is not None and op.customer_id in queues
+        }
+        await repository.learn_crm_ids(session, learnt)
+        for customer_id, new_id in learnt.items():
+            for row in queues[customer_id][0]:
+                if row.crm_id is None:
+                    set_committed_value(row, "crm_id", new_id)
         done: list[str] = []
         renew: dict[int, str] = {}
         views: dict[str, View] = {}

@@ -152,24 +152,27 @@ class Settled:
 
 
 async def settle_many(session: AsyncSession, settled: list[Settled]) -> None:
-    """`settle` for many deliveries: three statements whatever their number."""
+    """`settle` for many deliveries: two statements whatever their number (the requests
+    behind a create learn its CRM id apart: `learn_crm_ids`, only where there are some)."""
     ids = [row_id for one in settled for row_id in one.row_ids]
     await session.execute(DELETE_REQUESTS, {"b_ids": ids})
-    learnt = [
-        {"b_customer": one.customer_id, "b_crm_id": one.crm_id}
-        for one in settled
-        if one.learnt and one.crm_id is not None
-    ]
     noted = [
         {"b_customer": one.customer_id, "b_crm_id": one.crm_id, "b_version": one.version}
         for one in settled
         if one.crm_id is not None
     ]
-    connection = await session.connection()
-    if learnt:
-        await connection.execute(LEARN_CRM_ID, learnt)
     if noted:
+        connection = await session.connection()
         await connection.execute(NOTE_SYNCED, noted)
+
+
+async def learn_crm_ids(session: AsyncSession, learnt: dict[int, str]) -> None:
+    """Give each customer's requests that still lack it the CRM id a create just returned
+    (customer id -> CRM id): a later DELETE needs it once the customer row is gone."""
+    if learnt:
+        connection = await session.connection()
+        params = [{"b_customer": cid, "b_crm_id": crm_id} for cid, crm_id in learnt.items()]
+        await connection.execute(LEARN_CRM_ID, params)
 
 
 async def settle(

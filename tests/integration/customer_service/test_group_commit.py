@@ -132,6 +132,8 @@ async def test_a_settle_with_more_to_send_renews_the_claim_and_shows_the_rest(
     assert [row.operation for row in after.rows] == [Operation.UPDATE, Operation.UPDATE]
     # The later requests learnt the CRM id, and the claim is still ours.
     assert {row.crm_id for row in after.rows} == {"crm-1"}
+    stored = await engine.db.run(lambda s: s.scalars(select(FailedRequest.crm_id)))
+    assert set(stored.all()) == {"crm-1"}
     assert await engine.read(select(SyncClaim.owner)) == "mine"
 
 
