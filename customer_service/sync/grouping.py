@@ -182,7 +182,6 @@ class GroupCommit:
                     [row.id for row in op.batch.settles],
                     op.crm_id,
                     op.batch.send.version,
-                    op.learnt,
                 )
                 for op in settles
             ],

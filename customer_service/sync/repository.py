@@ -61,27 +61,12 @@ async def queue_of(
     return list((await session.scalars(query)).all())
 
 
-async def queue_and_crm_id(
-    session: AsyncSession, customer_id: int, limit: int = 100
-) -> tuple[list[FailedRequest], str | None]:
-    """One customer's requests, oldest first, and the CRM id its row holds (None when it
-    has none, or the customer is gone): one statement."""
-    query = (
-        select(FailedRequest, Customer.crm_id)
-        .outerjoin(Customer, Customer.id == FailedRequest.customer_id)
-        .where(FailedRequest.customer_id == customer_id)
-        .order_by(FailedRequest.id)
-        .limit(limit)
-    )
-    found = (await session.execute(query)).all()
-    return [row[0] for row in found], (found[0][1] if found else None)
-
-
 async def queues_and_crm_ids(
     session: AsyncSession, customer_ids: list[int], limit: int = 100
 ) -> dict[int, tuple[list[FailedRequest], str | None]]:
-    """`queue_and_crm_id` of many customers in one statement: each one's first `limit`
-    requests, oldest first, and its CRM id. A customer with no request is left out."""
+    """Many customers' queues in one statement: each one's first `limit` requests, oldest
+    first, and the CRM id its customer row holds (None when it has none, or the customer
+    is gone). A customer with no request is left out."""
     params = {"b_customer_ids": customer_ids, "b_limit": limit}
     queues: dict[int, tuple[list[FailedRequest], str | None]] = {}
     for row, crm_id in (await session.execute(QUEUES, params)).all():
@@ -148,11 +133,11 @@ class Settled:
     row_ids: list[int]
     crm_id: str | None
     version: int
-    learnt: bool
 
 
 async def settle_many(session: AsyncSession, settled: list[Settled]) -> None:
-    """`settle` for many deliveries: two statements whatever their number (the requests
+    """Record many deliveries: remove the settled rows and note what the CRM now holds,
+    in two statements whatever their number (the requests
     behind a create learn its CRM id apart: `learn_crm_ids`, only where there are some)."""
     ids = [row_id for one in settled for row_id in one.row_ids]
     await session.execute(DELETE_REQUESTS, {"b_ids": ids})
@@ -173,41 +158,6 @@ async def learn_crm_ids(session: AsyncSession, learnt: dict[int, str]) -> None:
         connection = await session.connection()
         params = [{"b_customer": cid, "b_crm_id": crm_id} for cid, crm_id in learnt.items()]
         await connection.execute(LEARN_CRM_ID, params)
-
-
-async def settle(
-    session: AsyncSession,
-    rows: list[FailedRequest],
-    crm_id: str | None,
-    version: int,
-    learnt: bool,
-) -> None:
-    """Record a delivery: remove the settled rows and note what the CRM now holds.
-
-    `learnt`: the CRM id is new to us (a create); only then can later requests still
-    lack it."""
-    customer_id = rows[0].customer_id
-    await session.execute(delete(FailedRequest).where(FailedRequest.id.in_([r.id for r in rows])))
-    if crm_id is None:
-        return
-    if learnt:
-        # Later requests of the customer (a DELETE, after its row is gone) learn the id.
-        await session.execute(
-            update(FailedRequest)
-            .where(FailedRequest.customer_id == customer_id, FailedRequest.crm_id.is_(None))
-            .values(crm_id=crm_id)
-        )
-    synced = Customer.crm_synced_version
-    await session.execute(
-        update(Customer)
-        .where(Customer.id == customer_id)
-        .values(
-            crm_id=crm_id,
-            crm_synced_version=case(
-                (synced.is_(None), version), (synced < version, version), else_=synced
-            ),
-        )
-    )
 
 
 async def record_failure(
