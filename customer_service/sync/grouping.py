@@ -226,8 +226,7 @@ class GroupCommit:
     async def _look_all(self, session: AsyncSession, looks: list[_Look]) -> list[_Answer]:
         now = utc_now()
         wanted: dict[int, str] = {}
-        # In customer order: every group locks the claims it touches in the same order.
-        for op in sorted(looks, key=lambda op: op.customer_id):
+        for op in looks:
             # Two looks at one customer in one group: the first may claim it, the other
             # finds it held, as it would in a transaction of its own.
             wanted.setdefault(op.customer_id, op.token)

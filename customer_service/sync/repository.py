@@ -232,6 +232,7 @@ async def claim_many(
     if not wanted:
         return set()
     params: dict[str, object] = {"expires_at": now + timedelta(seconds=lease), "now": now}
+    # In customer order: every group locks the claims it touches in the same order.
     for i, (customer_id, owner) in enumerate(sorted(wanted.items())):
         params[f"customer_{i}"] = customer_id
         params[f"owner_{i}"] = owner
