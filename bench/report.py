@@ -104,7 +104,10 @@ def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
             verdict(d["ratio"] >= 0.9),
         )
     if sc := measured("scaleOut"):
-        for key, crm, target in (("remote", "CRM +{ms} ms", "> 1 (issue 7)"), ("local", "CRM local", "(CPU-bound)")):
+        for key, crm, target in (
+            ("remote", "CRM +{ms} ms", "> 1 (issue 7)"),
+            ("local", "CRM local", "(CPU-bound)"),
+        ):
             run = sc[key]
             row(
                 f"8 drain of {sc['backlog']}, three processes / one, "

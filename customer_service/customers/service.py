@@ -3,6 +3,9 @@
 The service only flushes; the caller's transaction commits (see `deps.get_session`).
 """
 
+from typing import Any, cast
+
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -33,18 +36,33 @@ def parse_if_match(value: str | None) -> int | None:
     return int(text)
 
 
-def _apply(customer: Customer, data: CustomerCreate) -> None:
+def _fields(data: CustomerCreate) -> dict[str, Any]:
+    """The columns a create or replace writes, from the request body."""
     address = data.address
-    customer.first_name = data.first_name
-    customer.last_name = data.last_name
-    customer.email = str(data.email)
-    customer.email_key = str(data.email).lower()
-    customer.phone = data.phone
-    customer.street = address.street if address else None
-    customer.city = address.city if address else None
-    customer.state = address.state if address else None
-    customer.postal_code = address.postal_code if address else None
-    customer.country = address.country if address else None
+    return {
+        "first_name": data.first_name,
+        "last_name": data.last_name,
+        "email": str(data.email),
+        "email_key": str(data.email).lower(),
+        "phone": data.phone,
+        "street": address.street if address else None,
+        "city": address.city if address else None,
+        "state": address.state if address else None,
+        "postal_code": address.postal_code if address else None,
+        "country": address.country if address else None,
+    }
+
+
+def _apply(customer: Customer, data: CustomerCreate) -> None:
+    for name, value in _fields(data).items():
+        setattr(customer, name, value)
+
+
+# A create is one Core INSERT ... RETURNING id, compiled once, without the ORM's unit of
+# work (profiled: the flush was a quarter of a write's CPU). Updates and deletes keep the
+# ORM for its optimistic lock on `version`.
+_customers = cast(Table, Customer.__table__)
+INSERT_CUSTOMER = insert(_customers).returning(_customers.c.id)
 
 
 async def _flush(session: AsyncSession, customer: Customer, email: str) -> None:
@@ -57,14 +75,27 @@ async def _flush(session: AsyncSession, customer: Customer, email: str) -> None:
 
 
 async def create(session: AsyncSession, data: CustomerCreate) -> Customer:
-    # No pre-check of the email: the unique index answers (as EmailTaken) in the same
-    # round trip as the insert, and without a race between check and insert.
+    """Insert the customer and queue its CREATE; the answer is built from what was
+    written (a transient `Customer`, not read back). No pre-check of the email: the
+    unique index answers (as EmailTaken) in the same round trip as the insert, and
+    without a race between check and insert."""
     now = utc_now()
-    customer = Customer(version=1, created_at=now, updated_at=now)
-    _apply(customer, data)
-    session.add(customer)
-    await _flush(session, customer, str(data.email))
-    outbox.enqueue(session, customer, Operation.CREATE)
+    values: dict[str, Any] = {
+        **_fields(data),
+        "version": 1,
+        "crm_id": None,
+        "crm_synced_version": None,
+        "crm_published_version": None,
+        "crm_dead_version": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        new_id = (await session.execute(INSERT_CUSTOMER, values)).scalar_one()
+    except IntegrityError as exc:
+        raise EmailTaken(str(data.email)) from exc
+    customer = Customer(id=new_id, **values)
+    await outbox.enqueue(session, customer, Operation.CREATE)
     return customer
 
 
@@ -88,7 +119,7 @@ async def replace(
     customer.updated_at = utc_now()
     # The row is written (and locked) before its request, so request ids follow versions.
     await _flush(session, customer, str(data.email))
-    outbox.enqueue(session, customer, Operation.UPDATE)
+    await outbox.enqueue(session, customer, Operation.UPDATE)
     return customer
 
 
@@ -96,7 +127,7 @@ async def delete(session: AsyncSession, customer_id: int) -> None:
     customer = await get(session, customer_id)
     await session.delete(customer)
     await _flush(session, customer, customer.email)
-    outbox.enqueue(session, customer, Operation.DELETE)
+    await outbox.enqueue(session, customer, Operation.DELETE)
 
 
 async def read(session: AsyncSession, customer_id: int) -> CustomerRead:

@@ -247,10 +247,10 @@ async def _queue_fix(session: AsyncSession, finding: Finding) -> bool:
     if finding.kind is DriftKind.EXTRA:
         if customer is not None or finding.crm_id is None:
             return False
-        outbox.enqueue_record_delete(session, customer_id, finding.crm_id)
+        await outbox.enqueue_record_delete(session, customer_id, finding.crm_id)
         return True
     if customer is None:
         return False
     operation = Operation.CREATE if finding.kind is DriftKind.MISSING else Operation.UPDATE
-    outbox.enqueue(session, customer, operation)
+    await outbox.enqueue(session, customer, operation)
     return True

@@ -71,10 +71,10 @@ async def _customers(engine: Engine, count: int, updates: int = 0) -> list[int]:
             )
             session.add(customer)
             await session.flush()
-            outbox.enqueue(session, customer, Operation.CREATE)
+            await outbox.enqueue(session, customer, Operation.CREATE)
             for _ in range(updates):
                 customer.version += 1
-                outbox.enqueue(session, customer, Operation.UPDATE)
+                await outbox.enqueue(session, customer, Operation.UPDATE)
             ids.append(customer.id)
         return ids
 
