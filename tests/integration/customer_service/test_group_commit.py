@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from support import reset_postgres
 
 from customer_service.columns import utc_now
 from customer_service.customers.models import Customer
@@ -212,3 +213,62 @@ async def test_a_failing_group_fails_each_caller_and_keeps_every_row(
     view = views[0]
     assert isinstance(view, View)
     assert await engine.group.settle(_batch(view), "crm-x", True, f"t{ids[0]}", False) is RELEASED
+
+
+@pytest.fixture
+async def pg_engine(postgres_database: str) -> AsyncIterator[Engine]:
+    """The group commit on PostgreSQL only: deadlocks are PostgreSQL's."""
+    await reset_postgres(postgres_database)
+    sql = create_engine(postgres_database)
+    db = CountingDatabase(create_sessionmaker(sql), slots=2)
+    try:
+        yield Engine(db, GroupCommit(db, lease_seconds=30.0))
+    finally:
+        await db.drain()
+        await sql.dispose()
+
+
+async def test_a_group_chosen_as_a_deadlock_victim_runs_again(
+    pg_engine: Engine, postgres_database: str
+) -> None:
+    """A real deadlock: another transaction (say another replica's) holds the claim of
+    customer `b` and then reaches for `a`, while a group has claimed `a` and waits for
+    `b`. PostgreSQL kills the group's transaction (the other one waits longer before it
+    looks for deadlocks); the group runs again once the other has gone, and each look
+    gets its answer instead of an error."""
+    engine = pg_engine
+    a, b = sorted(await _customers(engine, 2))
+    other = create_engine(postgres_database)  # a connection of its own
+    engine.db.transactions = 0
+    try:
+        async with create_sessionmaker(other)() as session, session.begin():
+            await session.execute(text("SET LOCAL deadlock_timeout = '20s'"))
+            assert await repository.claim(session, b, "other-replica", utc_now(), 30.0)
+            looks = asyncio.gather(engine.group.look(a, "mine-a"), engine.group.look(b, "mine-b"))
+            # Wait until the group holds `a` and waits for `b`.
+            await eventually_waiting(session)
+            # Now reach for `a`: a deadlock, which PostgreSQL breaks by killing the group's
+            # transaction. Its claim of `a` is undone, so this one gets it.
+            assert await repository.claim(session, a, "other-replica", utc_now(), 30.0)
+            await session.rollback()  # gone: the group's second run claims both
+        views = await asyncio.wait_for(looks, 30)
+    finally:
+        await other.dispose()
+    assert engine.db.transactions == 2  # the group's first run, killed, and its second
+    assert all(isinstance(view, View) for view in views), views
+    owners = await engine.db.run(
+        lambda s: s.execute(select(SyncClaim.customer_id, SyncClaim.owner))
+    )
+    assert dict(owners.all()) == {a: "mine-a", b: "mine-b"}
+
+
+async def eventually_waiting(session: AsyncSession, within: float = 10.0) -> None:
+    """Until another backend waits for a lock this session's transaction holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+    )
+    while await session.scalar(query) == 0:
+        assert loop.time() < deadline, "the group never waited for the claim held here"
+        await asyncio.sleep(0.02)
