@@ -129,6 +129,10 @@ class Deliverer:
         # one customer in the same process exclude each other as two replicas do.
         self.owner = f"{uuid.uuid4().hex[:12]}"
 
+    @property
+    def lease_seconds(self) -> float:
+        return self._settings.claim_lease_seconds
+
     async def deliver_customer(
         self,
         customer_id: int,

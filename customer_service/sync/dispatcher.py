@@ -2,19 +2,26 @@
 
 `kick` is called once the transaction that wrote outbox rows has committed. Each kicked
 customer gets one background task at a time in this process; a kick that arrives while
-its task runs makes the task go round once more, so no commit is left unattended.
+its task runs makes the task go round once more, so no commit is left unattended. A
+customer whose claim another delivery holds is looked at again shortly after (that
+holder may have read its queue just before the commit).
 While the CRM's breaker is open (`delivery.CrmHealth`) a kick is held, not run: the
 customers are kicked when the CRM answers again (beside the probe's recovery pass; the
 claims keep the two from sending one customer twice).
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 
 from customer_service.sync.delivery import Deliverer
 
 log = logging.getLogger(__name__)
+
+# A kicked customer found held elsewhere is looked at again after this, doubling up to
+# the claim's lease.
+BUSY_FIRST_LOOK_SECONDS = 0.05
 
 
 class Dispatcher:
@@ -27,6 +34,8 @@ class Dispatcher:
         # Customers whose kick came while the breaker was open: kicked when it closes.
         self._held: set[int] = set()
         self._closed = False
+        self._closing = asyncio.Event()
+        self._busy_max_wait = deliverer.lease_seconds
         deliverer.health.on_recovery.append(self._release_held)
 
     def kick(self, customer_ids: Iterable[int]) -> None:
@@ -51,18 +60,41 @@ class Dispatcher:
 
     async def _run(self, customer_id: int) -> None:
         try:
-            async with self._slots:
-                while True:
-                    self._again.discard(customer_id)
-                    try:
-                        await self._deliverer.deliver_customer(customer_id)
-                    except Exception:
-                        # The row is safe in the outbox; the retry job will take it.
-                        log.exception("delivery of customer %s failed", customer_id)
-                    if customer_id not in self._again or self._closed:
-                        break
+            delay = BUSY_FIRST_LOOK_SECONDS
+            while True:
+                async with self._slots:
+                    busy = await self._deliver(customer_id)
+                if not busy or self._closed:
+                    break
+                # Another delivery holds the customer (another replica's, or a retry pass
+                # here). It may have read the queue just before our commit and give its
+                # claim back without our request: look again, soon, then less often, until
+                # the claim is ours (a crashed holder's lease runs out). Outside the slot:
+                # a wait holds no delivery back.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+                delay = min(2 * delay, self._busy_max_wait)
+                if self._closed:
+                    break
+                if self._deliverer.health.breaker_open:
+                    self._held.add(customer_id)  # as a kick would be: sent on recovery
+                    break
         finally:
             self._running.pop(customer_id, None)
+
+    async def _deliver(self, customer_id: int) -> bool:
+        """Deliver, again while kicks keep coming; whether the last look found the customer
+        held elsewhere."""
+        while True:
+            self._again.discard(customer_id)
+            busy = False
+            try:
+                busy = bool((await self._deliverer.deliver_customer(customer_id)).busy)
+            except Exception:
+                # The row is safe in the outbox; the retry job will take it.
+                log.exception("delivery of customer %s failed", customer_id)
+            if customer_id not in self._again or self._closed:
+                return busy
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop taking kicks; give deliveries in flight `grace` seconds, then cancel them.
@@ -73,6 +105,7 @@ class Dispatcher:
         shielded (`dbwork`), so it still commits or rolls back and returns its connection.
         """
         self._closed = True
+        self._closing.set()
         tasks = list(self._running.values())
         if not tasks:
             return
