@@ -64,31 +64,39 @@ async def _give_back(app: FastAPI, customer_id: int) -> None:
         await session.execute(delete(SyncClaim).where(SyncClaim.customer_id == customer_id))
 
 
+async def _synced(client: httpx.AsyncClient, cid: int, version: int) -> bool:
+    crm = (await client.get(f"/api/customers/{cid}")).json()["crm"]
+    return bool(crm["status"] == "synced" and crm["syncedVersion"] == version)
+
+
+async def _update_while_held_elsewhere(
+    app: FastAPI, client: httpx.AsyncClient, email: str, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """A synced customer, claimed by the "other replica", then updated here; returns once
+    this process's kick has found the claim taken."""
+    body = {"firstName": "B", "lastName": "v1", "email": email}
+    cid: int = (await client.post("/api/customers", json=body)).json()["id"]
+    await eventually(lambda: _synced(client, cid, 1), within=10)
+    looks = count_busy_looks(app.state.deliverer, monkeypatch)
+    await _claim_elsewhere(app, cid)
+    body["lastName"] = "v2"
+    assert (await client.put(f"/api/customers/{cid}", json=body)).status_code == 200
+
+    async def found_busy() -> bool:
+        return looks.busy >= 1
+
+    await eventually(found_busy, within=10)
+    return cid
+
+
 async def test_a_kick_that_found_the_customer_held_looks_again_once_it_is_given_back(
     app: FastAPI, crm_control: CrmControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-        body = {"firstName": "B", "lastName": "v1", "email": "busy@example.com"}
-        customer = (await client.post("/api/customers", json=body)).json()
-        cid = customer["id"]
-
-        async def synced(version: int) -> bool:
-            crm = (await client.get(f"/api/customers/{cid}")).json()["crm"]
-            return bool(crm["status"] == "synced" and crm["syncedVersion"] == version)
-
-        await eventually(lambda: synced(1), within=10)
-        looks = count_busy_looks(app.state.deliverer, monkeypatch)
-        await _claim_elsewhere(app, cid)
-        body["lastName"] = "v2"
-        assert (await client.put(f"/api/customers/{cid}", json=body)).status_code == 200
-
-        async def found_busy() -> bool:
-            return looks.busy >= 1
-
-        await eventually(found_busy, within=10)
+        cid = await _update_while_held_elsewhere(app, client, "busy@example.com", monkeypatch)
         await _give_back(app, cid)  # without having delivered the update
-        await eventually(lambda: synced(2), within=10)
+        await eventually(lambda: _synced(client, cid, 2), within=10)
         [record] = await crm_control.records(cid)
         assert record["lastName"] == "v2"
 
@@ -98,25 +106,9 @@ async def test_shutdown_does_not_wait_for_a_customer_held_elsewhere(
 ) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-        looks = count_busy_looks(app.state.deliverer, monkeypatch)
-        body = {"firstName": "B", "lastName": "v1", "email": "held@example.com"}
-        cid = (await client.post("/api/customers", json=body)).json()["id"]
-        await eventually(lambda: _settled(client, cid), within=10)
-        await _claim_elsewhere(app, cid)
-        body["lastName"] = "v2"
-        assert (await client.put(f"/api/customers/{cid}", json=body)).status_code == 200
-
-        async def found_busy() -> bool:
-            return looks.busy >= 1
-
-        await eventually(found_busy, within=10)
+        await _update_while_held_elsewhere(app, client, "held@example.com", monkeypatch)
         dispatcher = app.state.dispatcher
         assert dispatcher.in_flight == 1  # waiting to look again
         # The grace is long; the waiting task ends at once, without it.
         await asyncio.wait_for(dispatcher.close(grace=60), timeout=5)
         assert dispatcher.in_flight == 0
-
-
-async def _settled(client: httpx.AsyncClient, cid: int) -> bool:
-    crm = (await client.get(f"/api/customers/{cid}")).json()["crm"]
-    return bool(crm["status"] == "synced")

@@ -3,6 +3,7 @@ deliveries' looks and settles in one transaction, each caller with its own answe
 nothing lost when a caller is cancelled or a group fails."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,15 +44,21 @@ class Engine:
         return await self.db.run(lambda session: session.scalar(query))
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[Engine]:
-    sql = create_engine(database_url)
+@contextlib.asynccontextmanager
+async def _engine_on(url: str) -> AsyncIterator[Engine]:
+    sql = create_engine(url)
     db = CountingDatabase(create_sessionmaker(sql), slots=2)
     try:
         yield Engine(db, GroupCommit(db, lease_seconds=30.0))
     finally:
         await db.drain()
         await sql.dispose()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[Engine]:
+    async with _engine_on(database_url) as engine:
+        yield engine
 
 
 async def _customers(engine: Engine, count: int, updates: int = 0) -> list[int]:
@@ -219,13 +226,8 @@ async def test_a_failing_group_fails_each_caller_and_keeps_every_row(
 async def pg_engine(postgres_database: str) -> AsyncIterator[Engine]:
     """The group commit on PostgreSQL only: deadlocks are PostgreSQL's."""
     await reset_postgres(postgres_database)
-    sql = create_engine(postgres_database)
-    db = CountingDatabase(create_sessionmaker(sql), slots=2)
-    try:
-        yield Engine(db, GroupCommit(db, lease_seconds=30.0))
-    finally:
-        await db.drain()
-        await sql.dispose()
+    async with _engine_on(postgres_database) as engine:
+        yield engine
 
 
 async def test_a_group_chosen_as_a_deadlock_victim_runs_again(
