@@ -1,8 +1,9 @@
 """Database engine, session factory and the metadata every model shares."""
 
+import time
 from typing import Any
 
-from sqlalchemy import MetaData, event, make_url
+from sqlalchemy import MetaData, event, exc, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -65,13 +66,41 @@ def create_engine(
             cursor.close()
 
         return engine
-    return create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_timeout=pool_timeout,
-        pool_pre_ping=True,
+    engine = create_async_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout
     )
+    _ping_after_idle(engine)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """SQLAlchemy's `pool_pre_ping`, but only for a connection that sat idle in the pool.
+
+    The stock pre-ping costs three round trips on asyncpg (BEGIN, a ping, ROLLBACK) on
+    every checkout: more than the rest of an API write's work, and a quarter of a
+    delivery group's round trips. A connection in steady use was just seen working; one
+    left idle (a database restart or failover may have closed it meanwhile) is pinged,
+    and replaced when the ping fails, so the request never sees it. A connection that
+    dies while in use fails its request, as it would with the stock pre-ping."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since <= PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            # The pool drops this connection and checks out another (a new one if need be).
+            raise exc.DisconnectionError(f"a pooled connection was closed: {error}") from error
 
 
 def engine_for(settings: Settings) -> AsyncEngine:

@@ -1,0 +1,62 @@
+"""A pooled PostgreSQL connection the server closed while it sat idle (a restart, a
+failover, an idle timeout) is replaced before a request gets it: the request succeeds."""
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from support import LiveServer, eventually, reset_postgres
+
+from customer_service import db
+from customer_service.app import create_app
+from customer_service.config import Settings
+
+ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
+
+
+async def _close_other_connections(url: str) -> int:
+    """Terminate every other backend on this database; how many there were."""
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            closed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            return int(closed or 0)
+    finally:
+        await admin.dispose()
+
+
+async def test_an_idle_connection_closed_by_the_server_is_replaced_unseen(
+    postgres_database: str, crm: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await reset_postgres(postgres_database)
+    # Any idle time counts (the test's requests follow each other within milliseconds).
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    settings = Settings(
+        database_url=postgres_database, crm_base_url=crm.url, retry_interval_seconds=3600
+    )
+    app = create_app(settings, run_scheduler=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as http:
+            created = await http.post("/api/customers", json=ADA)
+            assert created.status_code == 201, created.text
+
+            async def synced() -> bool:
+                body = (await http.get(created.headers["Location"])).json()
+                return bool(body["crm"]["status"] == "synced")
+
+            await eventually(synced, within=10)
+            pool = app.state.engine.pool
+            assert pool.checkedin() >= 1  # pooled, idle
+            assert await _close_other_connections(postgres_database) >= 1
+            for _ in range(3):  # each request gets a working connection
+                answer = await http.get(created.headers["Location"])
+                assert answer.status_code == 200, answer.text
+            listed = await http.get("/api/customers")
+            assert listed.status_code == 200 and listed.json()["total"] == 1
