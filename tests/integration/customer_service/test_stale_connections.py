@@ -60,3 +60,25 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced_unseen(
                 assert answer.status_code == 200, answer.text
             listed = await http.get("/api/customers")
             assert listed.status_code == 200 and listed.json()["total"] == 1
+
+
+async def test_a_connection_that_breaks_unpinged_fails_its_request_with_503_only(
+    postgres_database: str, crm: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the ping (a connection in steady use is not pinged), the request that meets
+    the closed connection answers 503 problem+json, never 500; the pool then replaces it."""
+    await reset_postgres(postgres_database)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    settings = Settings(
+        database_url=postgres_database, crm_base_url=crm.url, retry_interval_seconds=3600
+    )
+    app = create_app(settings, run_scheduler=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as http:
+            assert (await http.get("/api/customers")).status_code == 200
+            assert await _close_other_connections(postgres_database) >= 1
+            statuses = [(await http.get("/api/customers")).status_code for _ in range(4)]
+            assert statuses[0] == 503, statuses
+            assert statuses[-1] == 200, statuses
+            assert set(statuses) <= {200, 503}, statuses
