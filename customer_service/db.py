@@ -84,8 +84,9 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
     every checkout: more than the rest of an API write's work, and a quarter of a
     delivery group's round trips. A connection in steady use was just seen working; one
     left idle (a database restart or failover may have closed it meanwhile) is pinged,
-    and replaced when the ping fails, so the request never sees it. A connection that
-    dies while in use fails its request, as it would with the stock pre-ping."""
+    and replaced when the ping fails, so the request never sees it; one the driver has
+    seen closed is replaced without a ping. A connection that dies while in use fails
+    its request (503), as it would with the stock pre-ping."""
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _idle_from(_dbapi_connection: Any, record: Any) -> None:
@@ -94,6 +95,10 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "checkout")
     def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         since = record.info.pop("idle_since", None)
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None and driver.is_closed():
+            # Seen closed already (the server said goodbye): no round trip needed.
+            raise exc.DisconnectionError("a pooled connection was closed by the server")
         if since is None or time.monotonic() - since <= PING_AFTER_IDLE_SECONDS:
             return
         try:

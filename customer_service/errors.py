@@ -8,7 +8,7 @@ from asyncpg import PostgresError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,10 +20,13 @@ RETRY_AFTER_SECONDS = 2
 # A database that is down, refuses a connection (asyncpg raises its own errors when it
 # connects: "too many clients already", "the database system is starting up") or has
 # no free connection in the pool within DATABASE_POOL_TIMEOUT_SECONDS
-# (sqlalchemy.exc.TimeoutError).
+# (sqlalchemy.exc.TimeoutError). A connection the server closed just before it was used
+# can surface as asyncpg's InternalClientError ("cannot switch to state ..."), which
+# SQLAlchemy raises as InternalError.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OperationalError,
     InterfaceError,
+    InternalError,
     PoolTimeout,
     PostgresError,
     PostgresInterfaceError,

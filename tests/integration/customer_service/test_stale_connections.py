@@ -62,11 +62,13 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced_unseen(
             assert listed.status_code == 200 and listed.json()["total"] == 1
 
 
-async def test_a_connection_that_breaks_unpinged_fails_its_request_with_503_only(
+async def test_connections_closed_by_the_server_never_make_a_500_even_unpinged(
     postgres_database: str, crm: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without the ping (a connection in steady use is not pinged), the request that meets
-    the closed connection answers 503 problem+json, never 500; the pool then replaces it."""
+    """Without the ping (a connection in steady use is not pinged), a connection the
+    server closed is replaced when the driver has seen it close; one used before that
+    answers 503 problem+json (asyncpg can report it as an internal client error), never
+    500. Run a few rounds: which of the two happens depends on timing."""
     await reset_postgres(postgres_database)
     monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
     settings = Settings(
@@ -76,9 +78,9 @@ async def test_a_connection_that_breaks_unpinged_fails_its_request_with_503_only
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://s") as http:
-            assert (await http.get("/api/customers")).status_code == 200
-            assert await _close_other_connections(postgres_database) >= 1
-            statuses = [(await http.get("/api/customers")).status_code for _ in range(4)]
-            assert statuses[0] == 503, statuses
-            assert statuses[-1] == 200, statuses
-            assert set(statuses) <= {200, 503}, statuses
+            for _ in range(5):
+                assert (await http.get("/api/customers")).status_code == 200
+                assert await _close_other_connections(postgres_database) >= 1
+                statuses = [(await http.get("/api/customers")).status_code for _ in range(3)]
+                assert set(statuses) <= {200, 503}, statuses
+                assert statuses[-1] == 200, statuses
