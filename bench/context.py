@@ -66,6 +66,7 @@ class Params:
     lag_seconds: float
     skip: frozenset[str]
     scale_backlog: int = 5_000
+    limit_backlog: int = 2_000
 
     @classmethod
     def from_env(cls) -> Params:
@@ -85,6 +86,7 @@ class Params:
                 part.strip() for part in os.environ.get("BENCH_SKIP", "").split(",") if part.strip()
             ),
             scale_backlog=int(_env_number("BENCH_SCALE_BACKLOG", 5_000, integer=True)),
+            limit_backlog=int(_env_number("BENCH_LIMIT_BACKLOG", 2_000, integer=True)),
         )
 
     def drain_deadline(self, backlog: int) -> float:

@@ -57,10 +57,9 @@ async def _drain_with(bench: Bench, processes: int, n: int, latency_ms: int) -> 
     if records != n:
         raise BenchError(f"the CRM holds {records} records after the drain, not {n}")
     bench.servers.stop_all()
-    say(
-        f"  {processes} process(es), CRM +{latency_ms} ms: {n} in {seconds:.1f} s = {n / seconds:.0f}/s"
-    )
-    return {"processes": processes, "seconds": seconds, "perSecond": n / seconds}
+    rate = n / seconds
+    say(f"  {processes} process(es), CRM +{latency_ms} ms: {n} in {seconds:.1f} s = {rate:.0f}/s")
+    return {"processes": processes, "seconds": seconds, "perSecond": rate}
 
 
 async def _one_against_three(bench: Bench, n: int, latency_ms: int) -> dict[str, Any]:

@@ -118,6 +118,16 @@ def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
                 target,
                 verdict(run["ratio"] > 1.0) if key == "remote" else "",
             )
+    if rl := measured("rateLimit"):
+        row(
+            f"9 drain of {rl['backlog']} / a CRM limit of {rl['limitPerSecond']} calls/s"
+            f" ({rl['dead']} dead)",
+            _fmt(rl["perSecond"], "/s"),
+            _fmt(rl["limitPerSecond"], "/s"),
+            rl["ratio"],
+            ">= 0.9, none dead (issue 7)",
+            verdict(rl["ratio"] >= 0.9 and rl["dead"] == 0),
+        )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

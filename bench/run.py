@@ -13,12 +13,13 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
 6. peak memory draining 20,000 and 100,000 (`phase_drain`);
 7. throughput and sync lag in Kafka mode against the HTTP figures (`kafka_phase`);
 8. on PostgreSQL, the drain of one backlog by three service processes against one
-   (`phase_scale`).
+   (`phase_scale`);
+9. the drain of a backlog against a CRM limited to 50 calls a second (`phase_rate_limit`).
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
 `BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
-bigDrain, recovery, kafka, scaleOut).
+bigDrain, recovery, kafka, scaleOut, rateLimit).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from harness import BenchError, Database, ProcessError, Servers, rounded, say
 from kafka_phase import kafka_figures
 from phase_drain import RETRY_CONCURRENCY, drain
 from phase_latency import CRM_SLOW_MS, latency_and_lag
+from phase_rate_limit import rate_limited_drain
 from phase_recovery import RETRY_INTERVAL_SECONDS, recovery
 from phase_scale import scale_out
 from phase_throughput import throughput
@@ -75,6 +77,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("recovery", lambda: recovery(bench)),
         ("kafka", lambda: kafka_figures(bench, lag_rate(params, metrics))),
         ("scaleOut", lambda: scale_out(bench)),
+        ("rateLimit", lambda: rate_limited_drain(bench)),
     ]
     try:
         for key, phase in phases:
@@ -130,6 +133,7 @@ def parameters(params: Params) -> dict[str, Any]:
         "lagSeconds": params.lag_seconds,
         "lagTargetMs": LAG_TARGET_MS,
         "scaleBacklog": params.scale_backlog,
+        "limitBacklog": params.limit_backlog,
         "skipped": sorted(params.skip),
     }
 
