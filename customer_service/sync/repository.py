@@ -2,6 +2,7 @@
 
 import functools
 import uuid
+from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -17,11 +18,15 @@ from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
 OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.FAILED)
 
 
-async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) -> list[int]:
+async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) -> "array[int]":
     """Customers with a request to try now, the longest waiting first.
 
     Only a customer's oldest request counts (a newer one never overtakes it); a customer
     whose oldest request is dead is left for the operator. `every`: due or not.
+
+    Read in partitions into a packed array (8 bytes an id): a pass over a backlog of
+    100,000 customers holds neither 100,000 result rows nor 100,000 int objects, so the
+    memory of a drain does not grow with its backlog.
     """
     heads = (
         select(FailedRequest.customer_id, func.min(FailedRequest.id).label("head_id"))
@@ -36,7 +41,14 @@ async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) ->
     )
     if not every:
         query = query.where(FailedRequest.next_attempt_at <= now)
-    return list((await session.scalars(query)).all())
+    ids: array[int] = array("q")
+    result = await session.stream_scalars(query.execution_options(yield_per=DUE_PARTITION))
+    async for partition in result.partitions():
+        ids.extend(partition)
+    return ids
+
+
+DUE_PARTITION = 2000
 
 
 async def next_attempt_at(session: AsyncSession) -> datetime | None:

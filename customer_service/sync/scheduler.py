@@ -77,16 +77,20 @@ class RetryJob:
         totals = PassCounts()
         if not customers:
             return totals
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for customer_id in customers:
-            queue.put_nowait(customer_id)
+        # One iterator shared by the workers: each takes the next customer.
+        pending = iter(customers)
+        taken = 0
 
         def stopped() -> bool:
             return self._closing.is_set() or (stop is not None and stop.is_set())
 
         async def worker() -> None:
-            while not queue.empty() and not stopped():
-                customer_id = queue.get_nowait()
+            nonlocal taken
+            while not stopped():
+                customer_id = next(pending, None)
+                if customer_id is None:
+                    return
+                taken += 1
                 try:
                     totals.add(
                         await self._deliverer.deliver_customer(
@@ -101,7 +105,7 @@ class RetryJob:
         # the moment a slot frees and the CRM is never kept waiting on our bookkeeping.
         workers = min(2 * self._settings.retry_concurrency, len(customers))
         await asyncio.gather(*(worker() for _ in range(workers)))
-        left = queue.qsize()
+        left = len(customers) - taken
         log.info(
             "retry pass over %s customers%s: %s",
             len(customers) - left,
