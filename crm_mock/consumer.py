@@ -3,9 +3,15 @@
 Reads the customer events of `KAFKA_TOPIC` in the consumer group `KAFKA_GROUP_ID` and
 applies each to the CRM's store, as the HTTP API would have:
 
-- **Order.** A partition's events are applied one at a time, in offset order; a
-  customer's events all share one partition (the key is the customer id), so a retried
-  event is never overtaken by that customer's next one.
+- **Order.** A partition's events are applied in offset order; a customer's events all
+  share one partition (the key is the customer id), so a retried event is never overtaken
+  by that customer's next one.
+- **Runs.** Consecutive events of a partition are applied in one transaction (a run, at
+  most `RUN_MAX_EVENTS`), and the runs of the partitions fetched together share it. A run
+  stops at the first event the fault switch refuses (that attempt logged), before an
+  event whose customer has an open dead letter, and before its first event while the
+  switch adds latency; that event is then settled alone, with the retries below, and the
+  next run starts after it.
 - **Retries.** An apply that fails for a passing reason (the fault switch says the CRM is
   down, or a random error, or a database hiccup) is retried with backoff (0.1 s doubling
   to 30 s, but at once when the switch turns healthy) up to `KAFKA_MAX_ATTEMPTS`.
@@ -14,16 +20,22 @@ applies each to the CRM's store, as the HTTP API would have:
   `KAFKA_DLQ_TOPIC` with `error` and `attempts` headers and kept in `crm_dead_letters`.
   That customer's later events follow it there (they are never applied over it) until an
   operator runs `crm-mock dlq replay`.
-- **Offsets** are committed only once every event before them was applied or
-  dead-lettered, so a consumer killed at any instant loses nothing; what it redoes
-  changes nothing, as an event whose version the CRM holds already is skipped.
 - **Status.** After each event, `{"eventId", "customerId", "version", "status":
   "applied" | "dead", "crmId", "error"}` goes to `KAFKA_STATUS_TOPIC`, keyed by customer.
+  It is handed to the producer without waiting for the broker, in the partition's order;
+  the acknowledgements are awaited together before the offsets are committed. A status
+  the broker refused is published again (with retries), and so is each later one of that
+  customer, after it.
+- **Offsets** are committed only once every event before them was applied or
+  dead-lettered and its status event acknowledged by the broker, so a consumer killed at
+  any instant loses nothing; what it redoes changes nothing, as an event whose version
+  the CRM holds already is skipped.
 
 Each attempt is logged in `_requests` like the HTTP call it stands for (POST, PUT or
 DELETE, the status it came to, `idempotencyKey` = eventId, `body` = the event); a
-skipped duplicate is logged with 409. The fault switch is read from the database before
-every attempt (see `ledger`), so it governs the consumer the moment it is changed.
+skipped duplicate is logged with 409. The fault switch is read from the database (see
+`ledger`) at the start of every transaction that makes attempts, once for a whole run, so
+a change governs the consumer within one run's transaction (milliseconds).
 """
 
 import asyncio
@@ -31,10 +43,11 @@ import contextlib
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -142,6 +155,8 @@ class Applier:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._rng = rng or random.Random()
+        self._asked: list[_AskedRun] = []
+        self._one_transaction = asyncio.Lock()
 
     async def healthy(self) -> bool:
         async with self._sessionmaker() as session, session.begin():
@@ -170,6 +185,141 @@ class Applier:
                     permanent=_is_permanent(fault.status_code),
                 )
             return await _apply(session, event, received)
+
+    async def apply_run(self, events: Sequence[CustomerEvent]) -> list[Result]:
+        """Attempt a run of one partition's events, in order, in one transaction, shared
+        with the runs other partitions ask for meanwhile (each stops on its own, as below).
+
+        The switch is read once per transaction. A run stops before an event whose
+        customer has an open dead letter, and before its first event when the switch adds
+        latency (each event then waits outside any transaction, in `apply`); it stops
+        after an event the switch refuses, that attempt logged as `apply` logs it. The
+        results are those of the events attempted, in order: all `Applied` but perhaps
+        the last, a `Refused`. A database error rolls the transaction back and raises:
+        nothing was attempted."""
+        asked = _AskedRun(list(events), asyncio.get_running_loop().create_future())
+        self._asked.append(asked)
+        async with self._one_transaction:
+            if not asked.results.done():
+                # Let the other partitions' tasks, ready to run, ask before we begin.
+                await asyncio.sleep(0)
+                runs, self._asked = self._asked, []
+                try:
+                    results = await self._apply_runs([run.events for run in runs])
+                except Exception as exc:
+                    for run in runs:
+                        run.results.set_exception(exc)
+                except BaseException:
+                    for run in runs:  # cancelled: so is every partition's task
+                        run.results.cancel()
+                    raise
+                else:
+                    for run, result in zip(runs, results, strict=True):
+                        run.results.set_result(result)
+        return asked.results.result()
+
+    async def _apply_runs(self, runs: list[list[CustomerEvent]]) -> list[list[Result]]:
+        ids = list({event.external_id for events in runs for event in events})
+        entries: list[store.RequestLogEntry] = []
+        outcomes: list[list[Result]] = []
+        async with self._sessionmaker() as session, session.begin():
+            faults = await ledger.shared_faults(session)
+            if faults.latency_ms:
+                return [[] for _ in runs]
+            held = await ledger.with_open_letters(session, ids)
+            run = _Run(
+                session,
+                await store.find_customers_by_external_ids(session, ids),
+                await ledger.applied_versions(session, ids),
+                entries,
+            )
+            for events in runs:
+                results: list[Result] = []
+                outcomes.append(results)
+                for event in events:
+                    if event.external_id in held:
+                        break
+                    received = store.utc_now()
+                    fault = decide_fault(faults, self._rng.random())
+                    if fault is not None:
+                        method, path = _call_of(event, None)
+                        entries.append(_entry(event, method, path, fault.status_code, received))
+                        results.append(
+                            Refused(
+                                f"CRM answered {fault.status_code}: fault injected: {fault.reason}",
+                                permanent=_is_permanent(fault.status_code),
+                            )
+                        )
+                        break
+                    results.append(await run.apply(event, received))
+            await session.flush()
+            await store.append_request_log_entries(session, entries)
+        return outcomes
+
+
+@dataclass(frozen=True)
+class _AskedRun:
+    events: list[CustomerEvent]
+    results: asyncio.Future[list[Result]]
+
+
+class _Run:
+    """`_apply` for many events in one session: the records and versions of the run's
+    customers are read up front and kept up to date here, the writes flushed once, and the
+    log entries inserted in one statement by the caller."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        records: dict[str, store.CrmCustomerRecord],
+        versions: dict[str, ledger.EventVersion],
+        entries: list[store.RequestLogEntry],
+    ) -> None:
+        self._session = session
+        self._records = records
+        self._versions = versions
+        self._entries = entries
+
+    async def apply(self, event: CustomerEvent, received: Any) -> Applied:
+        external_id = event.external_id
+        record = self._records.get(external_id)
+        known = self._versions.get(external_id)
+        if known is not None and event.rank <= known.version:
+            method, path = _call_of(event, record.id if record else None)
+            self._entries.append(_entry(event, method, path, DUPLICATE_STATUS, received))
+            return Applied(record.id if record else None)
+        crm_id: str | None
+        if event.event_type == "DELETE":
+            method, path, status, crm_id = "DELETE", CUSTOMERS_PATH, 404, None
+            if record is not None:
+                await self._session.delete(record)
+                # At once: the unit of work inserts before it deletes, and a record made
+                # later in this run may take the same external id.
+                await self._session.flush()
+                del self._records[external_id]
+                path, status = f"{CUSTOMERS_PATH}/{record.id}", 204
+        else:
+            assert event.customer is not None
+            if record is None:
+                record = store.new_customer(event.customer)
+                self._session.add(record)
+                self._records[external_id] = record
+                method, path, status = "POST", CUSTOMERS_PATH, 201
+            else:
+                store.overwrite_customer(record, event.customer)
+                method, path, status = "PUT", f"{CUSTOMERS_PATH}/{record.id}", 200
+            crm_id = record.id
+        if known is None:
+            known = ledger.EventVersion(
+                external_id=external_id, version=event.rank, event_id=event.event_id
+            )
+            self._session.add(known)
+            self._versions[external_id] = known
+        else:
+            known.version = event.rank
+            known.event_id = event.event_id
+        self._entries.append(_entry(event, method, path, status, received))
+        return Applied(crm_id)
 
 
 async def _apply(session: AsyncSession, event: CustomerEvent, received: Any) -> Applied:
@@ -208,15 +358,10 @@ def _call_of(event: CustomerEvent, crm_id: str | None) -> tuple[str, str]:
     return method, path
 
 
-async def _log(
-    session: AsyncSession,
-    event: CustomerEvent,
-    method: str,
-    path: str,
-    status: int,
-    received: Any,
-) -> None:
-    entry = store.RequestLogEntry(
+def _entry(
+    event: CustomerEvent, method: str, path: str, status: int, received: Any
+) -> store.RequestLogEntry:
+    return store.RequestLogEntry(
         method=method,
         path=path,
         status=status,
@@ -225,7 +370,17 @@ async def _log(
         body=event.model_dump(mode="json", by_alias=True),
         received_at=received,
     )
-    await store.append_request_log(session, entry)
+
+
+async def _log(
+    session: AsyncSession,
+    event: CustomerEvent,
+    method: str,
+    path: str,
+    status: int,
+    received: Any,
+) -> None:
+    await store.append_request_log(session, _entry(event, method, path, status, received))
 
 
 def _is_permanent(status: int) -> bool:
@@ -254,6 +409,41 @@ def status_event(
         "error": error,
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+# The most events applied in one transaction: the SQLite write lock, which the CRM's HTTP
+# server waits for, is held that much longer.
+RUN_MAX_EVENTS = 50
+
+
+@dataclass(frozen=True)
+class _SentStatus:
+    """A status event handed to the producer, not yet known to be acknowledged."""
+
+    offset: int
+    key: bytes
+    value: bytes
+    future: asyncio.Future[Any]
+
+
+def _parse_message(message: Any) -> CustomerEvent | InvalidEvent:
+    try:
+        return parse_event(message.value)
+    except InvalidEvent as exc:
+        return exc
+
+
+def _run_ahead(
+    parsed: Sequence[CustomerEvent | InvalidEvent], position: int
+) -> list[CustomerEvent]:
+    """The valid events from `position` on, up to the next invalid one (at most
+    `RUN_MAX_EVENTS`)."""
+    run: list[CustomerEvent] = []
+    for item in parsed[position : position + RUN_MAX_EVENTS]:
+        if isinstance(item, InvalidEvent):
+            break
+        run.append(item)
+    return run
 
 
 class Stopping(Exception):
@@ -357,43 +547,80 @@ class CrmConsumer:
             await stop_quietly(producer)
 
     async def _partition(self, messages: list[Any]) -> int | None:
-        """Settle a partition's messages in order; the offset of the last one settled."""
-        last = None
-        for message in messages:
-            if self._stop.is_set():
-                break
-            try:
-                await self._settle(message)
-            except Stopping:
-                break
-            last = message.offset
-        return last
+        """Settle a partition's messages in order; the offset of the last one settled whose
+        status event, and every earlier one's, the broker has acknowledged.
 
-    async def _settle(self, message: Any) -> None:
+        Runs of valid events are applied a transaction each (`Applier.apply_run`); the
+        first event a run did not apply is settled on its own (`_settle`), then the next
+        run starts after it. Status events are sent without waiting for each one's
+        acknowledgement, and confirmed together at the end (`_confirm`)."""
+        parsed = [_parse_message(message) for message in messages]
+        sent: list[_SentStatus] = []
+        settled = None
+        position = 0
         try:
-            event = parse_event(message.value)
-        except InvalidEvent as exc:
-            await self._dead_letter(message, None, str(exc), 1)
+            while position < len(messages) and not self._stop.is_set():
+                run = _run_ahead(parsed, position)
+                try:
+                    results = await self._applier.apply_run(run) if run else []
+                except Exception:
+                    log.warning("a run of %s events failed; one at a time", len(run), exc_info=True)
+                    results = []
+                for event, result in zip(run, results, strict=False):
+                    message = messages[position]
+                    if isinstance(result, Applied):
+                        await self._send_status(sent, message, event, "applied", result.crm_id)
+                    else:
+                        await self._settle(message, parsed[position], sent, first=result)
+                    settled = message.offset
+                    position += 1
+                if not results:
+                    # Nothing attempted: the first event goes on its own.
+                    await self._settle(messages[position], parsed[position], sent)
+                    settled = messages[position].offset
+                    position += 1
+        except Stopping:
+            pass
+        unconfirmed = await self._confirm(sent)
+        if unconfirmed is None:
+            return settled
+        return unconfirmed - 1 if unconfirmed > messages[0].offset else None
+
+    async def _settle(
+        self,
+        message: Any,
+        parsed: CustomerEvent | InvalidEvent,
+        sent: list[_SentStatus],
+        first: Result | None = None,
+    ) -> None:
+        """Apply one event, retrying, until it is applied or dead-lettered; `first` is the
+        result of an attempt made already (in a run)."""
+        if isinstance(parsed, InvalidEvent):
+            await self._dead_letter(message, None, str(parsed), 1, sent)
             return
-        attempts = 0
+        event = parsed
+        attempts = 0 if first is None else 1
+        result = first
         while True:
-            attempts += 1
-            try:
-                result = await self._applier.apply(event)
-            except Exception as exc:
-                log.warning("apply of event %s failed", event.event_id, exc_info=True)
-                result = Refused(f"{type(exc).__name__}: {exc}", permanent=False)
+            if result is None:
+                attempts += 1
+                try:
+                    result = await self._applier.apply(event)
+                except Exception as exc:
+                    log.warning("apply of event %s failed", event.event_id, exc_info=True)
+                    result = Refused(f"{type(exc).__name__}: {exc}", permanent=False)
             if isinstance(result, Applied):
-                await self._publish_status(event, "applied", result.crm_id, None)
+                await self._send_status(sent, message, event, "applied", result.crm_id)
                 return
             if isinstance(result, Held):
                 error = f"held behind dead letter {result.letter_id} of this customer"
-                await self._dead_letter(message, event, error, attempts)
+                await self._dead_letter(message, event, error, attempts, sent)
                 return
             if result.permanent or attempts >= self._settings.kafka_max_attempts:
-                await self._dead_letter(message, event, result.error, attempts)
+                await self._dead_letter(message, event, result.error, attempts, sent)
                 return
             await self._wait_to_retry(attempts)
+            result = None
 
     async def _wait_to_retry(self, attempts: int) -> None:
         """Back off, but retry at once when the fault switch turns healthy."""
@@ -410,7 +637,12 @@ class CrmConsumer:
             raise Stopping
 
     async def _dead_letter(
-        self, message: Any, event: CustomerEvent | None, error: str, attempts: int
+        self,
+        message: Any,
+        event: CustomerEvent | None,
+        error: str,
+        attempts: int,
+        sent: list[_SentStatus],
     ) -> None:
         raw: bytes = message.value or b""
         external_id = event.external_id if event else external_id_of(message.key)
@@ -436,17 +668,50 @@ class CrmConsumer:
         await self._publish(self._settings.kafka_dlq_topic, message.key, raw, headers)
         log.warning("event %s dead-lettered after %s attempts: %s", event_id, attempts, error)
         if event is not None:
-            await self._publish_status(event, "dead", None, error)
+            await self._send_status(sent, message, event, "dead", None, error)
 
-    async def _publish_status(
-        self, event: CustomerEvent, status: str, crm_id: str | None, error: str | None
+    async def _send_status(
+        self,
+        sent: list[_SentStatus],
+        message: Any,
+        event: CustomerEvent,
+        status: str,
+        crm_id: str | None,
+        error: str | None = None,
     ) -> None:
+        """Hand the event's status to the producer; `_confirm` waits for the broker."""
+        producer = self._producer
+        if producer is None:
+            raise Stopping
         value = status_event(
             event.event_id, event.customer_id, event.version, status, crm_id, error
         )
-        await self._publish(
-            self._settings.kafka_status_topic, event.external_id.encode(), value, []
-        )
+        key = event.external_id.encode()
+        future = await producer.send(self._settings.kafka_status_topic, key=key, value=value)
+        sent.append(_SentStatus(message.offset, key, value, future))
+
+    async def _confirm(self, sent: list[_SentStatus]) -> int | None:
+        """Wait until the broker has acknowledged every status in `sent`; None when it has,
+        else (the consumer is stopping) the offset of the first event whose status it has
+        not.
+
+        A status the producer could not deliver is published again with `_publish`'s
+        retries, and so is every later one of that customer, after it: the customer's
+        last status on the topic is then its newest, whatever failed in between."""
+        failed: set[bytes] = set()
+        for status in sent:
+            try:
+                if status.key not in failed:
+                    try:
+                        await status.future
+                        continue
+                    except Exception as exc:
+                        log.warning("status of offset %s not acknowledged: %s", status.offset, exc)
+                        failed.add(status.key)
+                await self._publish(self._settings.kafka_status_topic, status.key, status.value, [])
+            except Stopping:
+                return status.offset
+        return None
 
     async def _publish(
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
@@ -490,14 +755,21 @@ async def rewind_recreated(consumer: AIOKafkaConsumer) -> None:
     On a real Kafka that never happens; it means the broker lost the topic and it was made
     anew (Tansu's memory storage after a restart), and a consumer left at its old offset
     would skip the events the new partition holds until it grows past it."""
-    assigned = list(consumer.assignment())
-    if not assigned:
-        return
-    ends = await consumer.end_offsets(assigned)
-    behind = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+    behind = [tp for tp in consumer.assignment() if await _past_the_end(consumer, tp)]
     if behind:
         log.warning("partitions %s were recreated by the broker: reading them again", behind)
         await consumer.seek_to_beginning(*behind)
+
+
+async def _past_the_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """Is our position past the end of the partition, as the last fetch answered it?
+
+    The high watermark of the fetch responses, not `end_offsets`: Tansu's ListOffsets
+    answers one past the first offset of the partition's last record batch, short of the
+    end whenever a producer sent more than one record in a batch, which made a consumer
+    that had read everything start over. No fetch answered yet: nothing known."""
+    highwater = consumer.highwater(tp)
+    return highwater is not None and await consumer.position(tp) > highwater
 
 
 async def ensure_topics(settings: CrmSettings) -> None:

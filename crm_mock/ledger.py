@@ -1,8 +1,9 @@
 """The CRM mock's tables for its Kafka consumer, and the fault switch it shares.
 
 - `crm_fault_switch`: the switch of `PUT /api/crm/_faults`, written by the HTTP server
-  (reset to healthy when it starts) and read by `crm-mock consume` before every apply,
-  so a change governs the consumer at once although it runs in another process. Both
+  (reset to healthy when it starts) and read by `crm-mock consume` in every transaction
+  that applies events (once for a run of them), so a change governs the consumer at once
+  although it runs in another process. Both
   must use the same `CRM_DATABASE_URL`, as they must anyway to share the CRM's records.
 - `crm_event_versions`: per external id, the rank of the newest event applied (its
   version, a DELETE after the write of its version; kept after a DELETE), so an event
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, select
+from sqlalchemy import Integer, String, Text, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -76,10 +77,15 @@ async def share_faults(
             row.updated_at = utc_now()
 
 
+# Statements built once: building one (and its cache key) cost the consumer more CPU than
+# running it.
+_READ_SWITCH = select(FaultSwitchRow.settings).where(FaultSwitchRow.id == SWITCH_ID)
+
+
 async def shared_faults(session: AsyncSession) -> FaultSettings:
     """The switch as the HTTP server last set it (healthy when it never did)."""
-    row = await session.get(FaultSwitchRow, SWITCH_ID, populate_existing=True)
-    return FaultSettings() if row is None else FaultSettings.model_validate_json(row.settings)
+    text = (await session.execute(_READ_SWITCH)).scalar_one_or_none()
+    return FaultSettings() if text is None else FaultSettings.model_validate_json(text)
 
 
 # --- versions ----------------------------------------------------------------------------
@@ -102,6 +108,19 @@ async def note_version(
     await session.flush()
 
 
+_VERSIONS_OF = select(EventVersion).where(
+    EventVersion.external_id.in_(bindparam("ids", expanding=True))
+)
+
+
+async def applied_versions(
+    session: AsyncSession, external_ids: Sequence[str]
+) -> dict[str, EventVersion]:
+    """The version rows of these external ids, by external id (one query)."""
+    rows = (await session.execute(_VERSIONS_OF, {"ids": list(external_ids)})).scalars().all()
+    return {row.external_id: row for row in rows}
+
+
 # --- dead letters --------------------------------------------------------------------------
 
 
@@ -114,6 +133,22 @@ async def open_letter_of(session: AsyncSession, external_id: str) -> DeadLetter 
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
+
+
+_WITH_OPEN_LETTERS = (
+    select(DeadLetter.external_id)
+    .where(
+        DeadLetter.external_id.in_(bindparam("ids", expanding=True)),
+        DeadLetter.replayed_at.is_(None),
+    )
+    .distinct()
+)
+
+
+async def with_open_letters(session: AsyncSession, external_ids: Sequence[str]) -> set[str]:
+    """Which of these customers have an open dead letter (one query)."""
+    found = await session.execute(_WITH_OPEN_LETTERS, {"ids": list(external_ids)})
+    return {external_id for external_id in found.scalars() if external_id}
 
 
 async def add_letter(session: AsyncSession, letter: DeadLetter) -> bool:

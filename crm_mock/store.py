@@ -370,6 +370,35 @@ async def list_customers(
     return items, total
 
 
+async def find_customers_by_external_ids(
+    session: AsyncSession, external_ids: Sequence[str]
+) -> dict[str, CrmCustomerRecord]:
+    """The records carrying these external ids, by external id (one query)."""
+    found = await session.execute(_CUSTOMERS_OF, {"ids": list(external_ids)})
+    return {record.external_id: record for record in found.scalars().all()}
+
+
+# Built once (see `find_idempotent_answer`).
+_CUSTOMERS_OF = select(CrmCustomerRecord).where(
+    CrmCustomerRecord.external_id.in_(bindparam("ids", expanding=True))
+)
+
+
+def new_customer(request: CrmCustomerRequest) -> CrmCustomerRecord:
+    """A record with a fresh CRM id, not yet added to a session (`create_customer` adds and
+    flushes; this is for a caller that flushes many at once)."""
+    now = utc_now()
+    record = CrmCustomerRecord(id=new_crm_id(), created_at=now, updated_at=now)
+    _copy_fields(record, request)
+    return record
+
+
+def overwrite_customer(record: CrmCustomerRecord, request: CrmCustomerRequest) -> None:
+    """Replace every field of a loaded record, without a flush (see `replace_customer`)."""
+    _copy_fields(record, request)
+    record.updated_at = utc_now()
+
+
 def _copy_fields(record: CrmCustomerRecord, request: CrmCustomerRequest) -> None:
     record.external_id = request.external_id
     record.first_name = request.first_name

@@ -10,17 +10,19 @@ carries the same id, and the consumer drops it. A broker that refuses the event,
 gone, is a transient failure (`Failed`), recorded and retried by the same engine as a CRM
 that is down. A delivered publish removes the rows from the outbox, but the customer
 stays `pending` (its `crm_published_version` ahead of `crm_synced_version`) until the
-CRM's status event says the version was applied (see `sync.status_consumer`).
+CRM's status event says the version was applied (see `sync.status_consumer`). The sends
+that one acknowledgement of the broker wakes note their published versions in one
+transaction.
 """
 
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy import case, update
+from sqlalchemy import BindParameter, Integer, Table, bindparam, case, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
@@ -81,18 +83,50 @@ async def rewind_recreated(consumer: Any) -> None:
     On a real Kafka that never happens; it means the broker lost the topic and it was made
     anew (Tansu's memory storage after a restart), and a consumer left at its old offset
     would skip what the new partition holds until it grows past it."""
-    assigned = list(consumer.assignment())
-    if not assigned:
-        return
-    ends = await consumer.end_offsets(assigned)
-    behind = [tp for tp in assigned if await consumer.position(tp) > ends[tp]]
+    behind = [tp for tp in consumer.assignment() if await _past_the_end(consumer, tp)]
     if behind:
         log.warning("partitions %s were recreated by the broker: reading them again", behind)
         await consumer.seek_to_beginning(*behind)
 
 
+async def _past_the_end(consumer: Any, tp: Any) -> bool:
+    """Is our position past the end of the partition, as the last fetch answered it?
+
+    The high watermark of the fetch responses, not `end_offsets`: Tansu's ListOffsets
+    answers one past the first offset of the partition's last record batch, short of the
+    end whenever a producer sent more than one record in a batch, which made a consumer
+    that had read everything start over. No fetch answered yet: nothing known."""
+    highwater = consumer.highwater(tp)
+    return highwater is not None and bool(await consumer.position(tp) > highwater)
+
+
 def _ms(seconds: float) -> int:
     return max(1000, int(seconds * 1000))
+
+
+_CUSTOMERS = cast(Table, Customer.__table__)
+_PUBLISHED = _CUSTOMERS.c.crm_published_version
+_VERSION: BindParameter[int] = bindparam("published_version", type_=Integer)
+# Only ever raised: a publish acknowledged late must not lower it.
+_NOTE_PUBLISHED = (
+    update(_CUSTOMERS)
+    .where(_CUSTOMERS.c.id == bindparam("customer_id"))
+    .values(
+        crm_published_version=case(
+            (_PUBLISHED.is_(None), _VERSION),
+            (_VERSION > _PUBLISHED, _VERSION),
+            else_=_PUBLISHED,
+        )
+    )
+)
+
+
+class _Notes(dict[int, int]):
+    """Versions published, by customer, waiting for one transaction to note them all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 class KafkaSender:
@@ -109,6 +143,9 @@ class KafkaSender:
         # broker restarted empty (Tansu's memory storage) takes records for a topic it no
         # longer has, which then no consumer group can commit; creating it first avoids that.
         self._topics_ready = False
+        # The publishes waiting to be noted (`_note_published`).
+        self._notes: _Notes | None = None
+        self._noting = asyncio.Lock()
 
     async def start(self) -> None:
         """Create the missing topics and start the producer; a broker that is down only
@@ -181,20 +218,34 @@ class KafkaSender:
         return Delivered(None)
 
     async def _note_published(self, customer_id: int, version: int) -> None:
-        published = Customer.crm_published_version
+        """Raise the customer's `crm_published_version` to `version`, in a transaction
+        shared with every publish that asks meanwhile: the acknowledgement of one produce
+        request wakes all the sends it carried at once."""
+        notes = self._notes
+        if notes is None:
+            notes = self._notes = _Notes()
+        notes[customer_id] = max(version, notes.get(customer_id, version))
+        async with self._noting:
+            if not notes.written.done():
+                # Let the other sends, woken by the same acknowledgement, ask first.
+                await asyncio.sleep(0)
+                self._notes = None
+                try:
+                    await self._write_notes(notes)
+                except Exception as exc:
+                    notes.written.set_exception(exc)
+                except BaseException:
+                    notes.written.cancel()
+                    raise
+                else:
+                    notes.written.set_result(None)
+        notes.written.result()
+
+    async def _write_notes(self, notes: _Notes) -> None:
+        rows = [{"customer_id": c, "published_version": v} for c, v in notes.items()]
         async with self._sessionmaker() as session, session.begin():
-            await session.execute(
-                update(Customer)
-                .where(Customer.id == customer_id)
-                .values(
-                    crm_published_version=case(
-                        (published.is_(None), version),
-                        (published < version, version),
-                        else_=published,
-                    )
-                )
-                .execution_options(synchronize_session=False)
-            )
+            connection = await session.connection()
+            await connection.execute(_NOTE_PUBLISHED, rows)
 
     async def ping(self) -> bool:
         """Does the broker answer a metadata request now?"""
