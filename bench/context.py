@@ -29,6 +29,7 @@ from harness import (
     free_port,
     parse_time,
     percentile,
+    process_cpu_seconds,
     ratio,
     run_command,
     wait_healthy,
@@ -194,6 +195,21 @@ class Bench:
     async def wait_for_interval(seconds: float = 0.2) -> None:
         """The pause between two polls."""
         await asyncio.sleep(seconds)
+
+    async def wait_quiet(
+        self, service: Server, within: float, window: float = 0.5, busy: float = 0.1
+    ) -> float:
+        """Until `service` used under `busy` of a core over `window` seconds; the seconds
+        it took. BenchError after `within` s."""
+        started = time.monotonic()
+        while True:
+            service.check_alive()
+            before = process_cpu_seconds(service.pid)
+            await asyncio.sleep(window)
+            if process_cpu_seconds(service.pid) - before < busy * window:
+                return time.monotonic() - started
+            if time.monotonic() - started > within:
+                raise BenchError(f"{service.name} was still busy after {within:.0f} s")
 
     async def wait_drained(
         self, service: Server, crm: Server, within: float = 120.0, interval: float = 0.25

@@ -61,12 +61,7 @@ def serve(settings: CrmSettings) -> int:
 
     configure_logging(settings.log_format)
     app = create_app(settings)
-    # As the customer service does (`customer_service.cli._tune_gc`): what start-up made is
-    # never walked again, and collections run less often, so a stand-in for a remote CRM
-    # does not pause for 50-300 ms every few seconds under load.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    _tune_gc()
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     return 0
 
@@ -77,4 +72,14 @@ def consume(settings: CrmSettings) -> int:
     from crm_mock.logging_config import configure_logging
 
     configure_logging(settings.log_format)
+    _tune_gc()
     return run_consumer(settings)
+
+
+def _tune_gc() -> None:
+    """As the customer service does (`customer_service.cli._tune_gc`): what start-up made
+    is never walked again, and collections run less often, so a stand-in for a remote CRM
+    does not pause for 50-300 ms every few seconds under load."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
