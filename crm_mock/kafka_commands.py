@@ -7,7 +7,8 @@ import sys
 
 from crm_mock import ledger, store
 from crm_mock.config import CrmSettings
-from crm_mock.consumer import CrmConsumer, replay_letters
+from crm_mock.consumer import CrmConsumer
+from crm_mock.dlq_replay import replay_letters
 
 
 def run_consumer(settings: CrmSettings) -> int:

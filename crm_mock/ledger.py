@@ -40,7 +40,7 @@ class EventVersion(Base):
     __tablename__ = "crm_event_versions"
 
     external_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # version * 2, + 1 for a DELETE (see `consumer.CustomerEvent.rank`)
+    # version * 2, + 1 for a DELETE (see `events.CustomerEvent.rank`)
     version: Mapped[int] = mapped_column(Integer)
     event_id: Mapped[str] = mapped_column(String(255))
 

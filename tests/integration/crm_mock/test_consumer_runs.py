@@ -15,8 +15,9 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from crm_mock import ledger, store
+from crm_mock.applier import Applier
 from crm_mock.config import CrmSettings
-from crm_mock.consumer import Applier, CrmConsumer
+from crm_mock.consumer import CrmConsumer
 from crm_mock.faults import FaultSettings
 
 STATUS_TOPIC = "events.status"

@@ -4,14 +4,8 @@ import json
 
 import pytest
 
-from crm_mock.consumer import (
-    BACKOFF_MAX_SECONDS,
-    InvalidEvent,
-    backoff,
-    external_id_of,
-    parse_event,
-    status_event,
-)
+from crm_mock.consumer import BACKOFF_MAX_SECONDS, backoff
+from crm_mock.events import InvalidEvent, external_id_of, parse_event, status_event
 
 CUSTOMER = {
     "externalId": "42",
