@@ -10,8 +10,7 @@ them all with a fixed number of statements, whatever their number:
 1. the settles: delete the delivered rows, note the CRM ids and versions (executemany);
 2. the looks: claim their customers in one multi-row upsert;
 3. every queue the group needs, the settled customers' and the claimed ones', read in one
-   statement (one round trip fewer than a read each: at a steady 471 writes/s on
-   PostgreSQL the lag p50 went from 56-65 ms to 46-55 ms);
+   statement (one round trip fewer than a read each);
 4. a create's new CRM id given to the requests behind it (only where there are some);
    each settle then either gives its claim back (nothing to send now) or renews it.
 
