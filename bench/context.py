@@ -191,11 +191,6 @@ class Bench:
                 raise BenchError(f"gave up after {within:.0f} s waiting for {what}")
             await asyncio.sleep(interval)
 
-    @staticmethod
-    async def wait_for_interval(seconds: float = 0.2) -> None:
-        """The pause between two polls."""
-        await asyncio.sleep(seconds)
-
     async def wait_quiet(
         self, service: Server, within: float, window: float = 0.5, busy: float = 0.1
     ) -> float:

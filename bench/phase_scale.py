@@ -39,19 +39,20 @@ async def _drain_with(bench: Bench, processes: int, n: int, latency_ms: int) -> 
         await bench.set_faults(crm, latencyMs=latency_ms)
     spawned = time.monotonic()
     services = [bench.spawn_service(f"{name}-service-{i}", crm, url) for i in range(processes)]
-    deadline = bench.params.drain_deadline(n)
-    while True:
-        for server in (*services, crm):
-            server.check_alive()
+
+    async def drained() -> bool:
         try:
-            left = await bench.failed_total(services[0])
+            return await bench.failed_total(services[0]) == 0
         except Exception:  # not listening yet
-            left = n
-        if left == 0:
-            break
-        if time.monotonic() - spawned > deadline:
-            raise BenchError(f"{processes} processes did not drain {n} in {deadline:.0f} s")
-        await bench.wait_for_interval()
+            return False
+
+    await bench.wait_for(
+        f"{processes} processes to drain {n}",
+        drained,
+        bench.params.drain_deadline(n),
+        [*services, crm],
+        interval=0.2,
+    )
     seconds = time.monotonic() - spawned
     records = int((await bench.get_json(f"{crm.base_url}/api/crm/customers", limit=1))["total"])
     if records != n:

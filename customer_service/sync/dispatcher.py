@@ -41,14 +41,12 @@ class Dispatcher:
         self._again: set[int] = set()
         # Customers whose kick came while the breaker was open: kicked when it closes.
         self._held: set[int] = set()
-        self._closed = False
         self._closing = asyncio.Event()
-        self._busy_max_wait = deliverer.lease_seconds
         deliverer.health.on_recovery.append(self._release_held)
 
     def kick(self, customer_ids: Iterable[int]) -> None:
         """Deliver these customers' requests soon (called after the commit)."""
-        if self._closed or not self._enabled:
+        if self._closing.is_set() or not self._enabled:
             return
         if self._deliverer.health.breaker_open:
             # The CRM is failing: the requests wait in the outbox until it answers again,
@@ -72,7 +70,7 @@ class Dispatcher:
             while True:
                 async with self._deliveries:
                     busy = await self._deliver(customer_id)
-                if not busy or self._closed:
+                if not busy or self._closing.is_set():
                     break
                 # Another delivery holds the customer (another replica's, or a retry pass
                 # here). It may have read the queue just before our commit and give its
@@ -80,8 +78,8 @@ class Dispatcher:
                 # the claim is ours (a crashed holder's lease runs out).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), delay)
-                delay = min(2 * delay, self._busy_max_wait)
-                if self._closed:
+                delay = min(2 * delay, self._deliverer.lease_seconds)
+                if self._closing.is_set():
                     break
                 if self._deliverer.health.breaker_open:
                     self._held.add(customer_id)  # as a kick would be: sent on recovery
@@ -101,7 +99,7 @@ class Dispatcher:
             except Exception:
                 # The row is safe in the outbox; the retry job will take it.
                 log.exception("delivery of customer %s failed", customer_id)
-            if customer_id not in self._again or self._closed:
+            if customer_id not in self._again or self._closing.is_set():
                 return busy
 
     async def close(self, grace: float = 5.0) -> None:
@@ -112,7 +110,6 @@ class Dispatcher:
         cancellation never lands inside a transaction: the delivery's database work is
         shielded (`dbwork`), so it still commits or rolls back and returns its connection.
         """
-        self._closed = True
         self._closing.set()
         tasks = list(self._running.values())
         if not tasks:
