@@ -1,9 +1,11 @@
-"""`python bench/profile.py drain|write`: one phase against a live pair, under py-spy.
+"""`python bench/profile.py drain|write|lag`: one phase against a live pair, under py-spy.
 
 What `bench/README.md` reports as "what the profile showed" comes from this: it starts the
 CRM mock and the customer service (SQLite, or PostgreSQL with `BENCH_DATABASES=postgresql`)
 as `make bench` does, runs a drain of `BENCH_BACKLOG` (default 5,000) or a closed-loop
-write load (`BENCH_WRITERS` for `BENCH_WRITE_SECONDS`, sync on), and records the service
+write load (`BENCH_WRITERS` for `BENCH_WRITE_SECONDS`, sync on), or the paced load of
+the sync lag phase (`BENCH_LAG_RATE`, default 300 writes/s, for `BENCH_LAG_SECONDS`),
+and records the service
 with `py-spy record` (when py-spy is installed: `pip install py-spy`) into
 `bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from context import Bench, Params
 from harness import Database, Servers, process_cpu_seconds, say, wait_healthy
-from load import write_load
+from load import paced_load, write_load
 from seed import seed_backlog
 
 HERE = Path(__file__).resolve().parent
@@ -95,6 +97,13 @@ async def main(phase: str) -> None:
             span = time.monotonic() - started
             cpu = process_cpu_seconds(service.pid) - cpu0
             say(f"drained {n} in {span:.1f} s = {n / span:.0f}/s; {cpu / n * 1000:.2f} ms CPU each")
+        elif phase == "lag":
+            rate = params.lag_rate or 300.0
+            paced = await paced_load(service, "lag", rate, round(rate * params.lag_seconds))
+            await bench.wait_drained(service, crm, within=600, interval=0.05)
+            lag = Bench.match_lag(paced, await bench.crm_log(crm))
+            p50, p99 = lag["p50Ms"], lag["p99Ms"]
+            say(f"sync lag at {rate:.0f} writes/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         else:
             run = await write_load(service, "profile", params.writers, seconds=params.write_seconds)
             await bench.wait_drained(service, crm, within=600, interval=0.05)

@@ -1,7 +1,8 @@
 """Background database work that cancellation cannot interrupt, within a connection budget.
 
 Every transaction of the sync engine (claim, read the queue, settle, record a failure,
-release, renew a lease, find due customers) runs through `BackgroundDatabase.run`:
+release, renew a lease, find due customers) runs through `BackgroundDatabase.run` (or
+`run_autocommit`, for statements that each stand alone):
 
 - **Shielded.** The transaction runs in a task of its own, awaited through
   `asyncio.shield`. A caller that is cancelled (a pass giving way at shutdown, a
@@ -18,10 +19,10 @@ release, renew a lease, find due customers) runs through `BackgroundDatabase.run
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,16 @@ class BackgroundDatabase:
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `work(session)` in one transaction, committed when it returns, rolled back
         when it raises; the caller's cancellation never interrupts it."""
-        task: asyncio.Task[T] = asyncio.create_task(self._transaction(work))
+        return await self._shielded(self._transaction(work))
+
+    async def run_autocommit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work(session)` on a connection in autocommit mode: each statement commits
+        on its own, without the round trips of BEGIN and COMMIT (for work whose
+        statements each stand alone)."""
+        return await self._shielded(self._autocommit(work))
+
+    async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        task: asyncio.Task[T] = asyncio.create_task(work)
         self._running.add(task)
         task.add_done_callback(self._finished)
         return await asyncio.shield(task)
@@ -46,12 +56,25 @@ class BackgroundDatabase:
         async with self._slots, self._sessionmaker() as session, session.begin():
             return await work(session)
 
+    async def _autocommit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        engine: AsyncEngine = self._sessionmaker.kw["bind"]
+        async with self._slots, engine.connect() as connection:
+            alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            async with self._sessionmaker(bind=alone) as session:
+                return await work(session)
+
     def _finished(self, task: asyncio.Task[object]) -> None:
         self._running.discard(task)
         # A caller cancelled meanwhile never reads the outcome: read it here, so a
         # failure is logged once instead of "exception was never retrieved".
         if not task.cancelled() and task.exception() is not None:
             log.debug("background transaction failed", exc_info=task.exception())
+
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name: "postgresql", "sqlite"."""
+        engine: AsyncEngine = self._sessionmaker.kw["bind"]
+        return engine.dialect.name
 
     @property
     def in_flight(self) -> int:

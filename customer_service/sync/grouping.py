@@ -18,6 +18,14 @@ A look at a customer whose claim a settle of the same group gives back finds it 
 held, as a look an instant earlier would: the dispatcher looks again shortly after, a
 retry pass at its follow-up.
 
+On PostgreSQL the looks have groups of their own, run beside the settles' (`GroupCommit`):
+there every statement is a round trip, and a kicked delivery waited for the group in
+flight and then for its own, about fourteen round trips on a busy event loop before its
+CRM call. A group of looks alone is two statements in autocommit mode. Measured on
+PostgreSQL at 378 writes/s, three runs each, interleaved: sync lag p99 137-210 ms
+against 271-429 ms with shared groups, p50 59-89 ms against 107-210 ms; CPU per synced
+write under full load 1.7-1.9 ms against 1.9.
+
 A lone delivery does not wait: with nothing in flight its group starts at once. Every
 group runs through `BackgroundDatabase`: shielded, so a caller that is cancelled stops
 waiting but its settle still commits (the row is gone and the CRM has it: nothing is lost
@@ -26,6 +34,7 @@ fails fails each of its callers, whose rows stay in the outbox for the next atte
 """
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,19 +114,34 @@ class _Group:
                 answer.set_exception(error)
 
 
+class _Lane:
+    """Operations waiting for the next group of one kind, and the task running groups."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.next = _Group()
+        self.flusher: asyncio.Task[None] | None = None
+
+
 class GroupCommit:
+    """On PostgreSQL, looks are grouped apart and run beside the settles' groups, in
+    autocommit mode (`_look_alone`): a look then waits for the two round trips of its own
+    group, not for a whole transaction of settles and then its own. SQLite has no round
+    trips to save and one writer at a time: there, looks and settles share each group."""
+
     def __init__(self, db: BackgroundDatabase, lease_seconds: float) -> None:
         self._db = db
         self._lease = lease_seconds
-        self._next = _Group()
-        self._flusher: asyncio.Task[None] | None = None
+        self._main = _Lane("delivery-group-commit")
+        looks_alone = db.dialect == "postgresql"
+        self._looks = _Lane("delivery-look-group") if looks_alone else self._main
 
     async def look(self, customer_id: int, token: str) -> View | None:
         """Claim `customer_id` under `token` and read its queue; None when another
         delivery (here or in another replica) holds the claim."""
         answer: asyncio.Future[View | None] = asyncio.get_running_loop().create_future()
-        self._next.looks.append(_Look(customer_id, token, answer))
-        self._start()
+        self._looks.next.looks.append(_Look(customer_id, token, answer))
+        self._start(self._looks)
         return await asyncio.shield(answer)
 
     async def settle(
@@ -126,17 +150,17 @@ class GroupCommit:
         """Record `batch` delivered and read what is next: with more to send, the claim
         is renewed (None if it was lost); with nothing, it is given back (RELEASED)."""
         answer: asyncio.Future[View | Released | None] = asyncio.get_running_loop().create_future()
-        self._next.settles.append(_Settle(batch, crm_id, learnt, token, force, answer))
-        self._start()
+        self._main.next.settles.append(_Settle(batch, crm_id, learnt, token, force, answer))
+        self._start(self._main)
         return await asyncio.shield(answer)
 
-    def _start(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="delivery-group-commit")
+    def _start(self, lane: _Lane) -> None:
+        if lane.flusher is None or lane.flusher.done():
+            lane.flusher = asyncio.create_task(self._flush(lane), name=lane.name)
 
-    async def _flush(self) -> None:
-        while self._next:
-            group, self._next = self._next, _Group()
+    async def _flush(self, lane: _Lane) -> None:
+        while lane.next:
+            group, lane.next = lane.next, _Group()
             try:
                 answers = await self._run(group)
             except Exception as error:
@@ -146,7 +170,7 @@ class GroupCommit:
                 # The flusher itself was cancelled (the loop is closing): nobody is left
                 # to run the waiting groups.
                 group.fail(RuntimeError("the delivery engine stopped"))
-                self._next.fail(RuntimeError("the delivery engine stopped"))
+                lane.next.fail(RuntimeError("the delivery engine stopped"))
                 raise
             # Committed: hand out the answers.
             for answer, result in answers:
@@ -159,6 +183,8 @@ class GroupCommit:
         transactions) locking some of the same claims in another order."""
         for attempt in range(DEADLOCK_ATTEMPTS):
             try:
+                if self._looks is not self._main and not group.settles:
+                    return await self._db.run_autocommit(partial(self._look_alone, group=group))
                 return await self._db.run(partial(self._apply, group=group))
             except DBAPIError as error:
                 code = getattr(error.orig, "sqlstate", None)
@@ -166,6 +192,26 @@ class GroupCommit:
                     raise
                 log.info("delivery group chosen as a deadlock victim; running it again")
         raise AssertionError("unreachable")
+
+    async def _look_alone(self, session: AsyncSession, group: _Group) -> list[_Answer]:
+        """A group of looks only, in autocommit mode: the claims, then the queues of the
+        customers claimed. Two statements, not one with the read in a CTE: a statement
+        reads one snapshot, taken before its claim may wait for the holder's release, and
+        would then miss the rows that holder's settle deleted in the same commit."""
+        now = utc_now()
+        wanted = _first_look_wins(group.looks)
+        claimed = await repository.claim_many(session, wanted, now, self._lease)
+        if not claimed:
+            return _look_answers(group.looks, wanted, {}, now)
+        try:
+            queues = await repository.queues_and_crm_ids(session, sorted(claimed))
+        except BaseException:
+            # The claims are committed: give them back (else they lapse with the lease).
+            with contextlib.suppress(Exception):
+                await repository.release_many(session, [wanted[c] for c in claimed])
+            raise
+        found = {cid: queues.get(cid, ([], None)) for cid in claimed}
+        return _look_answers(group.looks, wanted, found, now)
 
     async def _apply(self, session: AsyncSession, group: _Group) -> list[_Answer]:
         """One group, in the caller's transaction; its answers, to hand out once it has
@@ -186,22 +232,14 @@ class GroupCommit:
                     for op in settles
                 ],
             )
-        wanted: dict[int, str] = {}
-        for op in looks:
-            # Two looks at one customer in one group: the first may claim it, the other
-            # finds it held, as it would in a transaction of its own.
-            wanted.setdefault(op.customer_id, op.token)
+        wanted = _first_look_wins(looks)
         claimed = await repository.claim_many(session, wanted, now, self._lease)
         read = {op.customer_id for op in settles} | claimed
         queues = await repository.queues_and_crm_ids(session, sorted(read)) if read else {}
         answers = await self._settle_all(session, settles, queues, now) if settles else []
-        for look in looks:
-            if look.customer_id in claimed and wanted[look.customer_id] == look.token:
-                rows, crm_id = queues.get(look.customer_id, ([], None))
-                answers.append((look.answer, View(rows, crm_id, now)))
-            else:
-                answers.append((look.answer, None))
-        return answers
+        # A claimed customer with nothing queued has no entry in `queues`.
+        found = {cid: queues.get(cid, ([], None)) for cid in claimed}
+        return answers + _look_answers(looks, wanted, found, now)
 
     async def _settle_all(
         self,
@@ -242,3 +280,31 @@ class GroupCommit:
                 result = view if op.customer_id in renewed else None
             answers.append((op.answer, result))
         return answers
+
+
+def _first_look_wins(looks: list[_Look]) -> dict[int, str]:
+    """The claim each looked-at customer is wanted under: two looks at one customer in
+    one group, the first may claim it, the other finds it held, as it would in a
+    transaction of its own."""
+    wanted: dict[int, str] = {}
+    for op in looks:
+        wanted.setdefault(op.customer_id, op.token)
+    return wanted
+
+
+def _look_answers(
+    looks: list[_Look],
+    wanted: dict[int, str],
+    found: dict[int, tuple[list[FailedRequest], str | None]],
+    now: datetime,
+) -> list[_Answer]:
+    """Each look's answer: its view when its customer is now claimed under its token (in
+    `found`, with the queue), None when another holds the claim."""
+    answers: list[_Answer] = []
+    for look in looks:
+        if look.customer_id in found and wanted[look.customer_id] == look.token:
+            rows, crm_id = found[look.customer_id]
+            answers.append((look.answer, View(rows, crm_id, now)))
+        else:
+            answers.append((look.answer, None))
+    return answers

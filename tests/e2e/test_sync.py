@@ -171,6 +171,7 @@ async def test_create_answered_409_adopts_the_existing_crm_record(
 ) -> None:
     await crm_control.faults(down=True)
     customer = await _create(client, email="grace@example.com")
+    await eventually(lambda: _outbox(client, status="failed"))  # the kicked delivery failed
     # Someone else created the record with our externalId (and stale data) meanwhile.
     await crm_control.faults(down=False)
     stale = {**expected_crm_record({**customer, "firstName": "Old"})}

@@ -26,13 +26,18 @@ T = TypeVar("T")
 
 
 class CountingDatabase(BackgroundDatabase):
-    """Counts the transactions the group commit asks for."""
+    """Counts the transactions the group commit asks for (a group of looks run in
+    autocommit mode counts as one)."""
 
     transactions = 0
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         self.transactions += 1
         return await super().run(work)
+
+    async def run_autocommit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        self.transactions += 1
+        return await super().run_autocommit(work)
 
 
 @dataclass
@@ -274,3 +279,77 @@ async def eventually_waiting(session: AsyncSession, within: float = 10.0) -> Non
     while await session.scalar(query) == 0:
         assert loop.time() < deadline, "the group never waited for the claim held here"
         await asyncio.sleep(0.02)
+
+
+async def test_on_postgresql_a_look_does_not_wait_for_a_group_of_settles(
+    pg_engine: Engine, postgres_database: str
+) -> None:
+    """Looks have groups of their own there: a look is answered while a settle's group is
+    stuck on a lock (here a customer row another transaction holds)."""
+    engine = pg_engine
+    a, b = await _customers(engine, 2)
+    view = await engine.group.look(a, "mine-a")
+    assert isinstance(view, View)
+    other = create_engine(postgres_database)
+    try:
+        async with create_sessionmaker(other)() as session, session.begin():
+            await session.execute(select(Customer).where(Customer.id == a).with_for_update())
+            settling = asyncio.create_task(
+                engine.group.settle(_batch(view), "crm-a", True, "mine-a", force=False)
+            )
+            await eventually_waiting(session)  # the settle's group waits for the row
+            looked = await asyncio.wait_for(engine.group.look(b, "mine-b"), 10)
+            assert isinstance(looked, View) and [r.customer_id for r in looked.rows] == [b]
+            assert not settling.done()
+        assert await asyncio.wait_for(settling, 10) is RELEASED
+    finally:
+        await other.dispose()
+
+
+async def test_a_look_that_waits_for_the_holders_release_sees_what_it_settled(
+    pg_engine: Engine, postgres_database: str
+) -> None:
+    """The holder settles (deletes the delivered row) and gives the claim back in one
+    transaction; a look that waited on that claim must read the queue after that commit,
+    or it would send the delivered row again."""
+    engine = pg_engine
+    [cid] = await _customers(engine, 1, updates=1)
+    other = create_engine(postgres_database)
+    try:
+        async with create_sessionmaker(other)() as session:
+            async with session.begin():
+                assert await repository.claim(session, cid, "holder", utc_now(), 30.0)
+            async with session.begin():
+                head = await session.scalar(
+                    select(func.min(FailedRequest.id)).where(FailedRequest.customer_id == cid)
+                )
+                await session.execute(
+                    text("DELETE FROM failed_requests WHERE id = :id"), {"id": head}
+                )
+                await repository.release_many(session, ["holder"])
+                looking = asyncio.create_task(engine.group.look(cid, "mine"))
+                await eventually_waiting(session)  # the look's claim waits for the release
+        view = await asyncio.wait_for(looking, 10)
+    finally:
+        await other.dispose()
+    assert isinstance(view, View)
+    assert [row.operation for row in view.rows] == [Operation.UPDATE]
+
+
+async def test_a_look_whose_read_fails_gives_its_claims_back(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group of looks commits its claims before it reads (autocommit): when the read
+    fails, the claims are given back rather than left to lapse with their lease."""
+    engine = pg_engine
+    ids = await _customers(engine, 2)
+
+    async def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the read failed")
+
+    monkeypatch.setattr(repository, "queues_and_crm_ids", fail)
+    answers = await asyncio.gather(
+        *(engine.group.look(cid, f"t{cid}") for cid in ids), return_exceptions=True
+    )
+    assert all(isinstance(a, RuntimeError) for a in answers), answers
+    assert await engine.read(select(func.count()).select_from(SyncClaim)) == 0
