@@ -78,7 +78,7 @@ async def main(phase: str) -> None:
                     "record",
                     "--gil",
                     "-r",
-                    "200",
+                    os.environ.get("BENCH_PROFILE_HZ", "200"),
                     "-f",
                     "raw",
                     "-o",

@@ -2,7 +2,7 @@
 
 Every transaction of the sync engine (claim, read the queue, settle, record a failure,
 release, renew a lease, find due customers) runs through `BackgroundDatabase.run` (or
-`run_autocommit`, for statements that each stand alone):
+`run_on_driver`, for the group commit's statements on the driver's own connection):
 
 - **Shielded.** The transaction runs in a task of its own, awaited through
   `asyncio.shield`. A caller that is cancelled (a pass giving way at shutdown, a
@@ -40,11 +40,12 @@ class BackgroundDatabase:
         when it raises; the caller's cancellation never interrupts it."""
         return await self._shielded(self._transaction(work))
 
-    async def run_autocommit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work(session)` on a connection in autocommit mode: each statement commits
-        on its own, without the round trips of BEGIN and COMMIT (for work whose
-        statements each stand alone)."""
-        return await self._shielded(self._autocommit(work))
+    async def run_on_driver(self, work: Callable[[Any], Awaitable[T]], transaction: bool) -> T:
+        """Run `work(connection)` on a pooled connection's driver connection (asyncpg's),
+        in one transaction (committed when it returns, rolled back when it raises) or,
+        without `transaction`, each statement committing on its own. The transaction is
+        the driver's: it has ended when the connection goes back to the pool."""
+        return await self._shielded(self._on_driver(work, transaction))
 
     async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
         task: asyncio.Task[T] = asyncio.create_task(work)
@@ -56,12 +57,16 @@ class BackgroundDatabase:
         async with self._slots, self._sessionmaker() as session, session.begin():
             return await work(session)
 
-    async def _autocommit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def _on_driver(self, work: Callable[[Any], Awaitable[T]], transaction: bool) -> T:
         engine: AsyncEngine = self._sessionmaker.kw["bind"]
         async with self._slots, engine.connect() as connection:
-            alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            async with self._sessionmaker(bind=alone) as session:
-                return await work(session)
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None, "a pooled connection without its driver connection"
+            if not transaction:
+                return await work(driver)
+            async with driver.transaction():
+                return await work(driver)
 
     def _finished(self, task: asyncio.Task[object]) -> None:
         self._running.discard(task)

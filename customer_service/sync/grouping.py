@@ -36,6 +36,7 @@ fails fails each of its callers, whose rows stay in the outbox for the next atte
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -48,6 +49,12 @@ from sqlalchemy.orm.attributes import set_committed_value
 from customer_service.columns import utc_now
 from customer_service.sync import repository
 from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.group_statements import (
+    DriverStatements,
+    GroupStatements,
+    Queues,
+    SessionStatements,
+)
 from customer_service.sync.models import FailedRequest
 from customer_service.sync.plan import Batch, plan_next
 
@@ -126,15 +133,17 @@ class _Lane:
 class GroupCommit:
     """On PostgreSQL, looks are grouped apart and run beside the settles' groups, in
     autocommit mode (`_look_alone`): a look then waits for the two round trips of its own
-    group, not for a whole transaction of settles and then its own. SQLite has no round
-    trips to save and one writer at a time: there, looks and settles share each group."""
+    group, not for a whole transaction of settles and then its own. There the groups'
+    statements run on the driver's connection (`group_statements.DriverStatements`).
+    SQLite has no round trips to save and one writer at a time: there, looks and settles
+    share each group, run through SQLAlchemy."""
 
     def __init__(self, db: BackgroundDatabase, lease_seconds: float) -> None:
         self._db = db
         self._lease = lease_seconds
         self._main = _Lane("delivery-group-commit")
-        looks_alone = db.dialect == "postgresql"
-        self._looks = _Lane("delivery-look-group") if looks_alone else self._main
+        self._on_driver = db.dialect == "postgresql"
+        self._looks = _Lane("delivery-look-group") if self._on_driver else self._main
 
     async def look(self, customer_id: int, token: str) -> View | None:
         """Claim `customer_id` under `token` and read its queue; None when another
@@ -183,45 +192,54 @@ class GroupCommit:
         transactions) locking some of the same claims in another order."""
         for attempt in range(DEADLOCK_ATTEMPTS):
             try:
-                if self._looks is not self._main and not group.settles:
-                    return await self._db.run_autocommit(partial(self._look_alone, group=group))
-                return await self._db.run(partial(self._apply, group=group))
-            except DBAPIError as error:
-                code = getattr(error.orig, "sqlstate", None)
-                if code != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS - 1:
+                if not self._on_driver:
+                    return await self._db.run(partial(self._in_session, group=group))
+                if group.settles:
+                    work = partial(self._on_connection, apply=self._apply, group=group)
+                    return await self._db.run_on_driver(work, transaction=True)
+                work = partial(self._on_connection, apply=self._look_alone, group=group)
+                return await self._db.run_on_driver(work, transaction=False)
+            except Exception as error:
+                if _sqlstate(error) != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS - 1:
                     raise
                 log.info("delivery group chosen as a deadlock victim; running it again")
         raise AssertionError("unreachable")
 
-    async def _look_alone(self, session: AsyncSession, group: _Group) -> list[_Answer]:
+    async def _in_session(self, session: AsyncSession, group: _Group) -> list[_Answer]:
+        return await self._apply(SessionStatements(session), group)
+
+    @staticmethod
+    async def _on_connection(connection: Any, apply: "_Apply", group: _Group) -> list[_Answer]:
+        return await apply(DriverStatements(connection), group)
+
+    async def _look_alone(self, statements: GroupStatements, group: _Group) -> list[_Answer]:
         """A group of looks only, in autocommit mode: the claims, then the queues of the
         customers claimed. Two statements, not one with the read in a CTE: a statement
         reads one snapshot, taken before its claim may wait for the holder's release, and
         would then miss the rows that holder's settle deleted in the same commit."""
         now = utc_now()
         wanted = _first_look_wins(group.looks)
-        claimed = await repository.claim_many(session, wanted, now, self._lease)
+        claimed = await statements.claim_many(wanted, now, self._lease)
         if not claimed:
             return _look_answers(group.looks, wanted, {}, now)
         try:
-            queues = await repository.queues_and_crm_ids(session, sorted(claimed))
+            queues = await statements.queues_and_crm_ids(sorted(claimed))
         except BaseException:
             # The claims are committed: give them back (else they lapse with the lease).
             with contextlib.suppress(Exception):
-                await repository.release_many(session, [wanted[c] for c in claimed])
+                await statements.release_many([wanted[c] for c in claimed])
             raise
         found = {cid: queues.get(cid, ([], None)) for cid in claimed}
         return _look_answers(group.looks, wanted, found, now)
 
-    async def _apply(self, session: AsyncSession, group: _Group) -> list[_Answer]:
+    async def _apply(self, statements: GroupStatements, group: _Group) -> list[_Answer]:
         """One group, in the caller's transaction; its answers, to hand out once it has
         committed. The settles' rows go first, then the looks' claims, then one read of
         every queue the group needs, then the settles' claims are given back or renewed."""
         now = utc_now()
         settles, looks = group.settles, group.looks
         if settles:
-            await repository.settle_many(
-                session,
+            await statements.settle_many(
                 [
                     repository.Settled(
                         op.customer_id,
@@ -233,19 +251,19 @@ class GroupCommit:
                 ],
             )
         wanted = _first_look_wins(looks)
-        claimed = await repository.claim_many(session, wanted, now, self._lease)
+        claimed = await statements.claim_many(wanted, now, self._lease)
         read = {op.customer_id for op in settles} | claimed
-        queues = await repository.queues_and_crm_ids(session, sorted(read)) if read else {}
-        answers = await self._settle_all(session, settles, queues, now) if settles else []
+        queues = await statements.queues_and_crm_ids(sorted(read)) if read else {}
+        answers = await self._settle_all(statements, settles, queues, now) if settles else []
         # A claimed customer with nothing queued has no entry in `queues`.
         found = {cid: queues.get(cid, ([], None)) for cid in claimed}
         return answers + _look_answers(looks, wanted, found, now)
 
     async def _settle_all(
         self,
-        session: AsyncSession,
+        statements: GroupStatements,
         settles: list[_Settle],
-        queues: dict[int, tuple[list[FailedRequest], str | None]],
+        queues: Queues,
         now: datetime,
     ) -> list[_Answer]:
         # A create's CRM id is new: the customer's requests behind it, if any, learn it.
@@ -254,7 +272,7 @@ class GroupCommit:
             for op in settles
             if op.learnt and op.crm_id is not None and op.customer_id in queues
         }
-        await repository.learn_crm_ids(session, learnt)
+        await statements.learn_crm_ids(learnt)
         for customer_id, new_id in learnt.items():
             for row in queues[customer_id][0]:
                 if row.crm_id is None:
@@ -269,8 +287,8 @@ class GroupCommit:
                 views[op.token] = View(rows, crm_id, now)
             else:
                 done.append(op.token)
-        await repository.release_many(session, done)
-        renewed = await repository.claim_many(session, renew, now, self._lease)
+        await statements.release_many(done)
+        renewed = await statements.claim_many(renew, now, self._lease)
         answers: list[_Answer] = []
         for op in settles:
             view = views.get(op.token)
@@ -280,6 +298,17 @@ class GroupCommit:
                 result = view if op.customer_id in renewed else None
             answers.append((op.answer, result))
         return answers
+
+
+_Apply = Callable[[GroupStatements, _Group], Awaitable[list[_Answer]]]
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error, raised through SQLAlchemy or by the driver."""
+    code = getattr(error, "sqlstate", None)
+    if code is None and isinstance(error, DBAPIError):
+        code = getattr(error.orig, "sqlstate", None)
+    return code if isinstance(code, str) else None
 
 
 def _first_look_wins(looks: list[_Look]) -> dict[int, str]:

@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, TextClause, bindparam, case, delete, func, select, text, update
+from sqlalchemy import (
+    Table,
+    TextClause,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -18,11 +29,15 @@ from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
 OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.FAILED)
 
 
-async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) -> "array[int]":
+async def due_customer_ids(
+    session: AsyncSession, now: datetime, every: bool, fresh_since: datetime | None = None
+) -> "array[int]":
     """Customers with a request to try now, the longest waiting first.
 
     Only a customer's oldest request counts (a newer one never overtakes it); a customer
     whose oldest request is dead is left for the operator. `every`: due or not.
+    `fresh_since`: leave out a customer whose oldest request was written after it and never
+    tried (the delivery its own write kicked is on it).
 
     Read in partitions into a packed array (8 bytes an id): a pass over a backlog of
     100,000 customers holds neither 100,000 result rows nor 100,000 int objects, so the
@@ -41,6 +56,10 @@ async def due_customer_ids(session: AsyncSession, now: datetime, every: bool) ->
     )
     if not every:
         query = query.where(FailedRequest.next_attempt_at <= now)
+    if fresh_since is not None:
+        query = query.where(
+            or_(FailedRequest.attempts > 0, FailedRequest.created_at <= fresh_since)
+        )
     ids: array[int] = array("q")
     result = await session.stream_scalars(query.execution_options(yield_per=DUE_PARTITION))
     async for partition in result.partitions():

@@ -18,6 +18,7 @@ from customer_service.customers.models import Customer
 from customer_service.db import create_engine, create_sessionmaker
 from customer_service.sync import outbox, repository
 from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.group_statements import DriverStatements, SessionStatements
 from customer_service.sync.grouping import RELEASED, GroupCommit, View
 from customer_service.sync.models import FailedRequest, Operation, SyncClaim
 from customer_service.sync.plan import Batch, plan_next
@@ -35,9 +36,9 @@ class CountingDatabase(BackgroundDatabase):
         self.transactions += 1
         return await super().run(work)
 
-    async def run_autocommit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run_on_driver(self, work: Callable[[Any], Awaitable[T]], transaction: bool) -> T:
         self.transactions += 1
-        return await super().run_autocommit(work)
+        return await super().run_on_driver(work, transaction)
 
 
 @dataclass
@@ -47,6 +48,11 @@ class Engine:
 
     async def read(self, query: Any) -> Any:
         return await self.db.run(lambda session: session.scalar(query))
+
+    @property
+    def statements(self) -> type[DriverStatements | SessionStatements]:
+        """What runs the group's statements on this database (`group_statements`)."""
+        return DriverStatements if self.db.dialect == "postgresql" else SessionStatements
 
 
 @contextlib.asynccontextmanager
@@ -201,13 +207,14 @@ async def test_a_failing_group_fails_each_caller_and_keeps_every_row(
 ) -> None:
     ids = await _customers(engine, 3)
     views = await asyncio.gather(*(engine.group.look(cid, f"t{cid}") for cid in ids))
-    real = repository.settle_many
+    statements = engine.statements
+    real = statements.settle_many
 
-    async def settle_then_fail(session: AsyncSession, settled: Any) -> None:
-        await real(session, settled)  # the rows are deleted in the transaction...
+    async def settle_then_fail(self: Any, settled: Any) -> None:
+        await real(self, settled)  # the rows are deleted in the transaction...
         raise RuntimeError("the database went away")  # ...which then rolls back
 
-    monkeypatch.setattr(repository, "settle_many", settle_then_fail)
+    monkeypatch.setattr(statements, "settle_many", settle_then_fail)
     answers = await asyncio.gather(
         *(
             engine.group.settle(_batch(view), f"crm-{cid}", True, f"t{cid}", force=False)
@@ -221,7 +228,7 @@ async def test_a_failing_group_fails_each_caller_and_keeps_every_row(
     assert await engine.read(select(func.count()).select_from(FailedRequest)) == 3
     assert await engine.read(select(func.count(Customer.crm_id))) == 0
     # The engine goes on: the next group works.
-    monkeypatch.setattr(repository, "settle_many", real)
+    monkeypatch.setattr(statements, "settle_many", real)
     view = views[0]
     assert isinstance(view, View)
     assert await engine.group.settle(_batch(view), "crm-x", True, f"t{ids[0]}", False) is RELEASED
@@ -347,7 +354,7 @@ async def test_a_look_whose_read_fails_gives_its_claims_back(
     async def fail(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("the read failed")
 
-    monkeypatch.setattr(repository, "queues_and_crm_ids", fail)
+    monkeypatch.setattr(engine.statements, "queues_and_crm_ids", fail)
     answers = await asyncio.gather(
         *(engine.group.look(cid, f"t{cid}") for cid in ids), return_exceptions=True
     )

@@ -1,0 +1,174 @@
+"""The statements of a delivery group (`sync.grouping`), one implementation a backend.
+
+A group runs the same five statements whatever its size: claim many customers, read many
+queues, settle many deliveries, give many claims back, hand a create's new CRM id to the
+requests behind it. `SessionStatements` runs them through SQLAlchemy (the Core statements
+of `sync.repository`, on SQLite). `DriverStatements` runs them on PostgreSQL on the
+driver's own connection (asyncpg), each one a prepared statement taking arrays
+(`= ANY($1)`, `unnest`), so a group's statement costs one asyncpg call instead of
+SQLAlchemy's execution machinery around it: measured on this machine, a group of looks
+(claim, read) took 0.74-1.04 ms of the service's CPU through SQLAlchemy against
+0.37-0.47 ms on the driver, and at half the sync-off capacity a delivery's bookkeeping
+was most of its cost (`bench/README.md`, step 14).
+
+Both take each group's claims in customer order, so two groups (of this replica or
+another) lock the claims they share in the same order.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, cast
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from customer_service.sync import repository
+from customer_service.sync.models import FailedRequest
+from customer_service.sync.repository import Settled
+
+# customer id -> (its first requests, oldest first; the CRM id its customer row holds)
+Queues = dict[int, tuple[list[FailedRequest], str | None]]
+
+
+class GroupStatements(Protocol):
+    async def claim_many(self, wanted: dict[int, str], now: datetime, lease: float) -> set[int]:
+        """Claim each customer under its owner (customer id -> owner); those now ours."""
+
+    async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
+        """These customers' queues; a customer with no request is left out."""
+
+    async def settle_many(self, settled: list[Settled]) -> None:
+        """Remove the delivered rows and note what the CRM now holds."""
+
+    async def learn_crm_ids(self, learnt: dict[int, str]) -> None:
+        """Give each customer's requests that lack one the CRM id a create returned."""
+
+    async def release_many(self, owners: list[str]) -> None:
+        """Give back the claims held under these owners."""
+
+
+@dataclass
+class SessionStatements:
+    """Through an SQLAlchemy session, in its transaction (`sync.repository`)."""
+
+    session: AsyncSession
+
+    async def claim_many(self, wanted: dict[int, str], now: datetime, lease: float) -> set[int]:
+        return await repository.claim_many(self.session, wanted, now, lease)
+
+    async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
+        return await repository.queues_and_crm_ids(self.session, customer_ids)
+
+    async def settle_many(self, settled: list[Settled]) -> None:
+        await repository.settle_many(self.session, settled)
+
+    async def learn_crm_ids(self, learnt: dict[int, str]) -> None:
+        await repository.learn_crm_ids(self.session, learnt)
+
+    async def release_many(self, owners: list[str]) -> None:
+        await repository.release_many(self.session, owners)
+
+
+_requests = cast(Table, FailedRequest.__table__)
+_COLUMNS = [column.name for column in _requests.columns]
+QUEUE_LIMIT = 100
+
+# The same statements as `sync.repository`'s, in PostgreSQL's own SQL. Each is prepared
+# once per connection by asyncpg (its statement cache) and takes arrays, so a group of any
+# size is one statement each.
+CLAIM_MANY = (
+    "INSERT INTO sync_claims (customer_id, owner, expires_at)"
+    " SELECT wanted.customer_id, wanted.owner, $3"
+    " FROM unnest($1::integer[], $2::text[]) AS wanted(customer_id, owner)"
+    " ORDER BY wanted.customer_id"
+    " ON CONFLICT (customer_id) DO UPDATE"
+    " SET owner = excluded.owner, expires_at = excluded.expires_at"
+    " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < $4"
+    " RETURNING customer_id, owner"
+)
+# Rows straight from the windowed scan of the customers' index range, each CRM id by
+# primary key (no join for the planner to turn into a scan of a whole table).
+QUEUES = (
+    f"SELECT {', '.join(f'queued.{name}' for name in _COLUMNS)},"
+    " (SELECT customers.crm_id FROM customers WHERE customers.id = queued.customer_id)"
+    f" FROM (SELECT {', '.join(_COLUMNS)}, row_number() OVER"
+    " (PARTITION BY customer_id ORDER BY id) AS position"
+    " FROM failed_requests WHERE customer_id = ANY($1::integer[])) AS queued"
+    " WHERE queued.position <= $2 ORDER BY queued.customer_id, queued.id"
+)
+DELETE_REQUESTS = "DELETE FROM failed_requests WHERE id = ANY($1::bigint[])"
+# One settle a customer in a group (one delivery holds a customer's claim at a time), so
+# each customer row meets one entry of the arrays.
+NOTE_SYNCED = (
+    "UPDATE customers SET crm_id = noted.crm_id, crm_synced_version = CASE"
+    " WHEN customers.crm_synced_version IS NULL"
+    " OR customers.crm_synced_version < noted.version THEN noted.version"
+    " ELSE customers.crm_synced_version END"
+    " FROM unnest($1::integer[], $2::text[], $3::integer[])"
+    " AS noted(customer_id, crm_id, version)"
+    " WHERE customers.id = noted.customer_id"
+)
+LEARN_CRM_IDS = (
+    "UPDATE failed_requests SET crm_id = learnt.crm_id"
+    " FROM unnest($1::integer[], $2::text[]) AS learnt(customer_id, crm_id)"
+    " WHERE failed_requests.customer_id = learnt.customer_id AND failed_requests.crm_id IS NULL"
+)
+RELEASE_CLAIMS = "DELETE FROM sync_claims WHERE owner = ANY($1::text[])"
+
+
+@dataclass
+class DriverStatements:
+    """On the driver's connection (asyncpg), in whatever transaction it is in (or none:
+    each statement then commits on its own)."""
+
+    connection: Any  # asyncpg.Connection: the driver ships no type hints
+
+    async def claim_many(self, wanted: dict[int, str], now: datetime, lease: float) -> set[int]:
+        if not wanted:
+            return set()
+        ordered = sorted(wanted.items())
+        rows = await self.connection.fetch(
+            CLAIM_MANY,
+            [customer_id for customer_id, _ in ordered],
+            [owner for _, owner in ordered],
+            now + timedelta(seconds=lease),
+            now,
+        )
+        return {row[0] for row in rows if wanted.get(row[0]) == row[1]}
+
+    async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
+        queues: Queues = {}
+        for record in await self.connection.fetch(QUEUES, customer_ids, QUEUE_LIMIT):
+            values = tuple(record)
+            row = _request(values[:-1])
+            queue = queues.setdefault(row.customer_id, ([], values[-1]))
+            queue[0].append(row)
+        return queues
+
+    async def settle_many(self, settled: list[Settled]) -> None:
+        ids = [row_id for one in settled for row_id in one.row_ids]
+        await self.connection.execute(DELETE_REQUESTS, ids)
+        noted = sorted(
+            (one.customer_id, one.crm_id, one.version) for one in settled if one.crm_id is not None
+        )
+        if noted:
+            await self.connection.execute(
+                NOTE_SYNCED,
+                [customer_id for customer_id, _, _ in noted],
+                [crm_id for _, crm_id, _ in noted],
+                [version for _, _, version in noted],
+            )
+
+    async def learn_crm_ids(self, learnt: dict[int, str]) -> None:
+        if learnt:
+            await self.connection.execute(LEARN_CRM_IDS, list(learnt), list(learnt.values()))
+
+    async def release_many(self, owners: list[str]) -> None:
+        if owners:
+            await self.connection.execute(RELEASE_CLAIMS, owners)
+
+
+def _request(values: tuple[Any, ...]) -> FailedRequest:
+    """A `FailedRequest` from a row of QUEUES, not attached to any session (as the rows
+    the group commit reads through SQLAlchemy are detached once it commits)."""
+    return FailedRequest(**dict(zip(_COLUMNS, values, strict=True)))
