@@ -30,8 +30,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_mock import store
@@ -39,7 +37,6 @@ from crm_mock.deps import CALL_SESSION, CrmRuntime, runtime_of
 from crm_mock.faults import InjectedFault, decide_fault
 from crm_mock.problems import PROBLEM_MEDIA_TYPE, build_problem, problem_bytes
 from crm_mock.routes import CUSTOMERS_PATH
-from crm_mock.schemas import CrmCustomer, CrmCustomerRequest
 
 logger = logging.getLogger(__name__)
 
@@ -106,19 +103,6 @@ class Answer:
             **(extra_headers or {}),
         }
         return cls(status, [(k.encode(), v.encode()) for k, v in headers.items()], body)
-
-    @classmethod
-    def json(
-        cls, status: int, body: str, extra_headers: Mapping[str, str] | None = None
-    ) -> "Answer":
-        """A JSON answer of an already serialised body."""
-        encoded = body.encode()
-        headers = {
-            "content-type": "application/json",
-            "content-length": str(len(encoded)),
-            **(extra_headers or {}),
-        }
-        return cls(status, [(k.encode(), v.encode()) for k, v in headers.items()], encoded)
 
     @classmethod
     def fault(cls, fault: InjectedFault) -> "Answer":
@@ -296,11 +280,6 @@ class CustomerCallsGateway:
 
     async def _execute(self, call: Call, scope: Scope, receive: Receive) -> Answer:
         """Run the endpoint on the buffered body and capture its whole answer."""
-        session = scope.get(CALL_SESSION)
-        if call.method == "POST" and call.path == CUSTOMERS_PATH and session is not None:
-            created = await create_directly(session, call.raw_body)
-            if created is not None:
-                return created
         body_delivered = False
 
         async def replay_receive() -> Message:
@@ -381,26 +360,6 @@ class CustomerCallsGateway:
             logger.exception(
                 "could not log %s %s (status %s)", call.method, call.path, answer.status
             )
-
-
-async def create_directly(session: AsyncSession, raw_body: bytes) -> "Answer | None":
-    """`POST /api/crm/customers` without FastAPI's routing, validation and serialisation
-    around it (the same model, store call and answer as `routes.create_customer`): most
-    of the mock's CPU per create went there, and every sync benchmark shares its cores
-    with the mock. None for a body the model refuses: the endpoint then answers the 422
-    in FastAPI's own words."""
-    try:
-        request = CrmCustomerRequest.model_validate_json(raw_body)
-    except ValidationError:
-        return None
-    try:
-        record = await store.create_customer(session, request)
-    except store.ExternalIdTaken as taken:
-        return Answer.json(
-            409, CrmCustomer.model_validate(taken.existing).model_dump_json(by_alias=True)
-        )
-    body = CrmCustomer.model_validate(record).model_dump_json(by_alias=True)
-    return Answer.json(201, body, {"location": f"{CUSTOMERS_PATH}/{record.id}"})
 
 
 async def _read_body(receive: Receive) -> bytes | None:
