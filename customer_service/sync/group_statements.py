@@ -71,7 +71,6 @@ class SessionStatements:
 
 _requests = cast(Table, FailedRequest.__table__)
 _COLUMNS = [column.name for column in _requests.columns]
-QUEUE_LIMIT = 100
 
 # The same statements as `sync.repository`'s, in PostgreSQL's own SQL. Each is prepared
 # once per connection by asyncpg (its statement cache) and takes arrays, so a group of any
@@ -138,7 +137,7 @@ class DriverStatements:
 
     async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
         queues: Queues = {}
-        for record in await self.connection.fetch(QUEUES, customer_ids, QUEUE_LIMIT):
+        for record in await self.connection.fetch(QUEUES, customer_ids, repository.QUEUE_LIMIT):
             values = tuple(record)
             row = _request(values[:-1])
             queue = queues.setdefault(row.customer_id, ([], values[-1]))

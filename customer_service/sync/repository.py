@@ -92,8 +92,12 @@ async def queue_of(
     return list((await session.scalars(query)).all())
 
 
+# How many of a customer's requests one look reads (a batch is planned from them).
+QUEUE_LIMIT = 100
+
+
 async def queues_and_crm_ids(
-    session: AsyncSession, customer_ids: list[int], limit: int = 100
+    session: AsyncSession, customer_ids: list[int], limit: int = QUEUE_LIMIT
 ) -> dict[int, tuple[list[FailedRequest], str | None]]:
     """Many customers' queues in one statement: each one's first `limit` requests, oldest
     first, and the CRM id its customer row holds (None when it has none, or the customer
