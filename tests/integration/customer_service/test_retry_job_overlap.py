@@ -11,7 +11,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
-from support import CrmControl, eventually
+from support import CrmControl, deliveries_idle, eventually
 
 from customer_service.app import create_app
 from customer_service.columns import utc_now
@@ -48,6 +48,9 @@ async def test_overlapping_ticks_and_a_recovery_pass_still_follow_up_after_the_l
                 created = await client.post("/api/customers", json={**ADA, "email": f"o{n}@x.io"})
                 ids.append(created.json()["id"])
             await eventually(lambda: _all_failed(client, ids))
+            # A kicked delivery that went round again (a later write's kick) may still hold
+            # a claim for its second look: wait until none does.
+            await eventually(lambda: deliveries_idle(client))
             await crm_control.faults(down=False, latencyMs=30)
             # A crashed replica's claim on the first customer, lapsing in a second.
             async with app.state.sessionmaker() as session, session.begin():
