@@ -7,7 +7,7 @@ of `sync.repository`, on SQLite). `DriverStatements` runs them on PostgreSQL on 
 driver's own connection (asyncpg), each one a prepared statement taking arrays
 (`= ANY($1)`, `unnest`), so a group's statement costs one asyncpg call instead of
 SQLAlchemy's execution machinery around it: measured on this machine, a group of looks
-(claim, read) took 0.74-1.04 ms of the service's CPU through SQLAlchemy against
+(claim, read, then release) took 0.74-1.04 ms of the service's CPU through SQLAlchemy against
 0.37-0.47 ms on the driver, and at half the sync-off capacity a delivery's bookkeeping
 was most of its cost (`bench/README.md`, step 14).
 

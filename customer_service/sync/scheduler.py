@@ -159,8 +159,8 @@ class RetryJob:
         a follow-up for those "busy" customers, and so on every lease: each such pass
         fought the live deliveries for their claims (sync lag p99 episodes of 0.5-3 s at
         471 writes/s on PostgreSQL, `bench/README.md` step 15). What a write's replica
-        never delivered (a crash right after the commit) is taken one lease later, as a
-        crashed replica's claim would be."""
+        never delivered (a crash right after the commit) is taken by the first periodic pass
+        once it is a lease old, as a crashed replica's claimed customers would be."""
         return now - timedelta(seconds=self._settings.claim_lease_seconds)
 
     def start_forced_pass(self) -> None:
