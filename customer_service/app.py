@@ -10,7 +10,7 @@ from customer_service.crm.client import CrmClient, build_http_client
 from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.router import router as customers_router
 from customer_service.dashboard.router import router as dashboard_router
-from customer_service.db import create_sessionmaker, engine_for
+from customer_service.db import create_sessionmaker, engines_for
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
 from customer_service.metrics import InstrumentedSender, Metrics
@@ -36,16 +36,18 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = engine_for(settings)
+        # The API's pool and the sync engine's (one engine on SQLite): `engines_for`.
+        engine, sync_engine = engines_for(settings)
         sessionmaker = create_sessionmaker(engine)
+        sync_sessionmaker = create_sessionmaker(sync_engine)
         http = build_http_client(settings)
         throttle = CallThrottle(settings.crm_max_requests_per_second)
         client = CrmClient(http, on_call=metrics.observe_crm_call, throttle=throttle)
         # One engine, two transports: Kafka mode publishes instead of calling the CRM.
         kafka = KafkaMode(settings, sessionmaker) if settings.sync_mode == SyncMode.KAFKA else None
         sender = kafka.sender if kafka is not None else HttpSender(client)
-        deliverer = Deliverer(sessionmaker, InstrumentedSender(sender, metrics), settings)
-        retry_job = RetryJob(sessionmaker, deliverer, settings, None if kafka else client)
+        deliverer = Deliverer(sync_sessionmaker, InstrumentedSender(sender, metrics), settings)
+        retry_job = RetryJob(sync_sessionmaker, deliverer, settings, None if kafka else client)
         dispatcher = Dispatcher(deliverer, enabled=settings.sync_enabled)
         app.state.settings = settings
         app.state.engine = engine
@@ -86,6 +88,8 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
                 await kafka.close()
             await http.aclose()
             await engine.dispose()
+            if sync_engine is not engine:
+                await sync_engine.dispose()
 
     app = FastAPI(
         title="crm-sync customer service",

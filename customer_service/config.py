@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     database_max_overflow: int = Field(default=5, ge=0, le=1000)
     # How long an API call waits for a free connection before it answers 503.
     database_pool_timeout_seconds: PositiveSeconds = 5.0
-    # Connections the background delivery machinery may hold at once; 0 means half the
-    # pool (pool + overflow) rounded down, at least 1. The rest are the API's.
+    # Connections of the background delivery machinery, a pool of its own (`db.engines_for`);
+    # 0 means half the pool (pool + overflow) rounded down, at least 1. The rest are the API's.
     sync_database_connections: int = Field(default=0, ge=0, le=1000)
 
     @model_validator(mode="after")

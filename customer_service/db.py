@@ -1,6 +1,7 @@
 """Database engine, session factory and the metadata every model shares."""
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import MetaData, event, exc, make_url
@@ -109,13 +110,55 @@ def _ping_after_idle(engine: AsyncEngine) -> None:
 
 
 def engine_for(settings: Settings) -> AsyncEngine:
-    """The process's engine, sized by the database capacity settings."""
+    """The process's engine, sized by the database capacity settings (the CLI's commands
+    and migrations; the running service splits it, see `engines_for`)."""
     return create_engine(
         settings.database_url,
         settings.database_pool_size,
         settings.database_max_overflow,
         settings.database_pool_timeout_seconds,
     )
+
+
+@dataclass(frozen=True)
+class PoolSplit:
+    api_pool_size: int
+    api_max_overflow: int
+    sync_pool_size: int
+
+
+def pool_split(pool_size: int, max_overflow: int, sync_connections: int) -> PoolSplit:
+    """How a process's `pool_size + max_overflow` connections are shared between the API
+    and the background sync engine: `sync_connections` are the sync engine's alone (a pool
+    of their own, no overflow), the rest the API's, kept open up to `pool_size` and opened
+    beyond it only at a peak. The total never grows."""
+    total = pool_size + max_overflow
+    api = total - sync_connections
+    api_pool = min(pool_size, api)
+    return PoolSplit(api_pool, api - api_pool, sync_connections)
+
+
+def engines_for(settings: Settings) -> tuple[AsyncEngine, AsyncEngine]:
+    """The running service's two engines, the API's and the sync engine's.
+
+    On PostgreSQL they are two pools (`pool_split`): the API's calls can no longer take
+    every connection while a delivery waits behind them for one (under a steady load of
+    writes, a loop monitor saw the API holding all 15 while the deliveries of those
+    writes queued for the pool; bench/README, step 17). SQLite has one writer and one
+    connection, so both are the same engine.
+    """
+    if is_sqlite(settings.database_url):
+        engine = engine_for(settings)
+        return engine, engine
+    split = pool_split(
+        settings.database_pool_size,
+        settings.database_max_overflow,
+        settings.sync_database_connections,
+    )
+    timeout = settings.database_pool_timeout_seconds
+    api = create_engine(settings.database_url, split.api_pool_size, split.api_max_overflow, timeout)
+    sync = create_engine(settings.database_url, split.sync_pool_size, 0, timeout)
+    return api, sync
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

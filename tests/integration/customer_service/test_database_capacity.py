@@ -13,6 +13,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import TimeoutError as TimeoutError_
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from support import LiveServer
 
@@ -58,9 +59,9 @@ async def test_pool_exhausted_answers_503_with_retry_after_and_writes_nothing(
     app = create_app(settings, run_scheduler=False)
     async with _client(app) as http, AsyncExitStack() as held:
         engine = app.state.engine
-        # Take every connection the pool has (SQLite: its one; PostgreSQL: both).
-        size = 1 if database_url.startswith("sqlite") else 2
-        for _ in range(size):
+        # Take every connection the API has: SQLite's one; on PostgreSQL the pool's two
+        # less the sync engine's one, which is a pool of its own.
+        for _ in range(1):
             connection: AsyncConnection = await held.enter_async_context(engine.connect())
             await connection.execute(text("SELECT 1"))
         _unavailable(await http.post("/api/customers", json=ADA))
@@ -156,3 +157,39 @@ async def test_background_transactions_keep_to_their_share_and_survive_cancellat
         assert isinstance(results[0], asyncio.CancelledError)
         assert results[1:] == [1, 1, 1]
         assert app.state.engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_sync_engine_has_connections_of_its_own_while_the_api_holds_all_of_its(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """PostgreSQL: the sync engine's connections are a pool of their own, so a burst of
+    API calls holding every connection the API may have never makes a delivery wait for
+    one (with one shared pool this delivery's transaction timed out behind them), and the
+    total stays within pool + overflow."""
+    settings = make_settings(
+        database_pool_size=3,
+        database_max_overflow=1,
+        database_pool_timeout_seconds=0.5,
+        sync_database_connections=2,
+    )
+    app = create_app(settings, run_scheduler=False)
+    async with _client(app), AsyncExitStack() as held:
+        api = app.state.engine
+        for _ in range(2):  # 3 + 1 - 2: every connection the API may open
+            connection: AsyncConnection = await held.enter_async_context(api.connect())
+            await connection.execute(text("SELECT 1"))
+
+        async def work(session: Any) -> int:
+            return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+        db = app.state.deliverer.db
+        assert await asyncio.gather(db.run(work), db.run(work), db.run(work)) == [1, 1, 1]
+        sync = app.state.deliverer.db._sessionmaker.kw["bind"]
+        assert sync is not api
+        assert api.pool.size() + api.pool._max_overflow == 2
+        assert sync.pool.size() + sync.pool._max_overflow == 2
+        # The API's pool stays exhausted: its next call still answers 503.
+        with pytest.raises(TimeoutError_):
+            async with api.connect():
+                pass
