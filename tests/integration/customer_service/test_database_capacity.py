@@ -38,6 +38,13 @@ async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield http
 
 
+async def _hold(held: AsyncExitStack, engine: Any, count: int) -> None:
+    """Check out `count` of `engine`'s connections, each used once, until `held` closes."""
+    for _ in range(count):
+        connection: AsyncConnection = await held.enter_async_context(engine.connect())
+        await connection.execute(text("SELECT 1"))
+
+
 async def _count(url: str, table: str) -> int:
     engine = create_async_engine(url)
     try:
@@ -58,12 +65,9 @@ async def test_pool_exhausted_answers_503_with_retry_after_and_writes_nothing(
     )
     app = create_app(settings, run_scheduler=False)
     async with _client(app) as http, AsyncExitStack() as held:
-        engine = app.state.engine
         # Take every connection the API has: SQLite's one; on PostgreSQL the pool's two
         # less the sync engine's one, which is a pool of its own.
-        for _ in range(1):
-            connection: AsyncConnection = await held.enter_async_context(engine.connect())
-            await connection.execute(text("SELECT 1"))
+        await _hold(held, app.state.engine, 1)
         _unavailable(await http.post("/api/customers", json=ADA))
         _unavailable(await http.get("/api/customers"))
     assert await _count(database_url, "customers") == 0
@@ -176,9 +180,7 @@ async def test_sync_engine_has_connections_of_its_own_while_the_api_holds_all_of
     app = create_app(settings, run_scheduler=False)
     async with _client(app), AsyncExitStack() as held:
         api = app.state.engine
-        for _ in range(2):  # 3 + 1 - 2: every connection the API may open
-            connection: AsyncConnection = await held.enter_async_context(api.connect())
-            await connection.execute(text("SELECT 1"))
+        await _hold(held, api, 2)  # 3 + 1 - 2: every connection the API may open
 
         async def work(session: Any) -> int:
             return int((await session.execute(text("SELECT 1"))).scalar_one())
