@@ -58,8 +58,7 @@ class BackgroundDatabase:
             return await work(session)
 
     async def _on_driver(self, work: Callable[[Any], Awaitable[T]], transaction: bool) -> T:
-        engine: AsyncEngine = self._sessionmaker.kw["bind"]
-        async with self._slots, engine.connect() as connection:
+        async with self._slots, self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             driver = raw.driver_connection
             assert driver is not None, "a pooled connection without its driver connection"
@@ -76,10 +75,15 @@ class BackgroundDatabase:
             log.debug("background transaction failed", exc_info=task.exception())
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The engine whose pool these transactions draw on."""
+        engine: AsyncEngine = self._sessionmaker.kw["bind"]
+        return engine
+
+    @property
     def dialect(self) -> str:
         """The database's dialect name: "postgresql", "sqlite"."""
-        engine: AsyncEngine = self._sessionmaker.kw["bind"]
-        return engine.dialect.name
+        return self.engine.dialect.name
 
     @property
     def in_flight(self) -> int:

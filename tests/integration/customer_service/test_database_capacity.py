@@ -187,7 +187,7 @@ async def test_sync_engine_has_connections_of_its_own_while_the_api_holds_all_of
 
         db = app.state.deliverer.db
         assert await asyncio.gather(db.run(work), db.run(work), db.run(work)) == [1, 1, 1]
-        sync = app.state.deliverer.db._sessionmaker.kw["bind"]
+        sync = app.state.deliverer.db.engine
         assert sync is not api
         assert api.pool.size() + api.pool._max_overflow == 2
         assert sync.pool.size() + sync.pool._max_overflow == 2
