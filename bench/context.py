@@ -103,7 +103,10 @@ class Bench:
         self.servers = servers
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            # Idle connections dropped before uvicorn closes them (5 s), never raced.
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=100, keepalive_expiry=1.0
+            ),
         )
         self.customer_service = console_script("customer-service")
         self.crm_mock = console_script("crm-mock")

@@ -34,6 +34,20 @@ def free_port() -> int:
         return port
 
 
+# uvicorn closes a keep-alive connection after 5 s idle, and httpx keeps one for 5 s by
+# default: a request sent on a connection as the server closes it fails with ReadError
+# (seen in CI on a busy machine). Clients of real servers drop idle ones well before.
+KEEPALIVE_EXPIRY = 1.0
+
+
+def loopback_client(base_url: str = "", **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client for a real server on loopback that never reuses a connection the
+    server may be closing."""
+    return httpx.AsyncClient(
+        base_url=base_url, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY), **kwargs
+    )
+
+
 async def eventually(
     check: Callable[[], Awaitable[T]], within: float = 15.0, interval: float = 0.05
 ) -> T:
@@ -137,7 +151,7 @@ class CrmControl:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+        self.http = loopback_client(base_url, timeout=30)
 
     async def faults(self, **changes: Any) -> dict[str, Any]:
         response = await self.http.put("/api/crm/_faults", json=changes)
@@ -219,7 +233,7 @@ async def service_process(
         stderr=log,
     )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with loopback_client(f"http://127.0.0.1:{port}") as http:
 
             async def up() -> bool:
                 assert process.poll() is None, "the service exited at start-up"

@@ -3,7 +3,6 @@
 import signal
 from typing import Any
 
-import httpx
 from support import (
     CrmControl,
     LiveServer,
@@ -11,6 +10,7 @@ from support import (
     eventually,
     expected_crm_record,
     free_port,
+    loopback_client,
     service_process,
 )
 
@@ -24,7 +24,7 @@ async def test_sigkill_between_commit_and_delivery_loses_nothing(
     await crm_control.faults(latencyMs=3000)
     async with (
         service_process(database_url, crm.url, port) as process,
-        httpx.AsyncClient(base_url=url) as http,
+        loopback_client(url) as http,
     ):
         for n in range(3):
             body = {"firstName": f"C{n}", "lastName": "Crash", "email": f"k{n}@example.com"}
@@ -44,7 +44,7 @@ async def test_sigkill_between_commit_and_delivery_loses_nothing(
     await crm_control.faults(latencyMs=0)
     async with (
         service_process(database_url, crm.url, port),
-        httpx.AsyncClient(base_url=url) as http,
+        loopback_client(url) as http,
     ):
 
         async def all_synced() -> bool:

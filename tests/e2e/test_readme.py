@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from support import eventually, free_port
+from support import eventually, free_port, loopback_client
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -48,7 +48,7 @@ async def pair(workdir: Path, service_port: int, crm_port: int) -> AsyncIterator
         for name, port in (("crm-mock", crm_port), ("customer-service", service_port))
     ]
     try:
-        async with httpx.AsyncClient() as http:
+        async with loopback_client() as http:
             for port in (crm_port, service_port):
 
                 async def up(port: int = port) -> bool:
@@ -71,7 +71,7 @@ async def test_readme_walkthrough_works_verbatim(tmp_path: Path) -> None:
     service_port, crm_port = free_port(), free_port()
     service = f"http://127.0.0.1:{service_port}"
     outputs: list[str] = []
-    async with pair(tmp_path, service_port, crm_port), httpx.AsyncClient(base_url=service) as http:
+    async with pair(tmp_path, service_port, crm_port), loopback_client(service) as http:
 
         async def idle() -> bool:
             return "crm_sync_deliveries_in_flight 0.0\n" in (await http.get("/metrics")).text

@@ -12,7 +12,15 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import insert
-from support import CrmControl, LiveServer, crm_view, eventually, expected_crm_record, live
+from support import (
+    CrmControl,
+    LiveServer,
+    crm_view,
+    eventually,
+    expected_crm_record,
+    live,
+    loopback_client,
+)
 
 from crm_mock import store as crm_store
 from crm_mock.app import create_app as create_crm_app
@@ -225,7 +233,7 @@ async def _peak_memory(tmp_path: Path, count: int) -> int:
     settings = CrmSettings(crm_database_url=theirs)
     async with live(LiveServer(lambda: create_crm_app(settings))) as crm:
         engine = create_engine(ours)
-        async with httpx.AsyncClient(base_url=crm.url, timeout=30) as http:
+        async with loopback_client(crm.url, timeout=30) as http:
             reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http), page_size=100)
             assert (await reconciler.run()).checked == count
             tracemalloc.start()

@@ -11,7 +11,14 @@ import time
 from typing import Any
 
 import httpx
-from support import CrmControl, LiveServer, eventually, free_port, service_process
+from support import (
+    CrmControl,
+    LiveServer,
+    eventually,
+    free_port,
+    loopback_client,
+    service_process,
+)
 
 # Every API call made while the backlog drains must answer within this.
 ANSWER_WITHIN = 1.0
@@ -86,7 +93,7 @@ async def test_api_answers_and_backlog_drains_each_time_the_crm_returns(
     env = {"RETRY_INTERVAL_SECONDS": "2", "RECOVERY_PROBE_SECONDS": "1", "CRM_TIMEOUT_SECONDS": "2"}
     async with (
         service_process(database_url, crm.url, port, **env),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        loopback_client(f"http://127.0.0.1:{port}") as http,
     ):
         timed = TimedClient(http)
         for round_ in range(10):
@@ -113,14 +120,14 @@ async def test_periodic_pass_with_slow_crm_calls_in_flight_when_the_crm_returns(
     # A backlog written by an API-only process, so the next one starts with work to do.
     async with (
         service_process(database_url, crm.url, port, SYNC_ENABLED="false"),
-        httpx.AsyncClient(base_url=url) as http,
+        loopback_client(url) as http,
     ):
         ids = await _create_many(TimedClient(http), "slow-", 60)
     await crm_control.faults(latencyMs=3000)
     env = {"CRM_TIMEOUT_SECONDS": "1", "RECOVERY_PROBE_SECONDS": "1", "RETRY_CONCURRENCY": "4"}
     async with (
         service_process(database_url, crm.url, port, **env),
-        httpx.AsyncClient(base_url=url) as http,
+        loopback_client(url) as http,
     ):
         timed = TimedClient(http)
 

@@ -12,7 +12,15 @@ from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
-from support import CrmControl, LiveServer, eventually, free_port, reset_postgres, service_process
+from support import (
+    CrmControl,
+    LiveServer,
+    eventually,
+    free_port,
+    loopback_client,
+    reset_postgres,
+    service_process,
+)
 
 from customer_service.app import create_app
 from customer_service.config import Settings
@@ -72,8 +80,7 @@ async def test_three_replicas_drain_one_backlog_once_each_and_in_order(
             )
         )
         clients = [
-            await stack.enter_async_context(httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}"))
-            for p in ports
+            await stack.enter_async_context(loopback_client(f"http://127.0.0.1:{p}")) for p in ports
         ]
 
         async def drained() -> bool:

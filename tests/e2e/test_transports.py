@@ -22,6 +22,7 @@ from support import (
     LiveServer,
     eventually,
     free_port,
+    loopback_client,
     operator_retry,
     service_process,
 )
@@ -186,7 +187,7 @@ async def test_sigkill_between_commit_and_publish_loses_nothing(
             hung = {**transport.env, "KAFKA_BOOTSTRAP_SERVERS": hole.bootstrap}
         async with (
             service_process(database_url, crm.url, port, **hung) as process,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+            loopback_client(f"http://127.0.0.1:{port}") as http,
         ):
             for n in range(3):
                 body = {"firstName": f"C{n}", "lastName": "Crash", "email": f"k{n}@example.com"}
@@ -205,7 +206,7 @@ async def test_sigkill_between_commit_and_publish_loses_nothing(
     await crm_control.faults(latencyMs=0)
     async with (
         service_process(database_url, crm.url, port, **transport.env),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        loopback_client(f"http://127.0.0.1:{port}") as http,
     ):
         for customer in written:
             await _synced(http, customer["id"], 2)

@@ -5,7 +5,7 @@ import logging
 import httpx
 import pytest
 import respx
-from support import CrmControl, eventually
+from support import CrmControl, eventually, loopback_client
 
 from customer_service.crm.client import CrmClient
 from customer_service.db import create_engine, create_sessionmaker
@@ -53,7 +53,7 @@ async def test_a_reconciliation_outside_a_request_calls_the_crm_under_an_id_of_i
     )
     engine = create_engine(database_url)
     try:
-        async with httpx.AsyncClient(base_url=crm) as http:
+        async with loopback_client(crm) as http:
             reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http))
             assert (await reconciler.run()).drift == 0
     finally:
