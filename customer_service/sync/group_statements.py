@@ -85,34 +85,66 @@ CLAIM_MANY = (
     " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < $4"
     " RETURNING customer_id, owner"
 )
-# Rows straight from the windowed scan of the customers' index range, each CRM id by
-# primary key (no join for the planner to turn into a scan of a whole table).
-QUEUES = (
-    f"SELECT {', '.join(f'queued.{name}' for name in _COLUMNS)},"
-    " (SELECT customers.crm_id FROM customers WHERE customers.id = queued.customer_id)"
-    f" FROM (SELECT {', '.join(_COLUMNS)}, row_number() OVER"
-    " (PARTITION BY customer_id ORDER BY id) AS position"
-    " FROM failed_requests WHERE customer_id = ANY($1::integer[])) AS queued"
-    " WHERE queued.position <= $2 ORDER BY queued.customer_id, queued.id"
-)
+
+
+def _queue_read(customers: str, limit: str, leaving_out: str = "") -> str:
+    """The first `limit` rows of each customer's queue, oldest first, and the CRM id its
+    customer row holds: rows straight from the windowed scan of the customers' index
+    range, each CRM id by primary key (no join for the planner to turn into a scan of a
+    whole table). `leaving_out`: an array of row ids to skip."""
+    skip = f" AND id <> ALL({leaving_out}::bigint[])" if leaving_out else ""
+    return (
+        f"SELECT {', '.join(f'queued.{name}' for name in _COLUMNS)},"
+        " (SELECT customers.crm_id FROM customers WHERE customers.id = queued.customer_id)"
+        " AS customer_crm_id"
+        f" FROM (SELECT {', '.join(_COLUMNS)}, row_number() OVER"
+        " (PARTITION BY customer_id ORDER BY id) AS position"
+        f" FROM failed_requests WHERE customer_id = ANY({customers}::integer[]){skip})"
+        f" AS queued WHERE queued.position <= {limit}"
+    )
+
+
+def _note_synced(customers: str, crm_ids: str, versions: str) -> str:
+    """Note each settled customer's CRM id and synced version. One settle a customer in
+    a group (one delivery holds a customer's claim at a time), so each customer row meets
+    one entry of the arrays."""
+    return (
+        "UPDATE customers SET crm_id = noted.crm_id, crm_synced_version = CASE"
+        " WHEN customers.crm_synced_version IS NULL"
+        " OR customers.crm_synced_version < noted.version THEN noted.version"
+        " ELSE customers.crm_synced_version END"
+        f" FROM unnest({customers}::integer[], {crm_ids}::text[], {versions}::integer[])"
+        " AS noted(customer_id, crm_id, version)"
+        " WHERE customers.id = noted.customer_id"
+    )
+
+
+QUEUES = _queue_read("$1", "$2") + " ORDER BY queued.customer_id, queued.id"
 DELETE_REQUESTS = "DELETE FROM failed_requests WHERE id = ANY($1::bigint[])"
-# One settle a customer in a group (one delivery holds a customer's claim at a time), so
-# each customer row meets one entry of the arrays.
-NOTE_SYNCED = (
-    "UPDATE customers SET crm_id = noted.crm_id, crm_synced_version = CASE"
-    " WHEN customers.crm_synced_version IS NULL"
-    " OR customers.crm_synced_version < noted.version THEN noted.version"
-    " ELSE customers.crm_synced_version END"
-    " FROM unnest($1::integer[], $2::text[], $3::integer[])"
-    " AS noted(customer_id, crm_id, version)"
-    " WHERE customers.id = noted.customer_id"
-)
+NOTE_SYNCED = _note_synced("$1", "$2", "$3")
 LEARN_CRM_IDS = (
     "UPDATE failed_requests SET crm_id = learnt.crm_id"
     " FROM unnest($1::integer[], $2::text[]) AS learnt(customer_id, crm_id)"
     " WHERE failed_requests.customer_id = learnt.customer_id AND failed_requests.crm_id IS NULL"
 )
 RELEASE_CLAIMS = "DELETE FROM sync_claims WHERE owner = ANY($1::text[])"
+# A group of settles in one statement, in autocommit mode (atomic as a transaction is):
+# delete the delivered rows, note what the CRM holds, give back each claim whose queue
+# holds nothing else, and read what is left of the queues. Every part reads the snapshot
+# the statement started with (a part never sees another's changes), so the parts that
+# read leave out the rows being deleted. A claim with rows left is renewed or given back
+# apart, as the plan for those rows says (`grouping.GroupCommit._settle_alone`).
+SETTLE_AND_READ = (
+    "WITH deleted AS (DELETE FROM failed_requests WHERE id = ANY($1::bigint[])),"
+    f" synced AS ({_note_synced('$2', '$3', '$4')}),"
+    " released AS (DELETE FROM sync_claims"
+    " USING unnest($5::integer[], $6::text[]) AS mine(customer_id, owner)"
+    " WHERE sync_claims.customer_id = mine.customer_id AND sync_claims.owner = mine.owner"
+    " AND NOT EXISTS (SELECT 1 FROM failed_requests AS left_over"
+    " WHERE left_over.customer_id = mine.customer_id AND left_over.id <> ALL($1::bigint[])))"
+    f" {_queue_read('$5', '$7', leaving_out='$1')}"
+    " ORDER BY queued.customer_id, queued.id"
+)
 
 
 @dataclass
@@ -136,13 +168,7 @@ class DriverStatements:
         return {row[0] for row in rows if wanted.get(row[0]) == row[1]}
 
     async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
-        queues: Queues = {}
-        for record in await self.connection.fetch(QUEUES, customer_ids, repository.QUEUE_LIMIT):
-            values = tuple(record)
-            row = _request(values[:-1])
-            queue = queues.setdefault(row.customer_id, ([], values[-1]))
-            queue[0].append(row)
-        return queues
+        return _queues(await self.connection.fetch(QUEUES, customer_ids, repository.QUEUE_LIMIT))
 
     async def settle_many(self, settled: list[Settled]) -> None:
         ids = [row_id for one in settled for row_id in one.row_ids]
@@ -158,6 +184,32 @@ class DriverStatements:
                 [version for _, _, version in noted],
             )
 
+    async def settle_and_read(self, settled: list[Settled], owners: dict[int, str]) -> Queues:
+        """`settle_many`, then each customer's claim (customer id -> owner) given back
+        when nothing is left in its queue, then the queues with something left, each
+        with the CRM id its customer now holds: one statement (`SETTLE_AND_READ`)."""
+        ids = [row_id for one in settled for row_id in one.row_ids]
+        noted = sorted(
+            (one.customer_id, one.crm_id, one.version) for one in settled if one.crm_id is not None
+        )
+        mine = sorted(owners.items())
+        records = await self.connection.fetch(
+            SETTLE_AND_READ,
+            ids,
+            [customer_id for customer_id, _, _ in noted],
+            [crm_id for _, crm_id, _ in noted],
+            [version for _, _, version in noted],
+            [customer_id for customer_id, _ in mine],
+            [owner for _, owner in mine],
+            repository.QUEUE_LIMIT,
+        )
+        queues = _queues(records)
+        # The statement's snapshot predates the CRM ids it noted.
+        for customer_id, crm_id, _ in noted:
+            if customer_id in queues:
+                queues[customer_id] = (queues[customer_id][0], crm_id)
+        return queues
+
     async def learn_crm_ids(self, learnt: dict[int, str]) -> None:
         if learnt:
             await self.connection.execute(LEARN_CRM_IDS, list(learnt), list(learnt.values()))
@@ -165,6 +217,16 @@ class DriverStatements:
     async def release_many(self, owners: list[str]) -> None:
         if owners:
             await self.connection.execute(RELEASE_CLAIMS, owners)
+
+
+def _queues(records: list[Any]) -> Queues:
+    """The queues in the rows of `_queue_read`, oldest first."""
+    queues: Queues = {}
+    for record in records:
+        values = tuple(record)
+        row = _request(values[:-1])
+        queues.setdefault(row.customer_id, ([], values[-1]))[0].append(row)
+    return queues
 
 
 def _request(values: tuple[Any, ...]) -> FailedRequest:
