@@ -5,11 +5,12 @@ queues, settle many deliveries, give many claims back, hand a create's new CRM i
 requests behind it. `SessionStatements` runs them through SQLAlchemy (the Core statements
 of `sync.repository`, on SQLite). `DriverStatements` runs them on PostgreSQL on the
 driver's own connection (asyncpg), each one a prepared statement taking arrays
-(`= ANY($1)`, `unnest`), so a group's statement costs one asyncpg call instead of
-SQLAlchemy's execution machinery around it: measured on this machine, a group of looks
-(claim, read, then release) took 0.74-1.04 ms of the service's CPU through SQLAlchemy against
-0.37-0.47 ms on the driver, and at half the sync-off capacity a delivery's bookkeeping
-was most of its cost (`bench/README.md`, step 14).
+(`= ANY($1)`, `unnest`); there a group of settles runs its settle, give-backs and read
+as one statement (`SETTLE_AND_READ`, in autocommit mode). A group's statement costs one
+asyncpg call instead of SQLAlchemy's execution machinery around it: measured on this
+machine, a group of looks (claim, read, then release) took 0.74-1.04 ms of the service's
+CPU through SQLAlchemy against 0.37-0.47 ms on the driver, and at half the sync-off
+capacity a delivery's bookkeeping was most of its cost (`bench/README.md`, step 14).
 
 Both take each group's claims in customer order, so two groups (of this replica or
 another) lock the claims they share in the same order.

@@ -18,7 +18,10 @@ A look at a customer whose claim a settle of the same group gives back finds it 
 held, as a look an instant earlier would: the dispatcher looks again shortly after, a
 retry pass at its follow-up.
 
-On PostgreSQL the looks have groups of their own, run beside the settles' (`GroupCommit`):
+On PostgreSQL every group runs in autocommit mode. A group of settles is one statement
+(`group_statements.SETTLE_AND_READ`: steps 1, 3 and the give-backs of 4 at once), and
+only customers with requests left need more. The looks have groups of their own, run
+beside the settles' (`GroupCommit`):
 there every statement is a round trip, and a kicked delivery waited for the group in
 flight and then for its own, about fourteen round trips on a busy event loop before its
 CRM call. A group of looks alone is two statements in autocommit mode. Measured on
@@ -131,10 +134,11 @@ class _Lane:
 
 
 class GroupCommit:
-    """On PostgreSQL, looks are grouped apart and run beside the settles' groups, in
-    autocommit mode (`_look_alone`): a look then waits for the two round trips of its own
-    group, not for a whole transaction of settles and then its own. There the groups'
-    statements run on the driver's connection (`group_statements.DriverStatements`).
+    """On PostgreSQL, looks are grouped apart and run beside the settles' groups, both in
+    autocommit mode (`_look_alone`, `_settle_alone`): a look then waits for the two round
+    trips of its own group, not for a whole transaction of settles and then its own. There
+    the groups' statements run on the driver's connection
+    (`group_statements.DriverStatements`).
     SQLite has no round trips to save and one writer at a time: there, looks and settles
     share each group, run through SQLAlchemy."""
 
