@@ -145,9 +145,11 @@ def engines_for(settings: Settings) -> tuple[AsyncEngine, AsyncEngine]:
     every connection while a delivery waits behind them for one (under a steady load of
     writes, a loop monitor saw the API holding all 15 while the deliveries of those
     writes queued for the pool; bench/README, step 17). SQLite has one writer and one
-    connection, so both are the same engine.
+    connection, so both are the same engine. So is an API-only process
+    (`SYNC_ENABLED=false`): it delivers nothing in the background, so the whole pool is
+    the API's (an operator's retry pass there shares it).
     """
-    if is_sqlite(settings.database_url):
+    if is_sqlite(settings.database_url) or not settings.sync_enabled:
         engine = engine_for(settings)
         return engine, engine
     split = pool_split(

@@ -195,3 +195,27 @@ async def test_sync_engine_has_connections_of_its_own_while_the_api_holds_all_of
         with pytest.raises(TimeoutError_):
             async with api.connect():
                 pass
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_an_api_only_process_gives_its_api_the_whole_pool(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """PostgreSQL, `SYNC_ENABLED=false`: nothing is delivered in the background, so no
+    connection is kept back for it; the API may open every one of pool + overflow (with a
+    split pool it had 2 of these 4, and its third call timed out)."""
+    settings = make_settings(
+        database_pool_size=3,
+        database_max_overflow=1,
+        database_pool_timeout_seconds=0.5,
+        sync_database_connections=2,
+        sync_enabled=False,
+    )
+    app = create_app(settings, run_scheduler=False)
+    async with _client(app), AsyncExitStack() as held:
+        api = app.state.engine
+        await _hold(held, api, 4)
+        assert app.state.deliverer.db.engine is api
+        with pytest.raises(TimeoutError_):
+            async with api.connect():
+                pass
