@@ -1,16 +1,17 @@
 """The statements of a delivery group (`sync.grouping`), one implementation a backend.
 
-A group runs the same five statements whatever its size: claim many customers, read many
-queues, settle many deliveries, give many claims back, hand a create's new CRM id to the
-requests behind it. `SessionStatements` runs them through SQLAlchemy (the Core statements
-of `sync.repository`, on SQLite). `DriverStatements` runs them on PostgreSQL on the
-driver's own connection (asyncpg), each one a prepared statement taking arrays
-(`= ANY($1)`, `unnest`); there a group of settles runs its settle, give-backs and read
-as one statement (`SETTLE_AND_READ`, in autocommit mode). A group's statement costs one
-asyncpg call instead of SQLAlchemy's execution machinery around it: measured on this
-machine, a group of looks (claim, read, then release) took 0.74-1.04 ms of the service's
-CPU through SQLAlchemy against 0.37-0.47 ms on the driver, and at half the sync-off
-capacity a delivery's bookkeeping was most of its cost (`bench/README.md`, step 14).
+A group runs the same few statements whatever its size: claim many customers, read many
+queues, give many claims back, hand a create's new CRM id to the requests behind it, and
+record many deliveries. `SessionStatements` runs them through SQLAlchemy (the Core
+statements of `sync.repository`, on SQLite; a settle there is `settle_many`, in the
+group's transaction). `DriverStatements` runs them on PostgreSQL on the driver's own
+connection (asyncpg), each one a prepared statement taking arrays (`= ANY($1)`,
+`unnest`); there a group of settles records, gives back and reads in one statement
+(`settle_and_read`, in autocommit mode). A group's statement costs one asyncpg call
+instead of SQLAlchemy's execution machinery around it: measured on this machine, a group
+of looks (claim, read, then release) took 0.74-1.04 ms of the service's CPU through
+SQLAlchemy against 0.37-0.47 ms on the driver, and at half the sync-off capacity a
+delivery's bookkeeping was most of its cost (`bench/README.md`, step 14).
 
 Both take each group's claims in customer order, so two groups (of this replica or
 another) lock the claims they share in the same order.
@@ -38,9 +39,6 @@ class GroupStatements(Protocol):
     async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
         """These customers' queues; a customer with no request is left out."""
 
-    async def settle_many(self, settled: list[Settled]) -> None:
-        """Remove the delivered rows and note what the CRM now holds."""
-
     async def learn_crm_ids(self, learnt: dict[int, str]) -> None:
         """Give each customer's requests that lack one the CRM id a create returned."""
 
@@ -61,6 +59,7 @@ class SessionStatements:
         return await repository.queues_and_crm_ids(self.session, customer_ids)
 
     async def settle_many(self, settled: list[Settled]) -> None:
+        """Remove the delivered rows and note what the CRM now holds."""
         await repository.settle_many(self.session, settled)
 
     async def learn_crm_ids(self, learnt: dict[int, str]) -> None:
@@ -105,24 +104,7 @@ def _queue_read(customers: str, limit: str, leaving_out: str = "") -> str:
     )
 
 
-def _note_synced(customers: str, crm_ids: str, versions: str) -> str:
-    """Note each settled customer's CRM id and synced version. One settle a customer in
-    a group (one delivery holds a customer's claim at a time), so each customer row meets
-    one entry of the arrays."""
-    return (
-        "UPDATE customers SET crm_id = noted.crm_id, crm_synced_version = CASE"
-        " WHEN customers.crm_synced_version IS NULL"
-        " OR customers.crm_synced_version < noted.version THEN noted.version"
-        " ELSE customers.crm_synced_version END"
-        f" FROM unnest({customers}::integer[], {crm_ids}::text[], {versions}::integer[])"
-        " AS noted(customer_id, crm_id, version)"
-        " WHERE customers.id = noted.customer_id"
-    )
-
-
 QUEUES = _queue_read("$1", "$2") + " ORDER BY queued.customer_id, queued.id"
-DELETE_REQUESTS = "DELETE FROM failed_requests WHERE id = ANY($1::bigint[])"
-NOTE_SYNCED = _note_synced("$1", "$2", "$3")
 LEARN_CRM_IDS = (
     "UPDATE failed_requests SET crm_id = learnt.crm_id"
     " FROM unnest($1::integer[], $2::text[]) AS learnt(customer_id, crm_id)"
@@ -137,7 +119,15 @@ RELEASE_CLAIMS = "DELETE FROM sync_claims WHERE owner = ANY($1::text[])"
 # apart, as the plan for those rows says (`grouping.GroupCommit._settle_alone`).
 SETTLE_AND_READ = (
     "WITH deleted AS (DELETE FROM failed_requests WHERE id = ANY($1::bigint[])),"
-    f" synced AS ({_note_synced('$2', '$3', '$4')}),"
+    # One settle a customer in a group (one delivery holds a customer's claim at a
+    # time), so each customer row meets one entry of the arrays.
+    " synced AS (UPDATE customers SET crm_id = noted.crm_id, crm_synced_version = CASE"
+    " WHEN customers.crm_synced_version IS NULL"
+    " OR customers.crm_synced_version < noted.version THEN noted.version"
+    " ELSE customers.crm_synced_version END"
+    " FROM unnest($2::integer[], $3::text[], $4::integer[])"
+    " AS noted(customer_id, crm_id, version)"
+    " WHERE customers.id = noted.customer_id),"
     " released AS (DELETE FROM sync_claims"
     " USING unnest($5::integer[], $6::text[]) AS mine(customer_id, owner)"
     " WHERE sync_claims.customer_id = mine.customer_id AND sync_claims.owner = mine.owner"
@@ -171,22 +161,9 @@ class DriverStatements:
     async def queues_and_crm_ids(self, customer_ids: list[int]) -> Queues:
         return _queues(await self.connection.fetch(QUEUES, customer_ids, repository.QUEUE_LIMIT))
 
-    async def settle_many(self, settled: list[Settled]) -> None:
-        ids = [row_id for one in settled for row_id in one.row_ids]
-        await self.connection.execute(DELETE_REQUESTS, ids)
-        noted = sorted(
-            (one.customer_id, one.crm_id, one.version) for one in settled if one.crm_id is not None
-        )
-        if noted:
-            await self.connection.execute(
-                NOTE_SYNCED,
-                [customer_id for customer_id, _, _ in noted],
-                [crm_id for _, crm_id, _ in noted],
-                [version for _, _, version in noted],
-            )
-
     async def settle_and_read(self, settled: list[Settled], owners: dict[int, str]) -> Queues:
-        """`settle_many`, then each customer's claim (customer id -> owner) given back
+        """Remove the delivered rows and note what the CRM now holds, then give back each
+        customer's claim (customer id -> owner) given back
         when nothing is left in its queue, then the queues with something left, each
         with the CRM id its customer now holds: one statement (`SETTLE_AND_READ`)."""
         ids = [row_id for one in settled for row_id in one.row_ids]

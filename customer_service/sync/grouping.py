@@ -213,7 +213,7 @@ class GroupCommit:
         return await self._apply(SessionStatements(session), group)
 
     @staticmethod
-    async def _on_connection(connection: Any, apply: "_Apply", group: _Group) -> list[_Answer]:
+    async def _on_connection(connection: Any, apply: "_OnDriver", group: _Group) -> list[_Answer]:
         return await apply(DriverStatements(connection), group)
 
     async def _look_alone(self, statements: GroupStatements, group: _Group) -> list[_Answer]:
@@ -236,7 +236,7 @@ class GroupCommit:
         found = {cid: queues.get(cid, ([], None)) for cid in claimed}
         return _look_answers(group.looks, wanted, found, now)
 
-    async def _settle_alone(self, statements: GroupStatements, group: _Group) -> list[_Answer]:
+    async def _settle_alone(self, statements: DriverStatements, group: _Group) -> list[_Answer]:
         """A group of settles only (PostgreSQL), in autocommit mode: one statement records
         them all, gives back the claims with nothing left to send and reads what is left
         (`DriverStatements.settle_and_read`); only a customer with requests left needs
@@ -247,7 +247,6 @@ class GroupCommit:
         deleted with the versions noted, atomic as one statement is); a failure after it
         leaves a claim to lapse with its lease, nothing sent twice. Run again after a
         deadlock, each statement finds its work done and does nothing twice."""
-        assert isinstance(statements, DriverStatements)
         now = utc_now()
         settles = group.settles
         queues = await statements.settle_and_read(
@@ -258,8 +257,8 @@ class GroupCommit:
         answers += [(op.answer, RELEASED) for op in settles if op.customer_id not in queues]
         return answers
 
-    async def _apply(self, statements: GroupStatements, group: _Group) -> list[_Answer]:
-        """One group, in the caller's transaction; its answers, to hand out once it has
+    async def _apply(self, statements: SessionStatements, group: _Group) -> list[_Answer]:
+        """One group (SQLite), in the caller's transaction; its answers, to hand out once it has
         committed. The settles' rows go first, then the looks' claims, then one read of
         every queue the group needs, then the settles' claims are given back or renewed."""
         now = utc_now()
@@ -316,7 +315,7 @@ class GroupCommit:
         return answers
 
 
-_Apply = Callable[[GroupStatements, _Group], Awaitable[list[_Answer]]]
+_OnDriver = Callable[[DriverStatements, _Group], Awaitable[list[_Answer]]]
 
 
 def _sqlstate(error: BaseException) -> str | None:
