@@ -383,6 +383,30 @@ async def test_on_postgresql_a_delivered_request_with_nothing_behind_is_settled_
     assert await engine.read(select(Customer.crm_synced_version)) == 1
 
 
+async def test_on_postgresql_the_settle_statement_keeps_a_claim_with_requests_left(
+    pg_engine: Engine,
+) -> None:
+    """The one statement gives a claim back only when nothing is left in its queue: with
+    updates behind the delivered create, the claim is still held when it returns (the
+    renewal or give-back that follows is the plan's), and the rest is read with the CRM
+    id just noted."""
+    engine = pg_engine
+    [cid] = await _customers(engine, 1, updates=2)
+    view = await engine.group.look(cid, "mine")
+    assert isinstance(view, View)
+    batch = _batch(view)
+
+    async def settle(connection: Any) -> Any:
+        settled = repository.Settled(cid, [row.id for row in batch.settles], "crm-1", 1)
+        return await DriverStatements(connection).settle_and_read([settled], {cid: "mine"})
+
+    queues = await engine.db.run_on_driver(settle, transaction=False)
+    rows, crm_id = queues[cid]
+    assert [row.operation for row in rows] == [Operation.UPDATE, Operation.UPDATE]
+    assert crm_id == "crm-1"
+    assert await engine.read(select(SyncClaim.owner)) == "mine"
+
+
 async def test_a_look_whose_read_fails_gives_its_claims_back(
     pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
