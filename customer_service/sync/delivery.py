@@ -189,11 +189,14 @@ class Deliverer:
         async def renew() -> None:
             while True:
                 try:
-                    await self.db.run(
-                        lambda s: repository.claim(s, customer_id, token, utc_now(), lease)
+                    ours = await self.db.run(
+                        lambda s: repository.renew(s, customer_id, token, utc_now(), lease)
                     )
                 except Exception:
                     log.warning("could not renew the claim on customer %s", customer_id)
+                else:
+                    if not ours:
+                        log.warning("the claim on customer %s lapsed mid-delivery", customer_id)
                 await asyncio.sleep(lease / 3)
 
         # Most deliveries end long before a third of the lease: the renewing task is only
@@ -210,7 +213,8 @@ class Deliverer:
         finally:
             handle.cancel()
             if task is not None:
-                # Safe at any instant: a renewal in flight is shielded and still finishes.
+                # Safe at any instant: a renewal in flight is shielded and still finishes,
+                # and one landing after the claim was given back changes nothing.
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -281,6 +281,22 @@ async def release_many(session: AsyncSession, owners: list[str]) -> None:
         await session.execute(RELEASE_CLAIMS, {"b_owners": owners})
 
 
+async def renew(
+    session: AsyncSession, customer_id: int, owner: str, now: datetime, lease: float
+) -> bool:
+    """Extend our claim on `customer_id` by a lease from `now`; False if it is no longer
+    ours. Never takes a claim: a renewal that lands after its delivery gave the claim
+    back (a heartbeat stopped while its statement was in flight) changes nothing, where
+    an insert would hold the customer for a whole lease with nobody delivering it."""
+    renewed = await session.scalar(
+        update(_claims)
+        .where(_claims.c.customer_id == customer_id, _claims.c.owner == owner)
+        .values(expires_at=now + timedelta(seconds=lease))
+        .returning(_claims.c.customer_id)
+    )
+    return renewed is not None
+
+
 async def release(session: AsyncSession, customer_id: int, owner: str) -> None:
     await session.execute(
         delete(SyncClaim).where(SyncClaim.customer_id == customer_id, SyncClaim.owner == owner)
