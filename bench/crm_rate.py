@@ -4,6 +4,8 @@
 SQLite database in a temporary folder, and prints how many `POST /api/crm/customers` it
 answers per second with `BENCH_CRM_CONCURRENCY` (32) concurrent connections for
 `BENCH_CRM_SECONDS` (10 s), each POST with a fresh `Idempotency-Key` and `externalId`.
+With `BENCH_CRM_RATE` (POSTs/s) it sends them open loop at that rate instead: the mock's
+CPU per POST when calls arrive one by one, as deliveries at a steady load do.
 """
 
 from __future__ import annotations
@@ -52,10 +54,15 @@ async def start_crm(servers: Servers, name: str) -> Server:
     return server
 
 
-async def crm_max_rate(crm: Server, concurrency: int, seconds: float) -> dict[str, Any]:
+async def crm_max_rate(
+    crm: Server, concurrency: int, seconds: float, rate: float = 0.0
+) -> dict[str, Any]:
     """POSTs per second straight to the CRM mock, `concurrency` connections each sending one
-    after the other, with a fresh Idempotency-Key and externalId each."""
+    after the other, with a fresh Idempotency-Key and externalId each; with a `rate`, sent
+    open loop at that rate instead (what the mock costs when its calls come one by one)."""
     numbers = itertools.count()
+    slots = itertools.count()
+    paced_start = 0.0
     latencies: list[float] = []
     errors: Counter[str] = Counter()
 
@@ -85,14 +92,20 @@ async def crm_max_rate(crm: Server, concurrency: int, seconds: float) -> dict[st
     async def worker(stop_at: float) -> None:
         async with connection(crm.base_url) as conn:
             while time.perf_counter() < stop_at:
+                if rate:
+                    # Open loop: the next POST of the schedule, on whichever connection is free.
+                    due = paced_start + next(slots) / rate
+                    if due >= stop_at:
+                        return
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 await post(conn, next(numbers))
 
-    warm_until = time.perf_counter() + WARM_UP_SECONDS
+    warm_until = paced_start = time.perf_counter() + WARM_UP_SECONDS
     await asyncio.gather(*(worker(warm_until) for _ in range(concurrency)))
     latencies.clear()
     errors.clear()
     cpu_before = process_cpu_seconds(crm.pid)
-    started = time.perf_counter()
+    started = paced_start = time.perf_counter()
     await asyncio.gather(*(worker(started + seconds) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     cpu = process_cpu_seconds(crm.pid) - cpu_before
@@ -112,12 +125,12 @@ async def crm_max_rate(crm: Server, concurrency: int, seconds: float) -> dict[st
     }
 
 
-async def measure(concurrency: int, seconds: float) -> dict[str, Any]:
+async def measure(concurrency: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="crm-rate-"))
     servers = Servers(workdir)
     try:
         crm = await start_crm(servers, "crm")
-        return await crm_max_rate(crm, concurrency, seconds)
+        return await crm_max_rate(crm, concurrency, seconds, rate)
     finally:
         servers.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -126,7 +139,8 @@ async def measure(concurrency: int, seconds: float) -> dict[str, Any]:
 def main() -> int:
     concurrency = int(os.environ.get("BENCH_CRM_CONCURRENCY", "32"))
     seconds = float(os.environ.get("BENCH_CRM_SECONDS", "10"))
-    result = asyncio.run(measure(concurrency, seconds))
+    rate = float(os.environ.get("BENCH_CRM_RATE", "0"))
+    result = asyncio.run(measure(concurrency, seconds, rate))
     print(
         f"{result['posts']} POSTs in {result['seconds']:.1f} s = {result['perSecond']:.1f}/s "
         f"with {concurrency} connections, {result['cpuMsPerPost']:.2f} ms of the mock's CPU "

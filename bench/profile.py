@@ -5,7 +5,7 @@ CRM mock and the customer service (SQLite, or PostgreSQL with `BENCH_DATABASES=p
 as `make bench` does, runs a drain of `BENCH_BACKLOG` (default 5,000) or a closed-loop
 write load (`BENCH_WRITERS` for `BENCH_WRITE_SECONDS`, sync on), or the paced load of
 the sync lag phase (`BENCH_LAG_RATE`, default 300 writes/s, for `BENCH_LAG_SECONDS`),
-and records the service
+and records the service (or the CRM mock, with `BENCH_PROFILE_TARGET=crm`)
 with `py-spy record` (when py-spy is installed: `pip install py-spy`) into
 `bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions.
 """
@@ -60,7 +60,8 @@ async def main(phase: str) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="crm-sync-profile-"))
     bench = Bench(params, Servers(workdir), Database(postgres if kind == "postgresql" else None))
     spy = py_spy()
-    out = HERE / f"profile-{phase}.txt"
+    target = os.environ.get("BENCH_PROFILE_TARGET", "service")
+    out = HERE / f"profile-{phase}{'' if target == 'service' else '-' + target}.txt"
     try:
         crm = await bench.start_crm("crm")
         url = await bench.new_database("service-db")
@@ -84,7 +85,7 @@ async def main(phase: str) -> None:
                     "-o",
                     str(out),
                     "-p",
-                    str(service.pid),
+                    str(crm.pid if target == "crm" else service.pid),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
