@@ -53,6 +53,7 @@ class Journal:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = False
 
     def start(self) -> None:
         """Start the writer task."""
@@ -65,6 +66,12 @@ class Journal:
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    @property
+    def busy(self) -> bool:
+        """Whether a group is being written or calls wait for the next: a call recorded now
+        would share a group with others (cheaper than a transaction of its own)."""
+        return self._writing or bool(self._queue)
 
     async def record(
         self, entry: store.RequestLogEntry, answer: store.IdempotentAnswer | None = None
@@ -89,7 +96,11 @@ class Journal:
                 self._wake.clear()
                 continue
             group, self._queue = self._queue, []
-            await self._write(group)
+            self._writing = True
+            try:
+                await self._write(group)
+            finally:
+                self._writing = False
 
     async def _write(self, group: list[_Pending]) -> None:
         try:
