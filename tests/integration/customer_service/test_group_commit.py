@@ -277,7 +277,9 @@ async def test_a_group_chosen_as_a_deadlock_victim_runs_again(
         views = await asyncio.wait_for(looks, 30)
     finally:
         await other.dispose()
-    assert engine.db.transactions == 2  # the group's first run, killed, and its second
+    # The group's first run, killed, and its second. Under load a third: the second run
+    # may claim `a` before this session's waiting claim of it wakes up, and deadlock again.
+    assert 2 <= engine.db.transactions <= 3
     assert all(isinstance(view, View) for view in views), views
     owners = await engine.db.run(
         lambda s: s.execute(select(SyncClaim.customer_id, SyncClaim.owner))
