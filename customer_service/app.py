@@ -21,7 +21,11 @@ from customer_service.reconciliation.reconciler import Reconciler
 from customer_service.reconciliation.router import router as reconciliation_router
 from customer_service.request_id import RequestIdMiddleware
 from customer_service.sync.delivery import Deliverer
-from customer_service.sync.dispatcher import Dispatcher
+from customer_service.sync.dispatcher import (
+    CRM_CALLS_IN_FLIGHT,
+    KAFKA_PUBLISHES_IN_FLIGHT,
+    Dispatcher,
+)
 from customer_service.sync.kafka_mode import KafkaMode
 from customer_service.sync.router import router as failed_router
 from customer_service.sync.scheduler import RetryJob, build_scheduler
@@ -48,7 +52,11 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         sender = kafka.sender if kafka is not None else HttpSender(client)
         deliverer = Deliverer(sync_sessionmaker, InstrumentedSender(sender, metrics), settings)
         retry_job = RetryJob(sync_sessionmaker, deliverer, settings, None if kafka else client)
-        dispatcher = Dispatcher(deliverer, enabled=settings.sync_enabled)
+        dispatcher = Dispatcher(
+            deliverer,
+            concurrency=KAFKA_PUBLISHES_IN_FLIGHT if kafka is not None else CRM_CALLS_IN_FLIGHT,
+            enabled=settings.sync_enabled,
+        )
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker

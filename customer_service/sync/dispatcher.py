@@ -22,10 +22,20 @@ log = logging.getLogger(__name__)
 # A kicked customer found held elsewhere is looked at again after this, doubling up to
 # the claim's lease.
 BUSY_FIRST_LOOK_SECONDS = 0.05
+# Sends in flight for kicked customers: CRM calls over HTTP (each a request the CRM
+# works on), or Kafka publishes. A publish waits for the broker's acknowledgement of the
+# produce request that carries it, and the producer packs every publish waiting meanwhile
+# into the next one, so a slot is cheap; with 64, a steady 389 writes/s on PostgreSQL
+# outran what 64 publishes per acknowledgement could carry (the outbox grew to 2,000 in
+# 15 s, lag p50 1.7-2.8 s).
+CRM_CALLS_IN_FLIGHT = 64
+KAFKA_PUBLISHES_IN_FLIGHT = 512
 
 
 class Dispatcher:
-    def __init__(self, deliverer: Deliverer, concurrency: int = 64, enabled: bool = True) -> None:
+    def __init__(
+        self, deliverer: Deliverer, concurrency: int = CRM_CALLS_IN_FLIGHT, enabled: bool = True
+    ) -> None:
         self._deliverer = deliverer
         self._enabled = enabled
         # CRM calls in flight for kicked customers. Held around the call only, as a retry
