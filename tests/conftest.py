@@ -17,6 +17,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from kafka_support import Broker, running_broker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from support import (
     CrmControl,
     LiveServer,
@@ -32,6 +33,7 @@ from crm_mock.app import create_app as create_crm_app
 from crm_mock.config import CrmSettings
 from customer_service.app import create_app
 from customer_service.config import Settings
+from customer_service.db import create_engine
 from customer_service.migrate import migrate
 
 T = TypeVar("T")
@@ -83,6 +85,14 @@ async def crm_control(crm: LiveServer) -> AsyncIterator[CrmControl]:
     control = CrmControl(crm.url)
     yield control
     await control.close()
+
+
+@pytest.fixture
+async def sql_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of the service's own on the test's database (tests that work on tables)."""
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -3,25 +3,16 @@
 (`sync.transports.kafka.KafkaSender`)."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
-from customer_service.db import create_engine, create_sessionmaker
+from customer_service.db import create_sessionmaker
 from customer_service.sync.transports.kafka import KafkaSender
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def _customers(engine: AsyncEngine, count: int) -> list[int]:
@@ -50,8 +41,9 @@ async def _published(engine: AsyncEngine) -> dict[int, int | None]:
 
 
 async def test_publishes_acknowledged_together_are_noted_in_one_transaction_and_only_raise(
-    engine: AsyncEngine, database_url: str
+    sql_engine: AsyncEngine, database_url: str
 ) -> None:
+    engine = sql_engine
     ids = await _customers(engine, 6)
     sender = KafkaSender(Settings(database_url=database_url), create_sessionmaker(engine))
     transactions = 0

@@ -2,23 +2,13 @@
 raises a customer's versions (read twice, or late, they change nothing), and an
 `applied` status without a CRM id keeps the one the customer has."""
 
-from collections.abc import AsyncIterator
-
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from customer_service.columns import utc_now
 from customer_service.customers.models import Customer
-from customer_service.db import create_engine, create_sessionmaker
+from customer_service.db import create_sessionmaker
 from customer_service.sync.status_consumer import APPLIED, DEAD, CrmStatus, record_statuses
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def _customers(engine: AsyncEngine, count: int) -> list[int]:
@@ -55,8 +45,9 @@ async def _crm_columns(engine: AsyncEngine) -> dict[int, tuple[str | None, int |
 
 
 async def test_a_batch_of_statuses_only_raises_and_keeps_a_known_crm_id(
-    engine: AsyncEngine,
+    sql_engine: AsyncEngine,
 ) -> None:
+    engine = sql_engine
     a, b, c = await _customers(engine, 3)
     await _record(
         engine,
