@@ -285,6 +285,11 @@ async def create_tables(engine: AsyncEngine) -> None:
 # --- customers ---------------------------------------------------------------------------
 
 
+_CUSTOMERS = cast(Table, CrmCustomerRecord.__table__)
+_CUSTOMER_COLUMNS = tuple(column.key for column in _CUSTOMERS.columns)
+_INSERT_CUSTOMER = insert(_CUSTOMERS)
+
+
 async def create_customer(session: AsyncSession, request: CrmCustomerRequest) -> CrmCustomerRecord:
     """Insert a record with a fresh CRM id.
 
@@ -308,11 +313,6 @@ async def create_customer(session: AsyncSession, request: CrmCustomerRequest) ->
             raise  # not the external id after all: a real error
         raise ExternalIdTaken(existing) from None
     return record
-
-
-_CUSTOMERS = cast(Table, CrmCustomerRecord.__table__)
-_CUSTOMER_COLUMNS = tuple(column.key for column in _CUSTOMERS.columns)
-_INSERT_CUSTOMER = insert(_CUSTOMERS)
 
 
 async def get_customer(session: AsyncSession, crm_id: str) -> CrmCustomerRecord:
@@ -457,10 +457,11 @@ _ANSWER_COLUMNS = ("key", "method", "path", "status_code", "headers", "body", "c
 # cache key, so SQLAlchemy compiled it anew on every call (a twentieth of the mock's CPU
 # at a steady load).
 _KEEP_ANSWER = text(
-    "INSERT INTO crm_idempotency"
-    ' ("key", method, path, status_code, headers, body, created_at)'
-    " VALUES (:key, :method, :path, :status_code, :headers, :body, :created_at)"
-    ' ON CONFLICT ("key") DO NOTHING'
+    f"INSERT INTO {_ANSWERS.name} ("
+    + ", ".join(f'"{c}"' for c in _ANSWER_COLUMNS)
+    + ") VALUES ("
+    + ", ".join(f":{c}" for c in _ANSWER_COLUMNS)
+    + ') ON CONFLICT ("key") DO NOTHING'
 ).bindparams(*(bindparam(c, type_=_ANSWERS.c[c].type) for c in _ANSWER_COLUMNS))
 
 

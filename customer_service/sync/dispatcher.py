@@ -27,7 +27,7 @@ BUSY_FIRST_LOOK_SECONDS = 0.05
 # produce request that carries it, and the producer packs every publish waiting meanwhile
 # into the next one, so a slot is cheap; with 64, a steady 389 writes/s on PostgreSQL
 # outran what 64 publishes per acknowledgement could carry (the outbox grew to 2,000 in
-# 15 s, lag p50 1.7-2.8 s).
+# 15 s, lag p50 1.4-2.8 s).
 CRM_CALLS_IN_FLIGHT = 64
 KAFKA_PUBLISHES_IN_FLIGHT = 512
 

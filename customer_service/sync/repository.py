@@ -5,9 +5,10 @@ import uuid
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
+    Integer,
     Table,
     TextClause,
     bindparam,
@@ -145,17 +146,21 @@ QUEUES = (
 )
 DELETE_REQUESTS = delete(_requests).where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
 RELEASE_CLAIMS = delete(_claims).where(_claims.c.owner.in_(bindparam("b_owners", expanding=True)))
-_synced = _customers.c.crm_synced_version
+
+
+def raised_to_version(column: Any) -> Any:
+    """`column` raised to the bound `b_version`, never lowered (NULL counts as lowest): the
+    CRM side of a customer only ever moves forward, whatever order answers arrive in."""
+    version = bindparam("b_version", type_=Integer)
+    return case((column.is_(None), version), (column < version, version), else_=column)
+
+
 NOTE_SYNCED = (
     update(_customers)
     .where(_customers.c.id == bindparam("b_customer"))
     .values(
         crm_id=bindparam("b_crm_id"),
-        crm_synced_version=case(
-            (_synced.is_(None), bindparam("b_version")),
-            (_synced < bindparam("b_version"), bindparam("b_version")),
-            else_=_synced,
-        ),
+        crm_synced_version=raised_to_version(_customers.c.crm_synced_version),
     )
 )
 
@@ -219,31 +224,7 @@ async def record_failure(
 
 
 # Plain SQL that SQLite and PostgreSQL both speak; unlike the dialects' `on_conflict_do_update`
-# constructs, it is compiled once and cached.
-CLAIM = text(
-    "INSERT INTO sync_claims (customer_id, owner, expires_at)"
-    " VALUES (:customer_id, :owner, :expires_at)"
-    " ON CONFLICT (customer_id) DO UPDATE"
-    " SET owner = excluded.owner, expires_at = excluded.expires_at"
-    " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < :now"
-    " RETURNING owner"
-).bindparams(bindparam("expires_at", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
-
-
-async def claim(
-    session: AsyncSession, customer_id: int, owner: str, now: datetime, lease: float
-) -> bool:
-    """Take (or renew) the right to deliver `customer_id`'s requests; False if another holds it.
-
-    One statement, atomic on both backends: insert the claim, or take over one that is
-    ours or has expired (a crashed replica's).
-    """
-    expires = now + timedelta(seconds=lease)
-    params = {"customer_id": customer_id, "owner": owner, "expires_at": expires, "now": now}
-    holder: str | None = await session.scalar(CLAIM, params)
-    return holder == owner
-
-
+# constructs, it is compiled once (per number of claims) and cached.
 @functools.lru_cache(maxsize=256)
 def _claims_statement(count: int) -> TextClause:
     values = ", ".join(f"(:customer_{i}, :owner_{i}, :expires_at)" for i in range(count))

@@ -19,12 +19,13 @@ from functools import partial
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import Integer, String, Table, bindparam, case, func, update
+from sqlalchemy import String, Table, bindparam, func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
 from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.repository import raised_to_version
 from customer_service.sync.transports.kafka import ensure_topics, rewind_recreated, stop_quietly
 
 log = logging.getLogger(__name__)
@@ -60,28 +61,20 @@ def parse_status(raw: bytes | None) -> CrmStatus | None:
 
 
 _customers = cast(Table, Customer.__table__)
-
-
-def _raised(column: Any) -> Any:
-    """`column` raised to the status's version (`b_version`), never lowered."""
-    version = bindparam("b_version", type_=Integer)
-    return case((column.is_(None), version), (column < version, version), else_=column)
-
-
 # One statement each, run once for a whole batch (executemany): a status with no CRM id
 # keeps the one the customer has.
 _APPLIED = (
     update(_customers)
     .where(_customers.c.id == bindparam("b_customer"))
     .values(
-        crm_synced_version=_raised(_customers.c.crm_synced_version),
+        crm_synced_version=raised_to_version(_customers.c.crm_synced_version),
         crm_id=func.coalesce(bindparam("b_crm_id", type_=String), _customers.c.crm_id),
     )
 )
 _DEAD = (
     update(_customers)
     .where(_customers.c.id == bindparam("b_customer"))
-    .values(crm_dead_version=_raised(_customers.c.crm_dead_version))
+    .values(crm_dead_version=raised_to_version(_customers.c.crm_dead_version))
 )
 
 
@@ -89,17 +82,18 @@ async def record_statuses(session: AsyncSession, *, statuses: list[CrmStatus]) -
     """Note on each customer (if it still exists) what the CRM did with its version: one
     executemany per kind of status, not a statement built and sent per status (the
     status reader was a tenth of the service's CPU at a steady 389 writes/s)."""
-    for statement, kind in ((_APPLIED, APPLIED), (_DEAD, DEAD)):
-        params: list[dict[str, Any]] = [
-            {"b_customer": s.customer_id, "b_version": s.version}
-            for s in statuses
-            if s.status == kind
-        ]
-        if kind == APPLIED:
-            for param, s in zip(params, [s for s in statuses if s.status == kind], strict=True):
-                param["b_crm_id"] = s.crm_id
-        if params:
-            await session.execute(statement, params)
+    applied = [
+        {"b_customer": s.customer_id, "b_version": s.version, "b_crm_id": s.crm_id}
+        for s in statuses
+        if s.status == APPLIED
+    ]
+    dead = [
+        {"b_customer": s.customer_id, "b_version": s.version} for s in statuses if s.status == DEAD
+    ]
+    if applied:
+        await session.execute(_APPLIED, applied)
+    if dead:
+        await session.execute(_DEAD, dead)
 
 
 class StatusConsumer:

@@ -63,7 +63,9 @@ async def test_a_call_longer_than_the_lease_keeps_the_claim(
     await asyncio.sleep(2 * LEASE)  # twice the lease into the call
     assert not delivery.done()
     async with app.state.sessionmaker() as session, session.begin():
-        taken = await repository.claim(session, customer_id, "other-replica", utc_now(), LEASE)
+        taken = await repository.claim_many(
+            session, {customer_id: "other-replica"}, utc_now(), LEASE
+        )
     assert not taken, "the claim lapsed while its delivery was still calling the CRM"
     counts = await delivery
     assert (counts.attempted, counts.delivered) == (1, 1)

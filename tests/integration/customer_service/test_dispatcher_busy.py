@@ -56,7 +56,7 @@ def count_busy_looks(deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch) -> L
 
 async def _claim_elsewhere(app: FastAPI, customer_id: int) -> None:
     async with app.state.sessionmaker() as session, session.begin():
-        assert await repository.claim(session, customer_id, OTHER, utc_now(), 30.0)
+        assert await repository.claim_many(session, {customer_id: OTHER}, utc_now(), 30.0)
 
 
 async def _give_back(app: FastAPI, customer_id: int) -> None:

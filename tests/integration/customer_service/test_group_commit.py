@@ -182,7 +182,7 @@ async def test_a_look_is_not_given_a_claim_that_another_delivery_holds(engine: E
     [cid] = await _customers(engine, 1)
 
     async def held(session: AsyncSession) -> bool:
-        return await repository.claim(session, cid, "other-replica", utc_now(), 30.0)
+        return bool(await repository.claim_many(session, {cid: "other-replica"}, utc_now(), 30.0))
 
     assert await engine.db.run(held)
     assert await engine.group.look(cid, "mine") is None
@@ -266,13 +266,13 @@ async def test_a_group_chosen_as_a_deadlock_victim_runs_again(
     try:
         async with create_sessionmaker(other)() as session, session.begin():
             await session.execute(text("SET LOCAL deadlock_timeout = '20s'"))
-            assert await repository.claim(session, b, "other-replica", utc_now(), 30.0)
+            assert await repository.claim_many(session, {b: "other-replica"}, utc_now(), 30.0)
             looks = asyncio.gather(engine.group.look(a, "mine-a"), engine.group.look(b, "mine-b"))
             # Wait until the group holds `a` and waits for `b`.
             await eventually_waiting(session)
             # Now reach for `a`: a deadlock, which PostgreSQL breaks by killing the group's
             # transaction. Its claim of `a` is undone, so this one gets it.
-            assert await repository.claim(session, a, "other-replica", utc_now(), 30.0)
+            assert await repository.claim_many(session, {a: "other-replica"}, utc_now(), 30.0)
             await session.rollback()  # gone: the group's second run claims both
         views = await asyncio.wait_for(looks, 30)
     finally:
@@ -336,7 +336,7 @@ async def test_a_look_that_waits_for_the_holders_release_sees_what_it_settled(
     try:
         async with create_sessionmaker(other)() as session:
             async with session.begin():
-                assert await repository.claim(session, cid, "holder", utc_now(), 30.0)
+                assert await repository.claim_many(session, {cid: "holder"}, utc_now(), 30.0)
             async with session.begin():
                 head = await session.scalar(
                     select(func.min(FailedRequest.id)).where(FailedRequest.customer_id == cid)
