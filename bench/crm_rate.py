@@ -100,10 +100,12 @@ async def crm_max_rate(
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 await post(conn, next(numbers))
 
-    warm_until = paced_start = time.perf_counter() + WARM_UP_SECONDS
+    paced_start = time.perf_counter()
+    warm_until = paced_start + WARM_UP_SECONDS
     await asyncio.gather(*(worker(warm_until) for _ in range(concurrency)))
     latencies.clear()
     errors.clear()
+    slots = itertools.count()  # the measured schedule starts afresh
     cpu_before = process_cpu_seconds(crm.pid)
     started = paced_start = time.perf_counter()
     await asyncio.gather(*(worker(started + seconds) for _ in range(concurrency)))
