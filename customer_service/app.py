@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from customer_service.config import Settings, SyncMode
-from customer_service.crm.client import CrmClient, build_http_client
+from customer_service.crm.client import CrmClient
 from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.router import router as customers_router
 from customer_service.dashboard.router import router as dashboard_router
@@ -44,14 +44,14 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         engine, sync_engine = engines_for(settings)
         sessionmaker = create_sessionmaker(engine)
         sync_sessionmaker = create_sessionmaker(sync_engine)
-        http = build_http_client(settings)
         throttle = CallThrottle(settings.crm_max_requests_per_second)
-        client = CrmClient(http, on_call=metrics.observe_crm_call, throttle=throttle)
+        client = CrmClient(settings, on_call=metrics.observe_crm_call, throttle=throttle)
         # One engine, two transports: Kafka mode publishes instead of calling the CRM.
         kafka = KafkaMode(settings, sessionmaker) if settings.sync_mode == SyncMode.KAFKA else None
-        sender = kafka.sender if kafka is not None else HttpSender(client)
+        http_sender = HttpSender(client) if kafka is None else None
+        sender = kafka.sender if kafka is not None else http_sender
         deliverer = Deliverer(sync_sessionmaker, InstrumentedSender(sender, metrics), settings)
-        retry_job = RetryJob(sync_sessionmaker, deliverer, settings, None if kafka else client)
+        retry_job = RetryJob(sync_sessionmaker, deliverer, settings, http_sender)
         dispatcher = Dispatcher(
             deliverer,
             concurrency=KAFKA_PUBLISHES_IN_FLIGHT if kafka is not None else CRM_CALLS_IN_FLIGHT,
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
             await deliverer.db.drain()
             if kafka is not None:
                 await kafka.close()
-            await http.aclose()
+            await client.aclose()
             await engine.dispose()
             if sync_engine is not engine:
                 await sync_engine.dispose()

@@ -84,28 +84,31 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _retry(settings: Settings) -> int:
-    from customer_service.crm.client import CrmClient, build_http_client
+    from customer_service.crm.client import CrmClient
     from customer_service.db import create_sessionmaker, engine_for
     from customer_service.sync.delivery import CrmHealth, Deliverer
     from customer_service.sync.retry import Urgency
     from customer_service.sync.scheduler import RetryJob
+    from customer_service.sync.senders import sender_for
     from customer_service.sync.transports.http import HttpSender
 
     engine = engine_for(settings)
-    http = build_http_client(settings)
+    client = CrmClient(settings)
     try:
         sessionmaker = create_sessionmaker(engine)
         # Not suspect: this one pass is all the command does, so a success must not start
         # a background recovery pass beside it (whose deliveries the report would miss).
-        sender = HttpSender(CrmClient(http))
-        deliverer = Deliverer(sessionmaker, sender, settings, CrmHealth(suspect=False))
-        job = RetryJob(sessionmaker, deliverer, settings)
-        try:
-            counts = await job.run_pass(Urgency.OPERATOR)
-        finally:
-            await job.close()
+        sender = HttpSender(client)
+        # SYNC_MODE=kafka publishes instead (README: HTTP or Kafka); `sender` goes unused.
+        async with sender_for(settings, sessionmaker, sender) as transport:
+            deliverer = Deliverer(sessionmaker, transport, settings, CrmHealth(suspect=False))
+            job = RetryJob(sessionmaker, deliverer, settings)
+            try:
+                counts = await job.run_pass(Urgency.OPERATOR)
+            finally:
+                await job.close()
     finally:
-        await http.aclose()
+        await client.aclose()
         await engine.dispose()
     _print(counts.as_dict())
     return 0
@@ -113,21 +116,21 @@ async def _retry(settings: Settings) -> int:
 
 async def _reconcile(settings: Settings, repair: bool) -> int:
     """Print the report; 0 when there is no drift or every fix was queued, 1 otherwise."""
-    from customer_service.crm.client import CrmClient, build_http_client
+    from customer_service.crm.client import CrmClient
     from customer_service.db import create_sessionmaker, engine_for
     from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
 
     engine = engine_for(settings)
-    http = build_http_client(settings)
+    client = CrmClient(settings)
     try:
-        reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http))
+        reconciler = Reconciler(create_sessionmaker(engine), client)
         try:
             report = await reconciler.run(repair)
         except CrmReadFailed as exc:
             print(f"{PROG}: {exc.detail}", file=sys.stderr)
             return 1
     finally:
-        await http.aclose()
+        await client.aclose()
         await engine.dispose()
     _print(report.model_dump(mode="json", by_alias=True))
     return 1 if report.drift_left else 0

@@ -1,5 +1,6 @@
 """Settings of the customer service, read from the environment and `.env`."""
 
+import ssl
 from enum import StrEnum
 from typing import Annotated
 
@@ -35,6 +36,14 @@ def _check_database_url(value: str) -> str:
     return value
 
 
+def _check_ca_bundle(value: str) -> str:
+    if value:
+        from customer_service.crm.tls import load_ca_bundle
+
+        load_ca_bundle(ssl.create_default_context(), value)  # raises ValueError, one line
+    return value
+
+
 class Settings(BaseSettings):
     """Every knob of the README's Settings; a bad value stops start-up (see `describe_error`)."""
 
@@ -48,6 +57,8 @@ class Settings(BaseSettings):
     crm_base_url: str = Field(default="http://127.0.0.1:8081", pattern=r"^https?://")
     crm_api_token: str = ""
     crm_timeout_seconds: PositiveSeconds = 2.0
+    # A PEM file of CAs trusted for the CRM besides the system's (`crm.tls`).
+    crm_ca_bundle: Annotated[str, AfterValidator(_check_ca_bundle)] = ""
     sync_mode: SyncMode = SyncMode.HTTP
     retry_interval_seconds: PositiveSeconds = 60.0
     retry_concurrency: int = Field(default=16, ge=1, le=1000)

@@ -9,6 +9,8 @@ What an on-call person alerts on (sample rules in `docs/alerts.yml`):
 - `crm_sync_failed_requests{status}` and `crm_sync_oldest_undelivered_age_seconds`: the
   outbox, read from the database at each scrape;
 - `crm_sync_crm_up`: 0 while the CRM's last answer was none, a 5xx or a 429;
+- `crm_sync_deliveries_held{reason}`: 1 for the reason deliveries are held now
+  (`sync.hold`: unreachable, certificate, credentials, rate_limited, crm_error), else 0;
 - `crm_sync_reconciliation_drift{kind}` and the `..._total` counters: what the last
   reconciliation found, and what all of them found and queued fixes for.
 """
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from customer_service.columns import utc_now
 from customer_service.reconciliation.compare import DriftKind
 from customer_service.reconciliation.schemas import ReconciliationReport
+from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.models import FailedRequest, RequestStatus
 from customer_service.sync.outcome import Delivered, Outcome
 from customer_service.sync.retry import is_permanent
@@ -93,6 +96,12 @@ class Metrics:
         self.crm_suspect = Gauge(
             "crm_sync_crm_suspect", "1 while this replica sees the CRM failing.", registry=r
         )
+        self.held = Gauge(
+            "crm_sync_deliveries_held",
+            "1 for the reason this replica's deliveries are held now, 0 for the others.",
+            ["reason"],
+            registry=r,
+        )
         self.drift = Gauge(
             "crm_sync_reconciliation_drift",
             "Drift found by the last reconciliation, by kind.",
@@ -118,6 +127,8 @@ class Metrics:
         )
         for outcome in ("delivered", "transient_failure", "permanent_failure"):
             self.deliveries.labels(outcome)
+        for reason in HoldKind:
+            self.held.labels(reason.value)
         for kind in DriftKind:
             self.drift.labels(kind.value)
             self.drift_found.labels(kind.value)
@@ -162,10 +173,12 @@ class Metrics:
             self.undelivered.labels(status.value).set(counts.get(status.value, 0))
         self.oldest_age.set(oldest_age)
 
-    def set_process(self, in_flight: int, crm_suspect: bool) -> None:
+    def set_process(self, in_flight: int, crm_suspect: bool, held: HoldReason | None) -> None:
         self.in_flight.set(in_flight)
         self.crm_up.set(0 if self.crm_failing else 1)
         self.crm_suspect.set(1 if crm_suspect else 0)
+        for reason in HoldKind:
+            self.held.labels(reason.value).set(1 if held is not None and held.kind == reason else 0)
 
     def lag_summary(self) -> LagSummary:
         count = int(self.registry.get_sample_value("crm_sync_lag_seconds_count") or 0)

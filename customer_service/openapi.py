@@ -127,7 +127,14 @@ EXAMPLES: dict[str, Any] = {
 }
 PLAIN_EXAMPLES: dict[str, Any] = {
     "/health": {"status": "ok"},
-    "/ready": {"status": "ready"},
+    "/ready": {
+        "status": "ready",
+        "deliveries": {
+            "held": True,
+            "reason": "certificate",
+            "detail": "CRM unreachable: ClientConnectorCertificateError: certificate verify failed",
+        },
+    },
 }
 METRICS_EXAMPLE = (
     "# HELP crm_sync_failed_requests Undelivered CRM requests by status.\n"

@@ -1,5 +1,7 @@
 """Liveness, readiness and Prometheus metrics."""
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,13 +21,23 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", response_model=None)
-async def ready(request: Request) -> dict[str, str] | JSONResponse:
+async def ready(request: Request) -> dict[str, Any] | JSONResponse:
+    """200 while the database answers. The body also says whether this replica holds its
+    CRM deliveries, and why (`sync.hold`): the service itself is ready all the same."""
     try:
         async with request.app.state.sessionmaker() as session:
             await session.execute(text("SELECT 1"))
     except Exception as exc:
         return problem(503, "Not ready", f"database unreachable: {type(exc).__name__}")
-    return {"status": "ready"}
+    held = request.app.state.deliverer.health.held_by
+    return {
+        "status": "ready",
+        "deliveries": {
+            "held": held is not None,
+            "reason": None if held is None else held.kind.value,
+            "detail": None if held is None else held.detail,
+        },
+    }
 
 
 @router.get(
@@ -42,5 +54,6 @@ async def metrics(request: Request) -> Response:
     age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
     registry: Metrics = state.metrics
     registry.set_outbox(counts, age)
-    registry.set_process(state.dispatcher.in_flight, state.deliverer.health.suspect)
+    health = state.deliverer.health
+    registry.set_process(state.dispatcher.in_flight, health.suspect, health.held_by)
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

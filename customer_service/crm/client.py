@@ -1,28 +1,55 @@
-"""The httpx client of the CRM: one shared `httpx.AsyncClient`, thin calls, no policy.
+"""The CRM client: one aiohttp session for the process, thin calls, no policy.
 
 Every call names an `Idempotency-Key`, so a call repeated after a lost answer changes
 nothing on the CRM. What an answer means is decided by `sync.transports.http`.
+
+Why aiohttp (README, Decisions): measured as the client's CPU per POST to the CRM mock,
+16 calls in flight (`bench/crm_client_cpu.py`), aiohttp costs about half of what
+httpx over our former own HTTP/1.1 wire did, and a fifth of httpx's default transport,
+and it is maintained by others: TLS, proxies, chunked and compressed answers, connection
+reuse are theirs.
+
+- **Trust and proxy** (`crm.tls`): the system's roots (`SSL_CERT_FILE`), plus
+  `CRM_CA_BUNDLE`; `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` read once for the CRM's origin.
+- **A call with no answer** raises `CrmUnreachable`, whose `kind` tells a certificate
+  refused (`hold.HoldKind.CERTIFICATE`) or a 429 pause still running
+  (`RATE_LIMITED`) from the rest (`UNREACHABLE`).
+- **A kept connection the CRM had closed** (its keep-alive ran out as we sent) fails
+  before any answer: the call is sent once more, on a fresh connection. Every call
+  carries an Idempotency-Key, so even a POST is safe to repeat. Idle connections are
+  dropped after 4 s, under the 5 s most servers keep one.
 """
 
+import json
+import ssl
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from customer_service.config import Settings
 from customer_service.crm.throttle import CallThrottle, CrmPaused
-from customer_service.crm.transport import CrmTransport
+from customer_service.crm.tls import proxy_for, ssl_context
 from customer_service.request_id import HEADER as REQUEST_ID_HEADER
 from customer_service.request_id import current_request_id
+from customer_service.sync.hold import HoldKind
 
 CUSTOMERS = "/api/crm/customers"
+# Under the 5 s keep-alive of most servers (uvicorn's included).
+KEEPALIVE_SECONDS = 4.0
+MAX_CONNECTIONS = 200
 
 
 class CrmUnreachable(Exception):
-    """No answer: connection refused, timeout, broken connection."""
+    """No answer: connection refused, certificate refused, timeout, broken connection."""
+
+    def __init__(self, message: str, kind: HoldKind = HoldKind.UNREACHABLE) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -30,79 +57,94 @@ class CrmAnswer:
     status: int
     body: Any
     retry_after: str | None
+    # The answer's media type when its body was not JSON (an HTML error page), else None.
+    not_json: str | None = None
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
     def describe(self) -> str:
-        detail = (
-            self.body.get("detail") or self.body.get("title")
-            if isinstance(self.body, dict)
-            else None
-        )
-        return f"CRM answered {self.status}" + (f": {detail}" if detail else "")
+        """The answer as an operator reads it in `lastError`: the status and the CRM's own
+        detail, or what the body was when it was not JSON."""
+        text = f"CRM answered {self.status}"
+        if isinstance(self.body, dict):
+            detail = self.body.get("detail") or self.body.get("title")
+            if detail:
+                return f"{text}: {detail}"
+        if self.not_json is not None:
+            return f"{text} with a body that is not JSON ({self.not_json})"
+        return text
 
 
-class _KeepNoCookies(httpx.Cookies):
-    """The CRM authenticates by token: no cookie of its answers is kept (httpx parses
-    every answer's headers for cookies otherwise; profiled, about a tenth of a call's
-    CPU)."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
+def _json(body: bytes) -> Any:
+    return json.loads(body)
 
 
-class _CrmHttpClient(httpx.AsyncClient):
-    _no_cookies = _KeepNoCookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        raise TypeError("the CRM client keeps no cookies")
-
-
-def build_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one client of the process: pooled connections, the timeout, the bearer token,
-    and no cookie jar."""
-    headers = {"Accept": "application/json"}
-    if settings.crm_api_token:
-        headers["Authorization"] = f"Bearer {settings.crm_api_token}"
-    return _CrmHttpClient(
-        base_url=settings.crm_base_url,
-        timeout=httpx.Timeout(settings.crm_timeout_seconds),
-        headers=headers,
-        # httpx's client on a leaner wire than its default transport (`transport` says why).
-        transport=CrmTransport(max_connections=200, max_idle=50),
+def _unreachable(exc: BaseException) -> CrmUnreachable:
+    """What a call with no answer says, its kind included."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return CrmUnreachable("no answer in time (CRM_TIMEOUT_SECONDS)")
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    certificate = isinstance(exc, aiohttp.ClientConnectorCertificateError) or isinstance(
+        exc.__cause__ or exc.__context__, ssl.SSLCertVerificationError
     )
+    return CrmUnreachable(text, HoldKind.CERTIFICATE if certificate else HoldKind.UNREACHABLE)
 
 
 class CrmClient:
+    """The calls of the CRM mock's API, each answered as a `CrmAnswer`.
+
+    The aiohttp session is opened on the first call (it belongs to the running loop) and
+    closed by `aclose`."""
+
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        settings: Settings,
         on_call: Callable[[str, int | None, float], None] | None = None,
         throttle: CallThrottle | None = None,
     ) -> None:
-        self._http = http
-        # The create's URL, joined to the base once as httpx joins a relative one (it
-        # would parse and join it on every call); its base path always ends with a slash.
-        base = http.base_url
-        self._customers = base.copy_with(raw_path=base.raw_path + CUSTOMERS[1:].encode())
+        self._settings = settings
+        self._base = settings.crm_base_url.rstrip("/")
+        self._customers = URL(self._base + CUSTOMERS)
+        self._proxy = proxy_for(self._base)
+        self._headers = {"Accept": "application/json"}
+        if settings.crm_api_token:
+            self._headers["Authorization"] = f"Bearer {settings.crm_api_token}"
+        self._session: aiohttp.ClientSession | None = None
         self._throttle = throttle or CallThrottle()
         # A 429 pause longer than one call's timeout fails the call instead of waiting.
-        timeout = http.timeout.read
-        self._patience = timeout if timeout is not None else 2.0
+        self._patience = settings.crm_timeout_seconds
         # Told (method, status or None when there was no answer, seconds) after each call.
         self._on_call = on_call
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=MAX_CONNECTIONS,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+                ssl=ssl_context(self._settings.crm_ca_bundle),
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self._settings.crm_timeout_seconds),
+                # The CRM authenticates by token: no cookie of its answers is kept.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                # Proxies are read once (`crm.tls.proxy_for`); no .netrc credentials.
+                trust_env=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _call(
         self,
         method: str,
-        path: str | httpx.URL,
+        url: URL | str,
         key: str | None = None,
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
@@ -115,23 +157,38 @@ class CrmClient:
         try:
             await self._throttle.wait_turn(patience=self._patience)
         except CrmPaused as exc:
-            raise CrmUnreachable(str(exc)) from exc
+            raise CrmUnreachable(str(exc), HoldKind.RATE_LIMITED) from exc
+        session = self._open()
         start = time.perf_counter()
-        try:
-            response = await self._http.request(
-                method, path, json=json, params=params, headers=headers
-            )
-        except httpx.HTTPError as exc:
-            self._observe(method, None, start)
-            raise CrmUnreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
-        self._observe(method, response.status_code, start)
-        if response.status_code == 429:
-            self._throttle.too_many_requests(response.headers.get("Retry-After"))
-        try:
-            body = response.json() if response.content else None
-        except ValueError:
-            body = None
-        return CrmAnswer(response.status_code, body, response.headers.get("Retry-After"))
+        for last_try in (False, True):
+            try:
+                async with session.request(
+                    method, url, json=json, params=params, headers=headers, proxy=self._proxy
+                ) as response:
+                    content = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    media = response.content_type
+                break
+            except aiohttp.ServerDisconnectedError as exc:
+                # A kept connection closed under us before any answer: once more, fresh.
+                if last_try:
+                    self._observe(method, None, start)
+                    raise _unreachable(exc) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._observe(method, None, start)
+                raise _unreachable(exc) from exc
+        self._observe(method, status, start)
+        if status == 429:
+            self._throttle.too_many_requests(retry_after)
+        body: Any = None
+        not_json: str | None = None
+        if content:
+            try:
+                body = _json(content)
+            except ValueError:
+                not_json = media or "no media type"
+        return CrmAnswer(status, body, retry_after, not_json)
 
     def _observe(self, method: str, status: int | None, start: float) -> None:
         if self._on_call is not None:
@@ -141,25 +198,27 @@ class CrmClient:
         return await self._call("POST", self._customers, key, json=body)
 
     async def replace(self, crm_id: str, body: dict[str, Any], key: str) -> CrmAnswer:
-        return await self._call("PUT", f"{CUSTOMERS}/{crm_id}", key, json=body)
+        return await self._call("PUT", f"{self._customers}/{crm_id}", key, json=body)
 
     async def remove(self, crm_id: str, key: str) -> CrmAnswer:
-        return await self._call("DELETE", f"{CUSTOMERS}/{crm_id}", key)
+        return await self._call("DELETE", f"{self._customers}/{crm_id}", key)
 
     async def get(self, crm_id: str) -> CrmAnswer:
-        return await self._call("GET", f"{CUSTOMERS}/{crm_id}")
+        return await self._call("GET", f"{self._customers}/{crm_id}")
 
     async def page(self, limit: int, offset: int) -> CrmAnswer:
         """One page of the CRM's records, oldest first."""
-        return await self._call("GET", CUSTOMERS, params={"limit": limit, "offset": offset})
+        return await self._call("GET", self._customers, params={"limit": limit, "offset": offset})
 
     async def find(self, external_id: str) -> CrmAnswer:
-        return await self._call("GET", CUSTOMERS, params={"externalId": external_id, "limit": 100})
+        return await self._call(
+            "GET", self._customers, params={"externalId": external_id, "limit": 100}
+        )
 
-    async def ping(self) -> bool:
-        """Does the CRM answer its customer API now?"""
+    async def probe(self) -> "CrmAnswer | CrmUnreachable":
+        """Ask the CRM whether it takes calls now: its answer to a one-record read, or why
+        there was none."""
         try:
-            answer = await self._call("GET", CUSTOMERS, params={"limit": 1})
-        except CrmUnreachable:
-            return False
-        return answer.ok
+            return await self._call("GET", self._customers, params={"limit": 1})
+        except CrmUnreachable as exc:
+            return exc

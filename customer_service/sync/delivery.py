@@ -30,13 +30,13 @@ from customer_service.config import Settings
 from customer_service.sync import repository
 from customer_service.sync.dbwork import BackgroundDatabase
 from customer_service.sync.grouping import RELEASED, GroupCommit, Released, View
+from customer_service.sync.hold import HoldReason, hold_kind
 from customer_service.sync.models import FailedRequest
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.plan import Batch, Hold, plan_next
 from customer_service.sync.retry import (
     RetryPolicy,
     Urgency,
-    is_crm_wide,
     judge_failure,
     parse_retry_after,
 )
@@ -79,28 +79,51 @@ class PassCounts:
 class CrmHealth:
     """What this replica last saw of the CRM, and its circuit breaker (guarantee 7).
 
-    A failure that speaks for the whole CRM (`retry.is_crm_wide`: no answer, 429, 502,
-    503, 504) makes it `suspect`. While it is suspect and a probe runs (`probing`: the
-    process's retry job asks the CRM, one call at a time, whether it is back), the
-    breaker is open: writes no longer kick a delivery of their own; their requests wait
-    in the outbox for the pass the probe starts when the CRM answers again. Without a
-    probe (an API-only process, tests driving passes themselves) it never opens.
+    A failure that speaks for the whole CRM (`hold.hold_kind`: no answer, a certificate
+    refused, 401, 403, 429, 502, 503, 504) makes it `suspect` and names the `hold`. While
+    it is suspect and a probe runs (`probing`: the process's retry job asks the CRM, one
+    call at a time, whether it is back), the breaker is open: writes no longer kick a
+    delivery of their own; their requests wait in the outbox for the pass the probe
+    starts when the CRM answers again. Without a probe (an API-only process, tests driving
+    passes themselves) it never opens.
 
     A new process starts suspect, so its first probe (and the forced pass that follows a
     good answer) sends what an earlier process left behind without waiting for backoff.
+    Each change of the hold is logged once, and told to `on_hold` (the dispatcher notes it
+    on the requests it holds).
     """
 
     suspect: bool = True
     probing: bool = False
+    hold: HoldReason | None = None
     on_recovery: list[Callable[[], None]] = field(default_factory=list)
+    on_hold: list[Callable[[HoldReason], None]] = field(default_factory=list)
 
     @property
     def breaker_open(self) -> bool:
         return self.probing and self.suspect
 
+    @property
+    def held_by(self) -> HoldReason | None:
+        """Why deliveries are held now (None: they are not, or the cause is not known yet)."""
+        return self.hold if self.suspect else None
+
+    def mark_failing(self, hold: HoldReason) -> None:
+        """A call failed for the CRM as a whole: suspect it, and say why once per change."""
+        self.suspect = True
+        if hold == self.hold:
+            return
+        self.hold = hold
+        log.warning("CRM deliveries held (%s): %s", hold.kind, hold.detail)
+        for callback in self.on_hold:
+            callback(hold)
+
     def mark_healthy(self) -> None:
         """The CRM answered well: close the breaker and, if it was open, tell the listeners
         (the retry job's recovery pass, the dispatcher's held kicks)."""
+        if self.hold is not None:
+            log.warning("CRM deliveries resume: the CRM answers again")
+            self.hold = None
         if self.suspect:
             self.suspect = False
             for callback in self.on_recovery:
@@ -298,8 +321,9 @@ class Deliverer:
             )
         else:
             counts.failed += size
-            if is_crm_wide(outcome.status):
-                self.health.suspect = True
+            kind = hold_kind(outcome.status, outcome.unanswered)
+            if kind is not None:
+                self.health.mark_failing(HoldReason(kind, outcome.error))
             log.info(
                 "request %s of customer %s failed (attempt %s): %s",
                 batch.send.id,

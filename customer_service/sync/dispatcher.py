@@ -7,15 +7,21 @@ customer whose claim another delivery holds is looked at again shortly after (th
 holder may have read its queue just before the commit).
 While the CRM's breaker is open (`delivery.CrmHealth`) a kick is held, not run: the
 customers are kicked when the CRM answers again (beside the probe's recovery pass; the
-claims keep the two from sending one customer twice).
+claims keep the two from sending one customer twice). Meanwhile their requests say why
+they wait: the hold's reason is written on their `lastError` (once per customer and
+reason, in the background, a few hundred customers a statement).
 """
 
 import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from functools import partial
 
+from customer_service.columns import utc_now
+from customer_service.sync import repository
 from customer_service.sync.delivery import Deliverer
+from customer_service.sync.hold import HoldReason, held_error
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +57,13 @@ class Dispatcher:
         self._again: set[int] = set()
         # Customers whose kick came while the breaker was open: kicked when it closes.
         self._held: set[int] = set()
+        # Held customers whose requests do not say the current reason yet, and the task
+        # that writes it on them.
+        self._unnoted: set[int] = set()
+        self._noting: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         deliverer.health.on_recovery.append(self._release_held)
+        deliverer.health.on_hold.append(self._hold_changed)
 
     def kick(self, customer_ids: Iterable[int]) -> None:
         """Deliver these customers' requests soon (called after the commit)."""
@@ -61,7 +72,7 @@ class Dispatcher:
         if self._deliverer.health.breaker_open:
             # The CRM is failing: the requests wait in the outbox until it answers again,
             # instead of each write calling it once more.
-            self._held.update(customer_ids)
+            self._hold(customer_ids)
             return
         for customer_id in customer_ids:
             if customer_id in self._running:
@@ -70,8 +81,38 @@ class Dispatcher:
             task = asyncio.create_task(self._run(customer_id), name=f"deliver-{customer_id}")
             self._running[customer_id] = task
 
+    def _hold(self, customer_ids: Iterable[int]) -> None:
+        ids = set(customer_ids)
+        self._held |= ids
+        self._unnoted |= ids
+        self._note_soon()
+
+    def _hold_changed(self, hold: HoldReason) -> None:
+        self._unnoted |= self._held
+        self._note_soon()
+
+    def _note_soon(self) -> None:
+        if self._unnoted and (self._noting is None or self._noting.done()):
+            self._noting = asyncio.create_task(self._note_held(), name="note-held")
+
+    async def _note_held(self) -> None:
+        """Write the hold's reason on the held customers' untried requests."""
+        while self._unnoted and not self._closing.is_set():
+            hold = self._deliverer.health.held_by
+            if hold is None:
+                return  # not known yet (a new process before its first probe): `on_hold`
+            ids, self._unnoted = sorted(self._unnoted), set()
+            error = held_error(hold)
+            try:
+                await self._deliverer.db.run(
+                    partial(repository.note_held, customer_ids=ids, error=error, now=utc_now())
+                )
+            except Exception:
+                log.warning("could not note why %s customers are held", len(ids), exc_info=True)
+
     def _release_held(self) -> None:
         held, self._held = sorted(self._held), set()
+        self._unnoted.clear()
         self.kick(held)
 
     async def _run(self, customer_id: int) -> None:
@@ -92,7 +133,7 @@ class Dispatcher:
                 if self._closing.is_set():
                     break
                 if self._deliverer.health.breaker_open:
-                    self._held.add(customer_id)  # as a kick would be: sent on recovery
+                    self._hold([customer_id])  # as a kick would be: sent on recovery
                     break
         finally:
             self._running.pop(customer_id, None)
@@ -122,6 +163,8 @@ class Dispatcher:
         """
         self._closing.set()
         tasks = list(self._running.values())
+        if self._noting is not None:
+            tasks.append(self._noting)
         if not tasks:
             return
         _, late = await asyncio.wait(tasks, timeout=grace)

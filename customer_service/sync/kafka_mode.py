@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.sync.delivery import CrmHealth
+from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.status_consumer import StatusConsumer
 from customer_service.sync.transports.kafka import KafkaSender
 
@@ -41,9 +42,16 @@ class KafkaMode:
     async def _watch(self, health: CrmHealth) -> None:
         while True:
             await asyncio.sleep(self._settings.recovery_probe_seconds)
-            if health.suspect and await self.sender.ping():
-                log.info("the Kafka broker answers again: draining the backlog now")
+            if not health.suspect:
+                continue
+            if await self.sender.ping():
+                log.info("the Kafka broker answers: draining the backlog now")
                 health.mark_healthy()  # the recovery pass and the held kicks
+            else:
+                bootstrap = self._settings.kafka_bootstrap_servers
+                health.mark_failing(
+                    HoldReason(HoldKind.UNREACHABLE, f"Kafka broker unreachable at {bootstrap}")
+                )
 
     async def close(self) -> None:
         for task in (self._starting, self._probe):

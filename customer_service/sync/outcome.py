@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from customer_service.sync.hold import HoldKind
+
 
 @dataclass(frozen=True)
 class Delivered:
@@ -13,6 +15,8 @@ class Failed:
     error: str
     status: int | None = None
     retry_after: str | None = None
+    # With no answer (`status` None): why, when known (`hold.hold_kind`).
+    unanswered: HoldKind | None = None
 
 
 Outcome = Delivered | Failed

@@ -223,6 +223,23 @@ async def record_failure(
     )
 
 
+async def note_held(
+    session: AsyncSession, customer_ids: list[int], error: str, now: datetime
+) -> None:
+    """Say why on the requests of these customers that wait, never attempted, while
+    deliveries are held (`hold`): their `lastError`, nothing else."""
+    for start in range(0, len(customer_ids), 500):
+        await session.execute(
+            update(FailedRequest)
+            .where(
+                FailedRequest.customer_id.in_(customer_ids[start : start + 500]),
+                FailedRequest.status == RequestStatus.PENDING,
+                FailedRequest.attempts == 0,
+            )
+            .values(last_error=error[:2000], updated_at=now)
+        )
+
+
 # Plain SQL that SQLite and PostgreSQL both speak; unlike the dialects' `on_conflict_do_update`
 # constructs, it is compiled once (per number of claims) and cached.
 @functools.lru_cache(maxsize=256)

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
+from customer_service.sync.hold import hold_kind
+
 JITTER = 0.2
 
 # 4xx answers that say "try again later" rather than "this request is wrong".
@@ -23,25 +25,23 @@ TRANSIENT_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
 
 
 def is_permanent(status: int | None) -> bool:
-    """True for an answer no retry can change: a 4xx other than 408, 409, 425, 429.
+    """True for an answer no retry can change: a 4xx other than 408, 409, 425, 429, and
+    other than 401 and 403 (our credentials refused: the CRM as a whole is closed to us
+    until they are fixed, which holds deliveries instead, `hold`).
 
     `None` (no answer: timeout, connection refused) and 5xx are transient.
     """
     if status is None:
         return False
-    return 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS
-
-
-# Answers that speak for the whole CRM, not one request: it is down, overloaded or
-# asks everyone to slow down. Only these (and no answer at all) open the breaker.
-CRM_WIDE_STATUSES = frozenset({408, 429, 502, 503, 504})
+    return 400 <= status < 500 and status not in TRANSIENT_CLIENT_ERRORS and not is_crm_wide(status)
 
 
 def is_crm_wide(status: int | None) -> bool:
-    """True when a failure says the CRM itself is unavailable (no answer, a timeout, 429,
-    502, 503, 504), so live deliveries should stop calling it until a probe says it is
-    back; a failure of one request (a 500 on one record, a 409) only backs that one off."""
-    return status is None or status in CRM_WIDE_STATUSES
+    """True when a failure says the CRM itself is unavailable (no answer, a timeout, 401,
+    403, 429, 502, 503, 504: `hold.hold_kind`), so live deliveries should stop calling it
+    until a probe says it is back; a failure of one request (a 500 on one record, a 409)
+    only backs that one off."""
+    return hold_kind(status) is not None
 
 
 def backoff_seconds(

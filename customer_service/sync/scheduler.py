@@ -15,18 +15,23 @@ seconds instead of at the next tick (guarantee 7).
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.columns import utc_now
 from customer_service.config import Settings
-from customer_service.crm.client import CrmClient
 from customer_service.sync import repository
 from customer_service.sync.delivery import Deliverer, PassCounts
+from customer_service.sync.hold import HoldReason
 from customer_service.sync.retry import Urgency
 
 log = logging.getLogger(__name__)
+
+
+class Prober(Protocol):
+    async def probe(self) -> HoldReason | None: ...
 
 
 class RetryJob:
@@ -47,11 +52,11 @@ class RetryJob:
         sessionmaker: async_sessionmaker[AsyncSession],
         deliverer: Deliverer,
         settings: Settings,
-        client: CrmClient | None = None,
+        prober: Prober | None = None,
     ) -> None:
         self._deliverer = deliverer
         self._settings = settings
-        self._client = client
+        self._prober = prober
         self._forced: asyncio.Task[PassCounts] | None = None
         self._periodic: asyncio.Task[PassCounts] | None = None
         self._periodic_stop: asyncio.Event | None = None
@@ -227,12 +232,17 @@ class RetryJob:
             await self.tick()  # may ask for another follow-up: this loop serves it
 
     async def probe(self) -> None:
-        """While the CRM is suspect, ask it if it is back; if so, drain at once."""
-        if not self._deliverer.health.suspect or self._client is None:
+        """While the CRM is suspect, ask it if it is back; if so, drain at once, else
+        say why it is not (`CrmHealth.mark_failing`: logged when the reason changes)."""
+        health = self._deliverer.health
+        if not health.suspect or self._prober is None:
             return
-        if await self._client.ping():
-            log.info("the CRM answers again: draining the backlog now")
-            self._deliverer.health.mark_healthy()  # starts the recovery pass
+        hold = await self._prober.probe()
+        if hold is not None:
+            health.mark_failing(hold)
+            return
+        log.info("the CRM answers: draining the backlog now")
+        health.mark_healthy()  # starts the recovery pass
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop the passes between customers; deliveries in flight get `grace` seconds,

@@ -19,7 +19,6 @@ from support import (
     eventually,
     expected_crm_record,
     live,
-    loopback_client,
 )
 
 from crm_mock import store as crm_store
@@ -233,8 +232,9 @@ async def _peak_memory(tmp_path: Path, count: int) -> int:
     settings = CrmSettings(crm_database_url=theirs)
     async with live(LiveServer(lambda: create_crm_app(settings))) as crm:
         engine = create_engine(ours)
-        async with loopback_client(crm.url, timeout=30) as http:
-            reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http), page_size=100)
+        client = CrmClient(Settings(crm_base_url=crm.url, crm_timeout_seconds=30))
+        try:
+            reconciler = Reconciler(create_sessionmaker(engine), client, page_size=100)
             assert (await reconciler.run()).checked == count
             tracemalloc.start()
             try:
@@ -243,6 +243,8 @@ async def _peak_memory(tmp_path: Path, count: int) -> int:
                 peak = tracemalloc.get_traced_memory()[1] - before
             finally:
                 tracemalloc.stop()
+        finally:
+            await client.aclose()
         await engine.dispose()
     assert report.checked == count
     assert report.drift == 0

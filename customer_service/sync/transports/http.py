@@ -7,12 +7,16 @@
   record is (re)created as for CREATE.
 - DELETE: DELETE the known CRM id, or every record carrying our externalId when the id
   was never learnt; a 404 means it is gone already, which is what was asked.
+
+A create answered 2xx with no record id (or with a body that is not JSON) is a failure
+whose `lastError` says so, not a success: retried with the same key.
 """
 
 import logging
 from typing import Any
 
 from customer_service.crm.client import CrmAnswer, CrmClient, CrmUnreachable
+from customer_service.sync.hold import HoldKind, HoldReason, hold_kind
 from customer_service.sync.models import FailedRequest, Operation
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 
@@ -47,7 +51,7 @@ class HttpSender:
                 return await self._create(row.payload, f"{row.idempotency_key}:recreate")
             return await self._create(row.payload, row.idempotency_key)
         except CrmUnreachable as exc:
-            return Failed(f"CRM unreachable: {exc}")
+            return Failed(f"CRM unreachable: {exc}", unanswered=exc.kind)
         except Exception as exc:
             # Whatever else a call raises (httpcore has leaked AttributeError when the CRM
             # process died mid-call) is CRM trouble too: the row must be recorded failed,
@@ -60,6 +64,12 @@ class HttpSender:
         answer = await self._client.create(payload, key)
         if answer.ok and _crm_id(answer):
             return Delivered(_crm_id(answer))
+        if answer.ok:
+            # A success that names no record is not one: we could never update or delete
+            # what it made. Retried (same key: no second record if one was made).
+            if answer.not_json is not None:
+                return Failed(answer.describe(), answer.status)
+            return Failed(f"{answer.describe()} without a record id", answer.status)
         if answer.status != 409 or _crm_id(answer) is None:
             return _failed(answer)
         existing = _crm_id(answer)
@@ -81,3 +91,13 @@ class HttpSender:
             if not answer.ok and answer.status != 404:
                 return _failed(answer)
         return Delivered(None)
+
+    async def probe(self) -> HoldReason | None:
+        """Does the CRM take calls now? None when it does, else why not."""
+        answer = await self._client.probe()
+        if isinstance(answer, CrmUnreachable):
+            return HoldReason(answer.kind, f"CRM unreachable: {answer}")
+        if answer.ok:
+            return None
+        # A 404 or 400 to a plain read is the CRM (or CRM_BASE_URL) broken as a whole too.
+        return HoldReason(hold_kind(answer.status) or HoldKind.CRM_ERROR, answer.describe())

@@ -4,9 +4,11 @@ import logging
 
 import httpx
 import pytest
-import respx
-from support import CrmControl, eventually, loopback_client
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from support import CrmControl, eventually
 
+from customer_service.config import Settings
 from customer_service.crm.client import CrmClient
 from customer_service.db import create_engine, create_sessionmaker
 from customer_service.reconciliation.reconciler import Reconciler
@@ -43,21 +45,27 @@ async def test_the_delivery_a_write_causes_logs_under_its_request_id(
     assert requests and requests[-1]["method"] == "POST"
 
 
-@respx.mock
 async def test_a_reconciliation_outside_a_request_calls_the_crm_under_an_id_of_its_own(
     database_url: str,
 ) -> None:
-    crm = "http://crm.test"
-    route = respx.get(f"{crm}/api/crm/customers").mock(
-        return_value=httpx.Response(200, json={"items": [], "total": 0})
-    )
+    seen: list[str | None] = []
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("X-Request-ID"))
+        return web.json_response({"items": [], "total": 0})
+
+    app = web.Application()
+    app.router.add_get("/api/crm/customers", page)
+    crm = TestServer(app, host="127.0.0.1")
+    await crm.start_server()
     engine = create_engine(database_url)
+    client = CrmClient(Settings(crm_base_url=str(crm.make_url("")).rstrip("/")))
     try:
-        async with loopback_client(crm) as http:
-            reconciler = Reconciler(create_sessionmaker(engine), CrmClient(http))
-            assert (await reconciler.run()).drift == 0
+        reconciler = Reconciler(create_sessionmaker(engine), client)
+        assert (await reconciler.run()).drift == 0
     finally:
+        await client.aclose()
         await engine.dispose()
-    sent = route.calls.last.request.headers["X-Request-ID"]
-    assert sent.startswith("reconcile-")
+        await crm.close()
+    assert seen and all(sent is not None and sent.startswith("reconcile-") for sent in seen)
     assert current_request_id.get() is None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from support import CrmControl, deliveries_idle, eventually
 from customer_service.app import create_app
 from customer_service.columns import utc_now
 from customer_service.config import Settings
-from customer_service.crm.client import CrmClient
+from customer_service.crm.client import CrmAnswer, CrmClient
 from customer_service.sync.delivery import Deliverer
 from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
 from customer_service.sync.transports.http import HttpSender
@@ -95,18 +96,17 @@ async def test_any_exception_raised_by_the_transport_is_recorded_as_a_failure(
     settings = make_settings(sync_enabled=False)
     app = create_app(settings, run_scheduler=False)
 
-    def broken(_: httpx.Request) -> httpx.Response:
-        raise AttributeError("'NoneType' object has no attribute 'read'")
+    class Broken(CrmClient):
+        async def _call(self, *args: Any, **kwargs: Any) -> CrmAnswer:
+            raise AttributeError("'NoneType' object has no attribute 'read'")
 
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
             customer = (await client.post("/api/customers", json=ADA)).json()
-        crm_http = httpx.AsyncClient(transport=httpx.MockTransport(broken), base_url="http://crm")
-        async with crm_http:
-            sender = HttpSender(CrmClient(crm_http))
-            deliverer = Deliverer(app.state.sessionmaker, sender, settings)
-            counts = await deliverer.deliver_customer(customer["id"])
+        sender = HttpSender(Broken(settings))
+        deliverer = Deliverer(app.state.sessionmaker, sender, settings)
+        counts = await deliverer.deliver_customer(customer["id"])
         assert (counts.attempted, counts.failed) == (1, 1)
         async with app.state.sessionmaker() as session:
             row = (await session.scalars(select(FailedRequest))).one()

@@ -20,9 +20,17 @@ from customer_service.sync.retry import (
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+@pytest.mark.parametrize("status", [400, 404, 410, 422])
 def test_other_4xx_are_permanent(status: int) -> None:
     assert is_permanent(status)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_credentials_refused_hold_deliveries_instead_of_killing_requests(status: int) -> None:
+    from customer_service.sync.hold import HoldKind, hold_kind
+
+    assert not is_permanent(status)
+    assert hold_kind(status) is HoldKind.CREDENTIALS
 
 
 @pytest.mark.parametrize("status", [None, 408, 409, 425, 429, 500, 502, 503, 504])
@@ -126,7 +134,7 @@ def test_operator_retry_of_a_request_not_yet_due_counts() -> None:
 def test_only_failures_of_the_whole_crm_open_the_breaker() -> None:
     from customer_service.sync.retry import is_crm_wide
 
-    assert all(is_crm_wide(s) for s in (None, 408, 429, 502, 503, 504))
+    assert all(is_crm_wide(s) for s in (None, 401, 403, 408, 429, 502, 503, 504))
     assert not any(is_crm_wide(s) for s in (400, 404, 409, 422, 500))
 
 
