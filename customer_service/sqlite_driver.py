@@ -15,6 +15,12 @@ transaction long. PostgreSQL, the production database, is not concerned.
 
 The CRM mock holds the same class (`crm_mock.store`): the two packages never import each
 other, so it is written twice on purpose.
+
+aiosqlite has no public API for this: the class overrides private members of its
+`Connection` (`_connect`, `_execute`, `_connection`, `_connector`, `_running`). They were
+checked against the releases of `CHECKED_AIOSQLITE`, which `pyproject.toml` pins;
+`tests/unit/test_aiosqlite_pin.py` fails when the installed aiosqlite is another release or
+those members change, before a new release could break a fresh install.
 """
 
 import asyncio
@@ -24,6 +30,9 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+
+# The aiosqlite releases (major.minor) this override was checked against.
+CHECKED_AIOSQLITE = "0.22"
 
 
 class LoopThreadConnection(aiosqlite.Connection):

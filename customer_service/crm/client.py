@@ -81,10 +81,12 @@ def _json(body: bytes) -> Any:
     return json.loads(body)
 
 
-def _unreachable(exc: BaseException) -> CrmUnreachable:
+def _unreachable(exc: BaseException, timeout: float) -> CrmUnreachable:
     """What a call with no answer says, its kind included."""
     if isinstance(exc, TimeoutError) and not str(exc):
-        return CrmUnreachable("no answer in time (CRM_TIMEOUT_SECONDS)")
+        return CrmUnreachable(
+            f"{type(exc).__name__}: no answer within {timeout:g} s (CRM_TIMEOUT_SECONDS)"
+        )
     text = f"{type(exc).__name__}: {exc}".rstrip(": ")
     certificate = isinstance(exc, aiohttp.ClientConnectorCertificateError) or isinstance(
         exc.__cause__ or exc.__context__, ssl.SSLCertVerificationError
@@ -174,10 +176,10 @@ class CrmClient:
                 # A kept connection closed under us before any answer: once more, fresh.
                 if last_try:
                     self._observe(method, None, start)
-                    raise _unreachable(exc) from exc
+                    raise _unreachable(exc, self._patience) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._observe(method, None, start)
-                raise _unreachable(exc) from exc
+                raise _unreachable(exc, self._patience) from exc
         self._observe(method, status, start)
         if status == 429:
             self._throttle.too_many_requests(retry_after)

@@ -22,6 +22,7 @@ from customer_service.columns import utc_now
 from customer_service.sync import repository
 from customer_service.sync.delivery import Deliverer
 from customer_service.sync.hold import HoldReason, held_error
+from customer_service.sync.retry import Urgency
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class Dispatcher:
         # that writes it on them.
         self._unnoted: set[int] = set()
         self._noting: asyncio.Task[None] | None = None
+        # Held customers released by the CRM's recovery, not looked at yet.
+        self._recovering: set[int] = set()
         self._closing = asyncio.Event()
         deliverer.health.on_recovery.append(self._release_held)
         deliverer.health.on_hold.append(self._hold_changed)
@@ -113,6 +116,11 @@ class Dispatcher:
     def _release_held(self) -> None:
         held, self._held = sorted(self._held), set()
         self._unnoted.clear()
+        # Their first look takes the oldest request whatever its backoff, as the recovery
+        # pass beside it does: one that failed while the CRM was down is not due yet, and a
+        # look that took the claim and sent nothing made the recovery pass skip the
+        # customer as busy (it waited a lease for the follow-up).
+        self._recovering.update(held)
         self.kick(held)
 
     async def _run(self, customer_id: int) -> None:
@@ -144,8 +152,12 @@ class Dispatcher:
         while True:
             self._again.discard(customer_id)
             busy = False
+            urgency = Urgency.RECOVERY if customer_id in self._recovering else Urgency.DUE
+            self._recovering.discard(customer_id)
             try:
-                counts = await self._deliverer.deliver_customer(customer_id, sending=self._slots)
+                counts = await self._deliverer.deliver_customer(
+                    customer_id, urgency, sending=self._slots
+                )
                 busy = bool(counts.busy)
             except Exception:
                 # The row is safe in the outbox; the retry job will take it.

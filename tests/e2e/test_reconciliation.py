@@ -305,4 +305,5 @@ async def test_reconcile_exits_1_with_one_line_when_the_crm_cannot_be_read(
     assert process.returncode == 1
     assert out == b""
     [line] = err.decode().strip().splitlines()
-    assert line.startswith("customer-service: the CRM cannot be read: ConnectError")
+    assert line.startswith("customer-service: the CRM cannot be read: ClientConnectorError")
+    assert f"Cannot connect to host 127.0.0.1:{unused_port}" in line
