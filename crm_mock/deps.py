@@ -59,6 +59,16 @@ RuntimeDep = Annotated[CrmRuntime, Depends(get_runtime)]
 
 # The ASGI scope key under which the gateway hands a call its own session (and transaction).
 CALL_SESSION = "crm_mock.session"
+# ... and, for a batch call, a list the endpoint fills with each record's own status, in
+# the order of the batch, for the request log (one entry a record).
+CALL_RECORD_STATUSES = "crm_mock.record_statuses"
+
+
+def report_record_statuses(request: Request, statuses: list[int]) -> None:
+    """Hand the gateway a batch call's per-record statuses (nothing when it asked for none)."""
+    sink = request.scope.get(CALL_RECORD_STATUSES)
+    if isinstance(sink, list):
+        sink.extend(statuses)
 
 
 async def get_session(runtime: RuntimeDep, request: Request) -> AsyncIterator[AsyncSession]:

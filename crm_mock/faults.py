@@ -67,15 +67,16 @@ class InjectedFault:
     reason: str
 
 
-def decide_fault(settings: FaultSettings, draw: float) -> InjectedFault | None:
+def decide_fault(settings: FaultSettings, draw: float | None) -> InjectedFault | None:
     """The fault to answer with, or None to execute the call.
 
     `draw` is a uniform random number in [0, 1): a call fails when the CRM is `down`, or when
-    `draw < errorRate` (so an error rate of 0 never fails and 1 always does).
+    `draw < errorRate` (so an error rate of 0 never fails and 1 always does). None: no draw,
+    only `down` fails the call (a batch call, whose records draw one by one).
     """
     if settings.down:
         reason = "the CRM is down"
-    elif draw < settings.error_rate:
+    elif draw is not None and draw < settings.error_rate:
         reason = "a random failure"
     else:
         return None

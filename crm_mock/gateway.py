@@ -16,6 +16,14 @@ For each call, in this order:
    answer also finds the entry); the kept answer is written with it: in the endpoint's own
    transaction when the call ran and succeeded, else in the journal's next group (`journal`).
 
+A batch call (`POST /api/crm/customers/batch`, `.../batch/delete`) goes through the same
+steps as a whole (one call, one count against the rate limit, one kept answer), but for
+`errorRate`, which the endpoint draws record by record (`batch`). Its log has one entry per
+record of a well-formed batch, each with the call's method, path and key, the record's
+externalId and own body, and the record's own status when the batch ran, else the call's
+(a fault, a refusal, a replayed answer); a body that is no batch at all is one entry, as
+for any call.
+
 A pure ASGI middleware rather than dependencies, because it must see the status actually
 sent, including the 422 FastAPI answers before any dependency runs.
 """
@@ -34,11 +42,12 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crm_mock import store
-from crm_mock.deps import CALL_SESSION, CrmRuntime, runtime_of
+from crm_mock import batch, store
+from crm_mock.batch import BatchKind, Subject
+from crm_mock.deps import CALL_RECORD_STATUSES, CALL_SESSION, CrmRuntime, runtime_of
 from crm_mock.faults import InjectedFault, decide_fault
 from crm_mock.problems import PROBLEM_MEDIA_TYPE, build_problem, problem_bytes
-from crm_mock.routes import CUSTOMERS_PATH
+from crm_mock.routes import BATCH_DELETE_PATH, BATCH_PATH, CUSTOMERS_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +55,9 @@ IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "DELETE"})
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # The headers a replayed answer repeats; the length is recomputed, the date is new.
 _REPLAYED_HEADERS = ("content-type", "location")
+_BATCHES = {("POST", BATCH_PATH): BatchKind.UPSERT, ("POST", BATCH_DELETE_PATH): BatchKind.DELETE}
+# The answers of a batch that ran, whose log entries carry each record's own status.
+_BATCH_RAN = frozenset({200, 207})
 
 
 class Ran(Enum):
@@ -101,6 +113,8 @@ class Answer:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    # A batch that ran: each record's own status, in the order of the batch.
+    record_statuses: tuple[int, ...] | None = None
 
     @classmethod
     def problem(
@@ -151,9 +165,11 @@ class Call:
     raw_body: bytes
     received_at: datetime
     body: Any = field(init=False)
+    batch: BatchKind | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.body = parse_json_body(self.raw_body)
+        self.batch = _BATCHES.get((self.method, self.path))
 
     @classmethod
     def from_scope(cls, scope: Scope, raw_body: bytes, received_at: datetime) -> "Call":
@@ -203,10 +219,16 @@ class CustomerCallsGateway:
             return  # the client left before its request was complete: there is nobody to answer
         call = Call.from_scope(scope, raw_body, received_at)
         # Looked up before the call runs: after a DELETE the record is gone.
-        external_id = call.stated_external_id() or await self._external_id_of_record(runtime, call)
+        if call.batch is None:
+            external_id = call.stated_external_id() or await self._external_id_of_record(
+                runtime, call
+            )
+            subjects = [Subject(external_id, call.body)]
+        else:
+            subjects = await self._batch_subjects(runtime, call)
         self._in_flight += 1
         try:
-            answer = await self._answer(runtime, call, scope, receive, external_id)
+            answer = await self._answer(runtime, call, scope, receive, subjects)
         finally:
             self._in_flight -= 1
         await send(
@@ -220,34 +242,34 @@ class CustomerCallsGateway:
         call: Call,
         scope: Scope,
         receive: Receive,
-        external_id: str | None,
+        subjects: list[Subject],
     ) -> Answer:
-        """The call's answer, once it and its log entry (and kept answer) are recorded."""
+        """The call's answer, once it and its log entries (and kept answer) are recorded."""
         key = call.idempotency_key
         if key is None or call.method not in IDEMPOTENT_METHODS:
             answer, _ = await self._process(
-                runtime, call, scope, receive, key=None, external_id=None
+                runtime, call, scope, receive, key=None, subjects=subjects
             )
-            await self._record(runtime, call, answer, external_id, kept_for=None)
+            await self._record(runtime, call, answer, subjects, kept_for=None)
             return answer
         if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
             answer = Answer.problem(
                 400, f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
             )
-            await self._record(runtime, call, answer, external_id, kept_for=None)
+            await self._record(runtime, call, answer, subjects, kept_for=None)
             return answer
         # The lock spans delay, look-up, execution and saving: a repeat that arrives while
         # the first call is still being processed waits for its answer instead of running too.
         async with runtime.idempotency_locks.hold(key):
             answer, ran = await self._process(
-                runtime, call, scope, receive, key=key, external_id=external_id
+                runtime, call, scope, receive, key=key, subjects=subjects
             )
             if ran is not Ran.RECORDED:
                 # Only an answer of a call that ran is kept. A 5xx changed nothing (or nobody
                 # knows what it did), a fault or a 401 never ran: a retry with the key must
                 # run again.
                 kept_for = key if ran is Ran.YES and answer.status < 500 else None
-                await self._record(runtime, call, answer, external_id, kept_for=kept_for)
+                await self._record(runtime, call, answer, subjects, kept_for=kept_for)
             return answer
 
     async def _process(
@@ -258,7 +280,7 @@ class CustomerCallsGateway:
         receive: Receive,
         *,
         key: str | None,
-        external_id: str | None,
+        subjects: list[Subject],
     ) -> tuple[Answer, Ran]:
         """Delay, fault, auth, then replay the answer kept for `key` or run the endpoint;
         whether it ran (`Ran`)."""
@@ -266,8 +288,9 @@ class CustomerCallsGateway:
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)
         # Decided after the delay, with the switches of that moment: a CRM can go down while
-        # a request waits.
-        fault = decide_fault(runtime.faults, runtime.rng.random())
+        # a request waits. A batch's records draw for `errorRate` one by one, in the endpoint.
+        draw = runtime.rng.random() if call.batch is None else None
+        fault = decide_fault(runtime.faults, draw)
         if fault is not None:
             return Answer.fault(fault), Ran.NO
         if not runtime.rate_window.admit(time.time(), runtime.faults.rate_limit_per_second):
@@ -280,7 +303,7 @@ class CustomerCallsGateway:
             return refusal, Ran.NO
         if key is None:
             return await self._execute(call, scope, receive), Ran.YES
-        return await self._replay_or_execute(runtime, key, call, scope, receive, external_id)
+        return await self._replay_or_execute(runtime, key, call, scope, receive, subjects)
 
     async def _replay_or_execute(
         self,
@@ -289,7 +312,7 @@ class CustomerCallsGateway:
         call: Call,
         scope: Scope,
         receive: Receive,
-        external_id: str | None,
+        subjects: list[Subject],
     ) -> tuple[Answer, Ran]:
         """The answer kept for `key`, or the endpoint's, looked up and run in one transaction
         (after the delay: no transaction is held while a call sleeps).
@@ -312,8 +335,8 @@ class CustomerCallsGateway:
             inline = self._in_flight == 1 and not runtime.journal.busy
             try:
                 if inline:
-                    entry, kept = trace_of(call, answer, external_id, kept_for=key)
-                    await store.append_request_log_entries(session, [entry])
+                    entries, kept = trace_of(call, answer, subjects, kept_for=key)
+                    await store.append_request_log_entries(session, entries)
                     await store.keep_idempotent_answers(session, [kept] if kept else [])
                 await session.commit()
             except Exception:
@@ -335,6 +358,9 @@ class CustomerCallsGateway:
         status = 500
         headers: list[tuple[bytes, bytes]] = []
         chunks: list[bytes] = []
+        record_statuses: list[int] = []
+        if call.batch is not None:
+            scope = {**scope, CALL_RECORD_STATUSES: record_statuses}
 
         async def capture(message: Message) -> None:
             nonlocal status, headers
@@ -349,7 +375,24 @@ class CustomerCallsGateway:
         except Exception:
             logger.exception("unhandled error answering %s %s", call.method, call.path)
             return Answer.problem(500, "the CRM failed to process the request")
-        return Answer(status, headers, b"".join(chunks))
+        return Answer(status, headers, b"".join(chunks), tuple(record_statuses) or None)
+
+    async def _batch_subjects(self, runtime: CrmRuntime, call: Call) -> list[Subject]:
+        """What a batch call's log entries name: one subject per record of a well-formed
+        batch (a delete's records looked up before the call runs), else the call itself."""
+        whole = [Subject(None, call.body)]
+        if call.batch is BatchKind.UPSERT:
+            return batch.upsert_subjects(call.body) or whole
+        ids = batch.delete_ids(call.body)
+        if ids is None:
+            return whole
+        try:
+            async with runtime.sessionmaker() as session, session.begin():
+                external_ids = await store.find_external_ids(session, ids)
+        except Exception:
+            logger.exception("could not look up the external ids of a batch delete")
+            external_ids = {}
+        return batch.delete_subjects(ids, external_ids)
 
     async def _external_id_of_record(self, runtime: CrmRuntime, call: Call) -> str | None:
         crm_id = crm_id_in_path(call.path)
@@ -367,15 +410,15 @@ class CustomerCallsGateway:
         runtime: CrmRuntime,
         call: Call,
         answer: Answer,
-        external_id: str | None,
+        subjects: list[Subject],
         *,
         kept_for: str | None,
     ) -> None:
         """Log the call, and keep its answer for the key `kept_for`, in the journal's next
         group; returns once both are committed."""
-        entry, kept = trace_of(call, answer, external_id, kept_for=kept_for)
+        entries, kept = trace_of(call, answer, subjects, kept_for=kept_for)
         try:
-            await runtime.journal.record(entry, kept)
+            await runtime.journal.record(entries, kept)
         except Exception:
             # The caller's answer matters more than the log; say loudly that an entry is
             # missing. The change itself is committed: a retry without the kept answer meets
@@ -386,10 +429,11 @@ class CustomerCallsGateway:
 
 
 def trace_of(
-    call: Call, answer: Answer, external_id: str | None, *, kept_for: str | None
-) -> tuple[store.RequestLogEntry, store.IdempotentAnswer | None]:
-    """What a call leaves behind: its request-log entry, and its answer kept for the key
-    `kept_for` (none without one)."""
+    call: Call, answer: Answer, subjects: list[Subject], *, kept_for: str | None
+) -> tuple[list[store.RequestLogEntry], store.IdempotentAnswer | None]:
+    """What a call leaves behind: its request-log entries (one per subject: the call, or
+    each record of a batch), and its answer kept for the key `kept_for` (none without one).
+    """
     kept = None
     if kept_for is not None:
         headers = {name: value for name in _REPLAYED_HEADERS if (value := answer.header(name))}
@@ -402,16 +446,22 @@ def trace_of(
             body=answer.body.decode("utf-8", errors="replace"),
             created_at=store.utc_now(),
         )
-    entry = store.RequestLogEntry(
-        method=call.method,
-        path=call.path,
-        status=answer.status,
-        external_id=external_id,
-        idempotency_key=call.idempotency_key,
-        body=call.body,
-        received_at=call.received_at,
-    )
-    return entry, kept
+    statuses = answer.record_statuses
+    if statuses is None or len(statuses) != len(subjects) or answer.status not in _BATCH_RAN:
+        statuses = (answer.status,) * len(subjects)
+    entries = [
+        store.RequestLogEntry(
+            method=call.method,
+            path=call.path,
+            status=status,
+            external_id=subject.external_id,
+            idempotency_key=call.idempotency_key,
+            body=subject.body,
+            received_at=call.received_at,
+        )
+        for subject, status in zip(subjects, statuses, strict=True)
+    ]
+    return entries, kept
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -17,6 +17,7 @@ holds the key's lock, so a repeat of the key finds the answer kept.
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    entry: store.RequestLogEntry
+    entries: Sequence[store.RequestLogEntry]
     answer: store.IdempotentAnswer | None
     done: asyncio.Future[None]
 
@@ -74,13 +75,17 @@ class Journal:
         return self._writing or bool(self._queue)
 
     async def record(
-        self, entry: store.RequestLogEntry, answer: store.IdempotentAnswer | None = None
+        self,
+        entry: store.RequestLogEntry | Sequence[store.RequestLogEntry],
+        answer: store.IdempotentAnswer | None = None,
     ) -> None:
-        """Write `entry` (and `answer`, if any) durably; returns once they are committed.
+        """Write `entry` (or entries: a batch call's, one a record; and `answer`, if any)
+        durably; returns once they are committed, all or none.
 
         Raises what the database raised when they could not be written.
         """
-        pending = _Pending(entry, answer, asyncio.get_running_loop().create_future())
+        entries = (entry,) if isinstance(entry, store.RequestLogEntry) else entry
+        pending = _Pending(entries, answer, asyncio.get_running_loop().create_future())
         if self._task is None or self._closing:
             # Not running (yet, or any more): write it alone, as the caller waits anyway.
             await self._write([pending])
@@ -107,7 +112,7 @@ class Journal:
             async with self._sessionmaker() as session, session.begin():
                 await store.append_request_log_entries(
                     session,
-                    [pending.entry for pending in group],
+                    [entry for pending in group for entry in pending.entries],
                     retention=self._retention,
                     prune_every=self._prune_every,
                 )

@@ -31,10 +31,53 @@ LOG_ENTRY = {
     "receivedAt": "2026-11-24T10:00:00Z",
 }
 
+REPLACED = {
+    **RECORD,
+    "id": "crm_6a1d0f3b9c2e4d57",
+    "externalId": "43",
+    "firstName": "Grace",
+    "lastName": "Hopper",
+    "email": "grace@example.com",
+    "phone": None,
+    "address": "Arlington, US",
+    "createdAt": "2026-11-20T09:30:00Z",
+}
+BATCH_ERRORS = [
+    {
+        "index": 2,
+        "externalId": "44",
+        "status": 422,
+        "detail": "invalid input: email: String should match pattern '^[^@\\s]+@[^@\\s]+$'",
+    },
+    {
+        "index": 3,
+        "externalId": "42",
+        "status": 409,
+        "detail": "externalId 42 is named by input 0 of this batch already",
+    },
+]
+UNKNOWN_ID = "crm_0000000000000000"
+
 # By the component schema FastAPI names for a success body.
 BODIES: dict[str, Any] = {
     "CrmCustomer": RECORD,
     "CrmCustomerPage": {"items": [RECORD], "total": 1},
+    "CrmCustomerBatchResults": {"results": [RECORD, REPLACED]},
+    "CrmCustomerBatchPartial": {"results": [RECORD, REPLACED], "errors": BATCH_ERRORS},
+    "CrmCustomerBatchDeleted": {"deleted": [RECORD["id"]], "notFound": [UNKNOWN_ID]},
+    "CrmCustomerBatchDeletePartial": {
+        "deleted": [RECORD["id"]],
+        "notFound": [UNKNOWN_ID],
+        "errors": [
+            {
+                "index": 2,
+                "id": REPLACED["id"],
+                "externalId": "43",
+                "status": 503,
+                "detail": "fault injected: a random failure",
+            }
+        ],
+    },
     "FaultSettings": FAULTS,
     "RequestLogPage": {"items": [LOG_ENTRY], "total": 1},
     "HealthRead": {"status": "ok"},

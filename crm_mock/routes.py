@@ -6,14 +6,22 @@ Auth, faults, idempotency and the request log of `/api/crm/customers*` are not h
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from crm_mock import ledger, store
-from crm_mock.deps import RuntimeDep, SessionDep
+from crm_mock import batch, ledger, store
+from crm_mock.deps import RuntimeDep, SessionDep, report_record_statuses
 from crm_mock.faults import FaultSettings, FaultUpdate, apply_fault_update
 from crm_mock.schemas import (
+    CrmBatchDeleteError,
+    CrmBatchError,
     CrmCustomer,
+    CrmCustomerBatchDeleted,
+    CrmCustomerBatchDeletePartial,
+    CrmCustomerBatchDeleteRequest,
+    CrmCustomerBatchPartial,
+    CrmCustomerBatchRequest,
+    CrmCustomerBatchResults,
     CrmCustomerPage,
     CrmCustomerRequest,
     HealthRead,
@@ -23,6 +31,8 @@ from crm_mock.schemas import (
 )
 
 CUSTOMERS_PATH = "/api/crm/customers"
+BATCH_PATH = f"{CUSTOMERS_PATH}/batch"
+BATCH_DELETE_PATH = f"{BATCH_PATH}/delete"
 MAX_OFFSET = 2**31 - 1
 
 _PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
@@ -94,6 +104,137 @@ async def list_customers(
         session, external_id=_blank_as_none(external_id), limit=limit, offset=offset
     )
     return CrmCustomerPage(items=[CrmCustomer.model_validate(item) for item in items], total=total)
+
+
+# The batch routes come before the `/{crm_id}` ones: none of those takes a POST, but a
+# route added there later must not capture `/batch`.
+@customers_router.post(
+    "/batch",
+    response_model=CrmCustomerBatchResults,
+    responses={
+        207: {
+            "model": CrmCustomerBatchPartial,
+            "description": "Some inputs failed (in `errors`); only those in `results` applied",
+        },
+        **_INVALID,
+    },
+)
+async def upsert_customers(
+    body: CrmCustomerBatchRequest, session: SessionDep, runtime: RuntimeDep, request: Request
+) -> CrmCustomerBatchResults | JSONResponse:
+    """Create or replace 1 to 100 records by `externalId`, in one call.
+
+    An input whose externalId no record has creates one (with a CRM-assigned id, as `POST`
+    does); one whose externalId is known replaces every field of that record (as `PUT`
+    does, `updatedAt` renewed). 200 when every input was applied: `results`, in input order.
+
+    Per record, as HubSpot's batch APIs do: an input fails on its own, without failing the
+    others, and 207 answers `results` (the inputs applied) and `errors` (each with its
+    `index` in `inputs`, `externalId`, `status` and `detail`); a failed input is not applied.
+    An input fails when the fault switch's `errorRate` draws it (its `statusCode`), when it
+    is an object but not a valid record (422: a record-level problem is the record's), or
+    when an earlier input of the call names the same externalId (409, the later one: send it
+    again in another call).
+
+    As a whole, 422 (problem+json, like any other 422 here): a body whose shape is wrong,
+    that is not an object with `inputs`, `inputs` not a list of 1 to 100 objects. `down`,
+    `latencyMs`, `rateLimitPerSecond` (one call counts once), auth and `Idempotency-Key` act
+    on the call as a whole, as on every call. The request log has one entry per input, with
+    the record's own status (201 created, 200 replaced, or its error's).
+    """
+    plan = batch.plan_upserts(body.inputs, runtime.faults, runtime.rng.random)
+    requests = [record_request for _, record_request in plan.accepted]
+    applied = await store.upsert_customers(session, requests) if requests else []
+    statuses = [0] * len(body.inputs)
+    results = []
+    for (index, _), (record, created) in zip(plan.accepted, applied, strict=True):
+        statuses[index] = batch.CREATED if created else batch.REPLACED
+        results.append(CrmCustomer.model_validate(record))
+    for refusal in plan.refused:
+        statuses[refusal.index] = refusal.status
+    report_record_statuses(request, statuses)
+    if not plan.refused:
+        return CrmCustomerBatchResults(results=results)
+    errors = [
+        CrmBatchError(
+            index=refusal.index,
+            external_id=refusal.external_id,
+            status=refusal.status,
+            detail=refusal.detail,
+        )
+        for refusal in plan.refused
+    ]
+    partial = CrmCustomerBatchPartial(results=results, errors=errors)
+    return JSONResponse(
+        partial.model_dump(mode="json", by_alias=True), status_code=status.HTTP_207_MULTI_STATUS
+    )
+
+
+@customers_router.post(
+    "/batch/delete",
+    response_model=CrmCustomerBatchDeleted,
+    responses={
+        207: {
+            "model": CrmCustomerBatchDeletePartial,
+            "description": "Some ids failed (in `errors`); those were not deleted",
+        },
+        **_INVALID,
+    },
+)
+async def delete_customers(
+    body: CrmCustomerBatchDeleteRequest,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    request: Request,
+) -> CrmCustomerBatchDeleted | JSONResponse:
+    """Delete the records with 1 to 100 CRM ids, in one call.
+
+    200: `deleted` (the ids whose record this call deleted) and `notFound` (the ids no
+    record has: nothing to delete is not an error), each in the order given. Per id, as for
+    `POST /batch`: an id the fault switch's `errorRate` draws, or one an earlier id of the
+    call repeats (409), fails on its own and is not deleted; 207 then adds `errors`, each
+    with its `index` in `ids`, the `id`, the `externalId` of its record (null when there is
+    no such record), `status` and `detail`.
+
+    As a whole, 422: a body that is not an object with `ids`, a list of 1 to 100 non-empty
+    strings (of at most 255 characters). The request log has one entry per id (its body
+    `{"id": ...}`), with the id's own status: 204 deleted, 404 not found, or its error's.
+    """
+    plan = batch.plan_deletes(body.ids, runtime.faults, runtime.rng.random)
+    # Before the delete: a refused id's record is still there, even when an accepted
+    # earlier id named the same record.
+    refused_ids = [body.ids[refusal.index] for refusal in plan.refused]
+    external_ids = await store.find_external_ids(session, refused_ids) if refused_ids else {}
+    accepted = [crm_id for _, crm_id in plan.accepted]
+    gone = await store.delete_customers(session, accepted) if accepted else set()
+    statuses = [0] * len(body.ids)
+    deleted, not_found = [], []
+    for index, crm_id in plan.accepted:
+        if crm_id in gone:
+            deleted.append(crm_id)
+            statuses[index] = batch.DELETED
+        else:
+            not_found.append(crm_id)
+            statuses[index] = batch.NOT_FOUND
+    for refusal in plan.refused:
+        statuses[refusal.index] = refusal.status
+    report_record_statuses(request, statuses)
+    if not plan.refused:
+        return CrmCustomerBatchDeleted(deleted=deleted, not_found=not_found)
+    errors = [
+        CrmBatchDeleteError(
+            index=refusal.index,
+            id=body.ids[refusal.index],
+            external_id=external_ids.get(body.ids[refusal.index]),
+            status=refusal.status,
+            detail=refusal.detail,
+        )
+        for refusal in plan.refused
+    ]
+    partial = CrmCustomerBatchDeletePartial(deleted=deleted, not_found=not_found, errors=errors)
+    return JSONResponse(
+        partial.model_dump(mode="json", by_alias=True), status_code=status.HTTP_207_MULTI_STATUS
+    )
 
 
 @customers_router.get("/{crm_id}", response_model=CrmCustomer, responses=_NOT_FOUND)

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints
 from pydantic.alias_generators import to_camel
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -19,7 +19,8 @@ class CamelModel(BaseModel):
 
 
 class CrmCustomerRequest(CamelModel):
-    """The body of `POST` and `PUT /api/crm/customers` (PUT replaces every field)."""
+    """The body of `POST` and `PUT /api/crm/customers` (PUT replaces every field), and each
+    input of `POST /api/crm/customers/batch`."""
 
     external_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     first_name: Name
@@ -46,6 +47,88 @@ class CrmCustomer(CamelModel):
 class CrmCustomerPage(CamelModel):
     items: list[CrmCustomer]
     total: int
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+MAX_BATCH_SIZE = 100
+
+
+def _an_object(value: Any) -> dict[str, Any]:
+    # Only the shape is checked here: an object that is not a valid CrmCustomerRequest is
+    # that input's own error (a 422 in `errors`), not the batch's.
+    if not isinstance(value, dict):
+        raise ValueError("an input must be an object")
+    return value
+
+
+# Documented as a CrmCustomerRequest; validated as one input by input by the endpoint.
+BatchInput = Annotated[
+    dict[str, Any], PlainValidator(_an_object, json_schema_input_type=CrmCustomerRequest)
+]
+CrmId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class CrmCustomerBatchRequest(CamelModel):
+    """The body of `POST /api/crm/customers/batch`: 1 to 100 records to upsert by externalId."""
+
+    inputs: Annotated[list[BatchInput], Field(min_length=1, max_length=MAX_BATCH_SIZE)]
+
+
+class CrmBatchError(CamelModel):
+    """One input of a batch that was not applied: its position in `inputs`, its externalId
+    (null when it has none that is a string), the status a call of its own would have got,
+    and why."""
+
+    index: int
+    external_id: str | None
+    status: int
+    detail: str
+
+
+class CrmCustomerBatchResults(CamelModel):
+    """Every input applied: the records as they now are, in the order of the inputs."""
+
+    results: list[CrmCustomer]
+
+
+class CrmCustomerBatchPartial(CamelModel):
+    """Some inputs failed (207): the records applied, in input order, and the failures."""
+
+    results: list[CrmCustomer]
+    errors: list[CrmBatchError]
+
+
+class CrmCustomerBatchDeleteRequest(CamelModel):
+    """The body of `POST /api/crm/customers/batch/delete`: 1 to 100 CRM ids."""
+
+    ids: Annotated[list[CrmId], Field(min_length=1, max_length=MAX_BATCH_SIZE)]
+
+
+class CrmBatchDeleteError(CamelModel):
+    """One id of a batch delete that was not applied: its position in `ids`, the id, the
+    externalId of its record (null when there is no such record), its status and why."""
+
+    index: int
+    id: str
+    external_id: str | None
+    status: int
+    detail: str
+
+
+class CrmCustomerBatchDeleted(CamelModel):
+    """Every id settled: those deleted and those no record has, each in the order given."""
+
+    deleted: list[str]
+    not_found: list[str]
+
+
+class CrmCustomerBatchDeletePartial(CamelModel):
+    """Some ids failed (207): those deleted, those not found, and the failures."""
+
+    deleted: list[str]
+    not_found: list[str]
+    errors: list[CrmBatchDeleteError]
 
 
 class RequestLogEntryRead(CamelModel):

@@ -391,6 +391,75 @@ _CUSTOMERS_OF = select(CrmCustomerRecord).where(
 )
 
 
+# A batch upsert that meets a record created meanwhile by another transaction (PostgreSQL;
+# SQLite's transactions take the write lock up front) reads the records again, this often.
+UPSERT_ATTEMPTS = 3
+
+
+async def upsert_customers(
+    session: AsyncSession, requests: Sequence[CrmCustomerRequest]
+) -> list[tuple[CrmCustomerRecord, bool]]:
+    """Create or replace a record per request, by external id (each external id at most once
+    in `requests`): the records in the order of the requests, each with whether it is new.
+
+    A new record gets a fresh CRM id, as `create_customer` gives; a known one has every field
+    replaced and `updatedAt` renewed, as `replace_customer` does. One query reads the known
+    records, one statement inserts the new ones, one flush updates the others. When another
+    transaction created one of the external ids between the read and the insert, the
+    transaction is rolled back and the batch read and applied again.
+    """
+    external_ids = [request.external_id for request in requests]
+    attempt = 0
+    while True:
+        attempt += 1
+        known = await find_customers_by_external_ids(session, external_ids)
+        applied: list[tuple[CrmCustomerRecord, bool]] = []
+        new_rows = []
+        for request in requests:
+            record = known.get(request.external_id)
+            if record is None:
+                record = new_customer(request)
+                new_rows.append({column: getattr(record, column) for column in _CUSTOMER_COLUMNS})
+                applied.append((record, True))
+            else:
+                overwrite_customer(record, request)
+                applied.append((record, False))
+        try:
+            if new_rows:
+                # Core, as in `create_customer` (the new records are returned, not attached).
+                await session.execute(_INSERT_CUSTOMER, new_rows)
+            await session.flush()
+        except IntegrityError:
+            await session.rollback()
+            if attempt == UPSERT_ATTEMPTS:
+                raise
+            continue
+        return applied
+
+
+async def find_external_ids(session: AsyncSession, crm_ids: Sequence[str]) -> dict[str, str]:
+    """The external ids of the records with these CRM ids, by CRM id (unknown ids left out)."""
+    found = await session.execute(_EXTERNAL_IDS_OF, {"ids": list(crm_ids)})
+    return {crm_id: external_id for crm_id, external_id in found.tuples()}
+
+
+async def delete_customers(session: AsyncSession, crm_ids: Sequence[str]) -> set[str]:
+    """Delete the records with these CRM ids in one statement; the ids of those deleted."""
+    deleted = await session.execute(_DELETE_CUSTOMERS, {"ids": list(crm_ids)})
+    return set(deleted.scalars().all())
+
+
+# Built once (see `find_idempotent_answer`).
+_EXTERNAL_IDS_OF = select(_CUSTOMERS.c.id, _CUSTOMERS.c.external_id).where(
+    _CUSTOMERS.c.id.in_(bindparam("ids", expanding=True))
+)
+_DELETE_CUSTOMERS = (
+    sql_delete(_CUSTOMERS)
+    .where(_CUSTOMERS.c.id.in_(bindparam("ids", expanding=True)))
+    .returning(_CUSTOMERS.c.id)
+)
+
+
 def new_customer(request: CrmCustomerRequest) -> CrmCustomerRecord:
     """A record with a fresh CRM id, not yet added to a session (`create_customer` adds and
     flushes; this is for a caller that flushes many at once)."""
