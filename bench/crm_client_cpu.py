@@ -31,8 +31,15 @@ IN_FLIGHT = 16
 CUSTOMERS = "/api/crm/customers"
 
 
-def _body(index: int) -> dict[str, str]:
-    return {"externalId": f"bench-{uuid.uuid4().hex}", "firstName": "A", "lastName": str(index)}
+def _body(index: int) -> dict[str, str | None]:
+    return {
+        "externalId": f"bench-{uuid.uuid4().hex}",
+        "firstName": "Ada",
+        "lastName": f"Lovelace {index}",
+        "email": f"ada{index}@example.com",
+        "phone": None,
+        "address": "12 St James's Square, London",
+    }
 
 
 async def _cpu_per_call(send: Callable[[int], Awaitable[int]], calls: int) -> float:
