@@ -181,8 +181,7 @@ class CrmClient:
                 self._observe(method, None, start)
                 raise _unreachable(exc, self._patience) from exc
         self._observe(method, status, start)
-        if status == 429:
-            self._throttle.too_many_requests(retry_after)
+        self._throttle.answered(status, retry_after)
         body: Any = None
         not_json: str | None = None
         if content:

@@ -3,21 +3,24 @@
 Real CRMs impose rate limits. Every CRM call of the process (deliveries, probes,
 reconciliation reads) waits its turn here:
 
-- a ceiling, `CRM_MAX_REQUESTS_PER_SECOND`: calls are spaced evenly (aiolimiter's leaky
-  bucket with room for one call), so no wall-clock second ever sees more than the limit;
+- a ceiling, `CRM_MAX_REQUESTS_PER_SECOND`: calls are spaced evenly, so no wall-clock
+  second ever sees more than the limit;
+- a learnt pace: a CRM's 429s teach the pace it accepts (`CallThrottle`);
 - a pause: when the CRM answers 429, every call of the process waits out its
   `Retry-After` (1 s when it names none), not only the request that got it.
 """
 
 import asyncio
+import logging
+from collections import deque
 from datetime import UTC, datetime
-
-from aiolimiter import AsyncLimiter
 
 from customer_service.sync.retry import parse_retry_after
 
 # A 429 without a usable Retry-After pauses the process for this long.
 DEFAULT_PAUSE_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def pause_seconds(retry_after: str | None, now: datetime) -> float:
@@ -30,14 +33,63 @@ class CrmPaused(Exception):
     """A call not made: the CRM's 429 pauses calls for longer than the caller waits."""
 
 
+# A 429 learns a pace this share of the calls the CRM had just accepted in a second (or
+# of the pace already learnt, if lower), so an even pace stays under its window.
+LEARN_FACTOR = 0.95
+MIN_RATE = 1.0
+# Without a 429 for this long, a learnt pace grows by GROWTH: the CRM's limit may have been
+# raised, or the 429 may have come from a burst of someone else's calls.
+GROWTH_SECONDS = 2.0
+GROWTH = 1.05
+# A pace grown past this is no limit any more: dropped.
+UNLIMITED = 100_000.0
+# 429s in this long after a pace was learnt answer calls sent before it: not learnt again.
+SETTLING_SECONDS = 1.0
+
+
+def learned_rate(accepted_last_second: int, current: float | None) -> float:
+    """The pace a 429 teaches: a little under what the CRM accepted in the last second,
+    and under the pace already learnt (a 429 at that pace says it is still too fast)."""
+    seen = float(accepted_last_second) if current is None else min(accepted_last_second, current)
+    return max(MIN_RATE, LEARN_FACTOR * seen)
+
+
+def grown_rate(current: float, quiet_seconds: float) -> float | None:
+    """A learnt pace after `quiet_seconds` without a 429; None once it is no limit."""
+    grown = current * GROWTH ** int(quiet_seconds / GROWTH_SECONDS)
+    return None if grown > UNLIMITED else grown
+
+
 class CallThrottle:
+    """The process's calls to the CRM, paced (see the module's docstring).
+
+    - the ceiling, `CRM_MAX_REQUESTS_PER_SECOND`: calls are spaced evenly, one every
+      1/limit s, so no wall-clock second sees more than the limit;
+    - a learnt pace: with no ceiling set, or one above what the CRM accepts, a 429 sets
+      the pace to a little under what the CRM accepted in the second before it
+      (`learned_rate`), and each `GROWTH_SECONDS` without a 429 the pace grows by 5 %
+      (`grown_rate`), so refused calls stay a small share of the accepted ones instead
+      of a burst of refusals every second (measured before: 100 writes against a CRM
+      allowing 10 calls a second cost 116-128 refused calls);
+    - the pause: a 429 holds every call for its `Retry-After` (1 s when it names none).
+    """
+
     def __init__(self, max_per_second: float = 0.0) -> None:
-        # Capacity one: each call takes the whole bucket, which drains in 1/limit s.
-        self._limiter = AsyncLimiter(1, 1 / max_per_second) if max_per_second > 0 else None
+        self._ceiling = max_per_second if max_per_second > 0 else None
+        self._learned: float | None = None
+        self._learned_at = 0.0  # loop time of the last 429 learnt, or of the last growth
+        self._next_slot = 0.0
         self._paused_until = 0.0
+        self._accepted: deque[float] = deque()  # loop times of the last second's answers
+
+    @property
+    def pace(self) -> float | None:
+        """Calls per second this process keeps to now (None: no limit)."""
+        paces = [p for p in (self._ceiling, self._learned) if p is not None]
+        return min(paces) if paces else None
 
     async def wait_turn(self, patience: float) -> None:
-        """Return when this call may go: after any 429 pause, and within the ceiling.
+        """Return when this call may go: after any 429 pause, and at the pace.
 
         Raises `CrmPaused` at once when the pause lasts longer than `patience` (the CRM
         timeout): the call fails like one the CRM did not answer, instead of holding its
@@ -51,14 +103,47 @@ class CallThrottle:
             if delay > patience:
                 raise CrmPaused(f"the CRM asked to wait {delay:.0f} s (429 Retry-After)")
             await asyncio.sleep(delay)
-        if self._limiter is not None:
-            await self._limiter.acquire()
+        now = loop.time()
+        self._grow(now)
+        pace = self.pace
+        if pace is None:
+            return
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / pace
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
-    def too_many_requests(self, retry_after: str | None) -> None:
-        """The CRM answered 429: hold every call of the process for its Retry-After."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + pause_seconds(retry_after, datetime.now(UTC))
+    def answered(self, status: int, retry_after: str | None) -> None:
+        """Tell the throttle the CRM's answer to a call: a 429 pauses every call and
+        teaches the pace; any other answer counts as a call the CRM accepted."""
+        now = asyncio.get_running_loop().time()
+        if status != 429:
+            self._accepted.append(now)
+            while self._accepted and self._accepted[0] < now - 1.0:
+                self._accepted.popleft()
+            return
+        until = now + pause_seconds(retry_after, datetime.now(UTC))
         self._paused_until = max(self._paused_until, until)
+        if self._learned is not None and now - self._learned_at < SETTLING_SECONDS:
+            return
+        accepted = sum(1 for at in self._accepted if at >= now - 1.0)
+        self._learned = learned_rate(accepted, self._learned)
+        self._learned_at = now
+        log.warning(
+            "the CRM answered 429: pacing its calls at %.1f a second (it accepted %s in the"
+            " second before)",
+            self._learned,
+            accepted,
+        )
+
+    def _grow(self, now: float) -> None:
+        if self._learned is None:
+            return
+        quiet = now - self._learned_at
+        if quiet < GROWTH_SECONDS:
+            return
+        self._learned = grown_rate(self._learned, quiet)
+        self._learned_at = now - quiet % GROWTH_SECONDS
 
     @property
     def paused(self) -> bool:

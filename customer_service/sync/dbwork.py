@@ -47,11 +47,19 @@ class BackgroundDatabase:
         the driver's: it has ended when the connection goes back to the pool."""
         return await self._shielded(self._on_driver(work, transaction))
 
+    def submit(self, work: Callable[[AsyncSession], Awaitable[object]]) -> None:
+        """Run `work(session)` in one transaction in the background, nobody waiting for
+        it; registered at once, so `drain` waits for it too."""
+        self._register(self._transaction(work))
+
     async def _shielded(self, work: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.shield(self._register(work))
+
+    def _register(self, work: Coroutine[Any, Any, T]) -> "asyncio.Task[T]":
         task: asyncio.Task[T] = asyncio.create_task(work)
         self._running.add(task)
         task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
+        return task
 
     async def _transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with self._slots, self._sessionmaker() as session, session.begin():
@@ -92,5 +100,11 @@ class BackgroundDatabase:
     async def drain(self) -> None:
         """Wait for every transaction still running (they are short: no CRM call is ever
         made inside one)."""
-        while self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
+        while True:
+            while self._running:
+                await asyncio.gather(*list(self._running), return_exceptions=True)
+            # A caller woken by the last transaction may start one more (a claim given
+            # back by an abandoned look): let it, then look again.
+            await asyncio.sleep(0)
+            if not self._running:
+                return

@@ -92,6 +92,8 @@ class _Look:
     customer_id: int
     token: str
     answer: "asyncio.Future[View | None]"
+    # The caller was cancelled while the group ran: a claim it took is given back.
+    abandoned: bool = False
 
 
 @dataclass
@@ -153,9 +155,20 @@ class GroupCommit:
         """Claim `customer_id` under `token` and read its queue; None when another
         delivery (here or in another replica) holds the claim."""
         answer: asyncio.Future[View | None] = asyncio.get_running_loop().create_future()
-        self._looks.next.looks.append(_Look(customer_id, token, answer))
+        look = _Look(customer_id, token, answer)
+        self._looks.next.looks.append(look)
         self._start(self._looks)
-        return await asyncio.shield(answer)
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            # The group commits the claim all the same; nobody would deliver the customer
+            # or give it back, and it would wait a whole lease for another delivery.
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                if answer.result() is not None:
+                    self._give_back([token])  # the group was done as we were cancelled
+            else:
+                look.abandoned = True  # the flusher gives it back once committed
+            raise
 
     async def settle(
         self, batch: Batch, crm_id: str | None, learnt: bool, token: str, force: bool
@@ -185,10 +198,18 @@ class GroupCommit:
                 group.fail(RuntimeError("the delivery engine stopped"))
                 lane.next.fail(RuntimeError("the delivery engine stopped"))
                 raise
-            # Committed: hand out the answers.
+            # Committed: hand out the answers, and give back what abandoned looks took.
             for answer, result in answers:
                 if not answer.done():
                     answer.set_result(result)
+            abandoned = [op.token for op in group.looks if op.abandoned and op.answer.result()]
+            if abandoned:
+                self._give_back(abandoned)
+
+    def _give_back(self, tokens: list[str]) -> None:
+        """Release claims nobody will use, in the background (registered with the
+        database work at once, so a shutdown's `drain` waits for it)."""
+        self._db.submit(partial(repository.release_many, owners=tokens))
 
     async def _run(self, group: _Group) -> list[_Answer]:
         """The group's transaction, run again (it rolled back whole) when PostgreSQL chose

@@ -114,3 +114,22 @@ async def test_a_429_pauses_the_process_and_nothing_is_dead(
     entries = await crm_control.requests()
     assert any(e["status"] == 429 for e in entries)  # the limit was hit, and survived
     assert len(await crm_control.records()) == 30
+
+
+async def test_with_no_limit_set_the_crms_429s_teach_the_pace(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    """No CRM_MAX_REQUESTS_PER_SECOND, a CRM allowing 10 calls a second, 200 writes: the
+    service learns the pace from the 429s, so refused calls stay within a tenth of the
+    delivered ones (pausing on each 429 alone refused more calls than it delivered)."""
+    settings = make_settings(recovery_probe_seconds=PROBE_SECONDS, retry_backoff_base_seconds=1)
+    await crm_control.faults(rateLimitPerSecond=10)
+    async with _service(settings) as (_, client):
+        ids = [await _create(client, n) for n in range(200)]
+        await eventually(lambda: _all_synced(client, ids), within=90)
+    await crm_control.faults(rateLimitPerSecond=None)
+    entries = await crm_control.requests()
+    refused = sum(1 for e in entries if e["status"] == 429)
+    delivered = sum(1 for e in entries if e["method"] == "POST" and e["status"] == 201)
+    assert delivered == 200
+    assert 0 < refused <= delivered / 10, (refused, delivered)

@@ -1,3 +1,4 @@
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -152,8 +153,42 @@ async def test_a_pause_longer_than_the_callers_patience_fails_the_call_at_once()
     from customer_service.crm.throttle import CallThrottle, CrmPaused
 
     throttle = CallThrottle()
-    throttle.too_many_requests("3600")
+    throttle.answered(429, "3600")
     with pytest.raises(CrmPaused):
         await throttle.wait_turn(patience=2.0)
     assert throttle.paused
     await CallThrottle().wait_turn(patience=2.0)  # no pause: goes at once
+
+
+def test_a_429_teaches_a_pace_under_what_the_crm_accepted() -> None:
+    from customer_service.crm.throttle import learned_rate
+
+    assert learned_rate(10, None) == 9.5
+    assert learned_rate(10, 8.0) == 7.6  # still too fast at the learnt pace: slower
+    assert learned_rate(0, None) == 1.0  # never stops calling
+
+
+def test_a_learnt_pace_grows_without_429s_and_is_dropped_when_large() -> None:
+    from customer_service.crm.throttle import GROWTH_SECONDS, grown_rate
+
+    assert grown_rate(10.0, GROWTH_SECONDS / 2) == 10.0
+    assert grown_rate(10.0, 2 * GROWTH_SECONDS) == pytest.approx(10.0 * 1.05**2)
+    assert grown_rate(10.0, 1000 * GROWTH_SECONDS) is None
+
+
+async def test_the_throttle_paces_calls_at_the_pace_a_429_taught() -> None:
+    from customer_service.crm.throttle import CallThrottle
+
+    throttle = CallThrottle()
+    for _ in range(20):
+        throttle.answered(201, None)
+    assert throttle.pace is None
+    throttle.answered(429, "0")
+    assert throttle.pace == 19.0  # 0.95 of the 20 accepted in the last second
+    throttle.answered(429, "0")  # a call in flight before the lesson: nothing more learnt
+    assert throttle.pace == 19.0
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(5):
+        await throttle.wait_turn(patience=2.0)
+    assert loop.time() - start >= 4 / 19.0 - 0.01  # evenly spaced, not at once

@@ -1,0 +1,54 @@
+"""A delivery cancelled while its look (claim and read) runs gives the claim back: the
+look's group commits the claim all the same, and before this was mended the customer
+waited a whole lease with nobody delivering it (a shutdown's cancelled deliveries left
+their customers to the next process only after `CLAIM_LEASE_SECONDS`)."""
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+from asgi_lifespan import LifespanManager
+from sqlalchemy import func, select
+from support import CrmControl, eventually
+
+from customer_service.app import create_app
+from customer_service.config import Settings
+from customer_service.sync.models import SyncClaim
+
+ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
+
+
+async def test_a_delivery_cancelled_during_its_look_leaves_no_claim_behind(
+    make_settings: Callable[..., Settings], crm_control: CrmControl
+) -> None:
+    # An API-only process: the write kicks no delivery; the test runs them itself. The
+    # lease is long, so a claim left behind would still hold at the test's end.
+    settings = make_settings(sync_enabled=False, claim_lease_seconds=60)
+    app = create_app(settings, run_scheduler=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+            customer = (await client.post("/api/customers", json=ADA)).json()
+        deliverer = app.state.deliverer
+        for _ in range(20):  # the cancellation lands at a different instant each time
+            delivery = asyncio.create_task(deliverer.deliver_customer(customer["id"]))
+            await asyncio.sleep(0)  # its look is asked for, and its group under way
+            delivery.cancel()
+            await asyncio.gather(delivery, return_exceptions=True)
+            if delivery.cancelled():
+                break
+        assert delivery.cancelled(), "no cancellation landed during a look"
+
+        async def claims() -> int:
+            async with app.state.sessionmaker() as session:
+                count = await session.scalar(select(func.count()).select_from(SyncClaim))
+            return int(count or 0)
+
+        async def no_claim_left() -> bool:
+            return await claims() == 0
+
+        await eventually(no_claim_left, within=5)
+        # The customer is free: the next delivery takes it at once and delivers it.
+        counts = await deliverer.deliver_customer(customer["id"])
+        assert (counts.busy, counts.delivered) == (0, 1)
+    assert await crm_control.records(customer["id"])
