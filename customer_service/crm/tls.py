@@ -35,12 +35,13 @@ def proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url` (None: connect directly)."""
     parts = urlsplit(url)
     proxy = urllib.request.getproxies_environment().get(parts.scheme)
-    if not proxy or _bypassed(parts.hostname or "", parts.port):
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not proxy or _bypassed(parts.hostname or "", port):
         return None
     return proxy
 
 
-def _bypassed(host: str, port: int | None) -> bool:
+def _bypassed(host: str, port: int) -> bool:
     """Does `NO_PROXY` (or `no_proxy`) name this host: `*`, the host itself, or a domain
     it is in (`example.com` and `.example.com` both cover `crm.example.com`), with or
     without the port?"""
@@ -50,7 +51,7 @@ def _bypassed(host: str, port: int | None) -> bool:
         if entry == "*":
             return True
         name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if entry_port and port is not None and entry_port != str(port):
+        if entry_port and entry_port != str(port):
             continue
         name = name.lstrip(".")
         if name and (host == name or host.endswith("." + name)):
