@@ -39,6 +39,8 @@ class CrmPaused(Exception):
 # second just before (or of the pace already learnt, if lower), so an even pace stays
 # under its window.
 LEARN_FACTOR = 0.95
+# The share of CRM_MAX_REQUESTS_PER_SECOND the calls are paced at.
+CEILING_SHARE = 0.95
 # The seconds before a 429 whose accepted calls it learns from: the second of the 429 may
 # have just begun, and the one before may have been spent in a pause.
 LEARN_FROM_SECONDS = 3
@@ -71,8 +73,9 @@ def grown_rate(current: float, quiet_seconds: float) -> float | None:
 class CallThrottle:
     """The process's calls to the CRM, paced (see the module's docstring).
 
-    - the ceiling, `CRM_MAX_REQUESTS_PER_SECOND`: calls are spaced evenly, one every
-      1/limit s, so no wall-clock second sees more than the limit;
+    - the ceiling, `CRM_MAX_REQUESTS_PER_SECOND`: calls are spaced evenly at 95 % of it,
+      departures at least that far apart even when the loop wakes late, so no wall-clock
+      second of the CRM sees more than the limit;
     - a learnt pace: with no ceiling set, or one above what the CRM accepts, a 429 sets
       the pace to a little under the most calls the CRM accepted in one wall-clock
       second just before it (`learned_rate`), and each `GROWTH_SECONDS` without a 429
@@ -83,10 +86,13 @@ class CallThrottle:
     """
 
     def __init__(self, max_per_second: float = 0.0, clock: Callable[[], float] = time.time) -> None:
-        self._ceiling = max_per_second if max_per_second > 0 else None
+        # A little under the limit: the CRM counts calls as they arrive, and the network
+        # and its own event loop move some into the next second.
+        self._ceiling = CEILING_SHARE * max_per_second if max_per_second > 0 else None
         self._learned: float | None = None
         self._learned_at = 0.0  # loop time of the last 429 learnt, or of the last growth
         self._next_slot = 0.0
+        self._last_departure = -1e9
         self._paused_until = 0.0
         self._clock = clock  # wall-clock seconds, as CRMs count their windows
         # Calls the CRM accepted, by wall-clock second: [second, count], the last few.
@@ -118,10 +124,17 @@ class CallThrottle:
         pace = self.pace
         if pace is None:
             return
+        interval = 1.0 / pace
         slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / pace
+        self._next_slot = slot + interval
         if slot > now:
             await asyncio.sleep(slot - now)
+        # Woken late (a busy loop), calls whose slots followed each other would leave
+        # together: keep the spacing between departures too.
+        # Not an event to wait for: a time to wait until, moved on by whoever left first.
+        while (gap := self._last_departure + interval - loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(gap)
+        self._last_departure = loop.time()
 
     def answered(self, status: int, retry_after: str | None) -> None:
         """Tell the throttle the CRM's answer to a call: a 429 pauses every call and
