@@ -89,8 +89,8 @@ class CrmHealth:
 
     A new process starts suspect, so its first probe (and the forced pass that follows a
     good answer) sends what an earlier process left behind without waiting for backoff.
-    Each change of the hold is logged once, and told to `on_hold` (the dispatcher notes it
-    on the requests it holds).
+    Each change of the hold's kind is logged once, and told to `on_hold` (the dispatcher
+    notes it on the requests it holds); the detail shown is the latest one's.
     """
 
     suspect: bool = True
@@ -111,9 +111,12 @@ class CrmHealth:
     def mark_failing(self, hold: HoldReason) -> None:
         """A call failed for the CRM as a whole: suspect it, and say why once per change."""
         self.suspect = True
-        if hold == self.hold:
-            return
+        # A change of kind is news; another wording of the same kind (a refused connection,
+        # then a timeout) only refreshes the detail shown, without a log line or notes.
+        news = self.hold is None or hold.kind != self.hold.kind
         self.hold = hold
+        if not news:
+            return
         log.warning("CRM deliveries held (%s): %s", hold.kind, hold.detail)
         for callback in self.on_hold:
             callback(hold)
