@@ -14,12 +14,14 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
 7. throughput and sync lag in Kafka mode against the HTTP figures (`kafka_phase`);
 8. on PostgreSQL, the drain of one backlog by three service processes against one
    (`phase_scale`);
-9. the drain of a backlog against a CRM limited to 50 calls a second (`phase_rate_limit`).
+9. the drain of a backlog against a CRM limited to 50 calls a second (`phase_rate_limit`);
+10. the drain with batches of 100 against one call per change, and at 10 calls a second
+   (`phase_batch`).
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
 `BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
-bigDrain, recovery, kafka, scaleOut, rateLimit).
+bigDrain, recovery, kafka, scaleOut, rateLimit, batches).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import httpx
 from context import LAG_TARGET_MS, Bench, Params
 from harness import BenchError, Database, ProcessError, Servers, rounded, say
 from kafka_phase import kafka_figures
+from phase_batch import batched_drain
 from phase_drain import RETRY_CONCURRENCY, drain
 from phase_latency import CRM_SLOW_MS, latency_and_lag
 from phase_rate_limit import rate_limited_drain
@@ -66,6 +69,11 @@ def lag_rate(params: Params, metrics: dict[str, Any]) -> float:
     return capacity / 2 if math.isfinite(capacity) else FALLBACK_LAG_RATE
 
 
+def _drain_rate(metrics: dict[str, Any]) -> float:
+    rate = metrics.get("drain", {}).get("perSecond", math.nan)
+    return float(rate)
+
+
 async def run_all(params: Params, servers: Servers, database: Database) -> dict[str, Any]:
     bench = Bench(params, servers, database)
     metrics: dict[str, Any] = {}
@@ -78,6 +86,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("kafka", lambda: kafka_figures(bench, lag_rate(params, metrics))),
         ("scaleOut", lambda: scale_out(bench)),
         ("rateLimit", lambda: rate_limited_drain(bench)),
+        ("batches", lambda: batched_drain(bench, _drain_rate(metrics))),
     ]
     try:
         for key, phase in phases:

@@ -5,31 +5,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from customer_service.config import Settings, SyncMode
-from customer_service.crm.client import CrmClient
-from customer_service.crm.throttle import CallThrottle
+from customer_service.config import Settings
 from customer_service.customers.router import router as customers_router
 from customer_service.dashboard.router import router as dashboard_router
 from customer_service.db import create_sessionmaker, engines_for
 from customer_service.deps import require_api_key
 from customer_service.errors import install_handlers
-from customer_service.metrics import InstrumentedSender, Metrics
+from customer_service.metrics import Metrics
 from customer_service.openapi import install as install_openapi
 from customer_service.ops import router as ops_router
 from customer_service.reconciliation.periodic import ReconcileLoop
 from customer_service.reconciliation.reconciler import Reconciler
 from customer_service.reconciliation.router import router as reconciliation_router
 from customer_service.request_id import RequestIdMiddleware
-from customer_service.sync.delivery import Deliverer
-from customer_service.sync.dispatcher import (
-    CRM_CALLS_IN_FLIGHT,
-    KAFKA_PUBLISHES_IN_FLIGHT,
-    Dispatcher,
-)
-from customer_service.sync.kafka_mode import KafkaMode
+from customer_service.sync.connector import build_connector
+from customer_service.sync.engine import DeliveryEngine
 from customer_service.sync.router import router as failed_router
 from customer_service.sync.scheduler import RetryJob, build_scheduler
-from customer_service.sync.transports.http import HttpSender
 
 
 def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) -> FastAPI:
@@ -44,26 +36,22 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         engine, sync_engine = engines_for(settings)
         sessionmaker = create_sessionmaker(engine)
         sync_sessionmaker = create_sessionmaker(sync_engine)
-        throttle = CallThrottle(settings.crm_max_requests_per_second)
-        client = CrmClient(settings, on_call=metrics.observe_crm_call, throttle=throttle)
-        # One engine, two transports: Kafka mode publishes instead of calling the CRM.
-        kafka = KafkaMode(settings, sessionmaker) if settings.sync_mode == SyncMode.KAFKA else None
-        http_sender = HttpSender(client) if kafka is None else None
-        sender = kafka.sender if kafka is not None else http_sender
-        deliverer = Deliverer(sync_sessionmaker, InstrumentedSender(sender, metrics), settings)
-        retry_job = RetryJob(sync_sessionmaker, deliverer, settings, http_sender)
-        dispatcher = Dispatcher(
-            deliverer,
-            concurrency=KAFKA_PUBLISHES_IN_FLIGHT if kafka is not None else CRM_CALLS_IN_FLIGHT,
+        # The one way out SYNC_MODE names (the CRM mock's API, or Kafka).
+        connector = build_connector(settings, sync_sessionmaker, on_call=metrics.observe_crm_call)
+        delivery = DeliveryEngine(
+            sync_sessionmaker,
+            connector,
+            settings,
             enabled=settings.sync_enabled,
+            on_outcome=metrics.observe_delivery,
         )
+        retry_job = RetryJob(delivery, settings, connector)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
-        app.state.deliverer = deliverer
-        app.state.dispatcher = dispatcher
+        app.state.delivery = delivery
         app.state.retry_job = retry_job
-        reconciler = Reconciler(sessionmaker, client, kick=dispatcher.kick)
+        reconciler = Reconciler(sessionmaker, connector.reader(), kick=delivery.kick)
         reconciler.listeners.append(metrics.observe_reconciliation)
         app.state.reconciler = reconciler
         interval = settings.reconcile_interval_seconds if run_scheduler else 0.0
@@ -71,30 +59,20 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         reconcile_loop.start()
         background = run_scheduler and settings.sync_enabled
         # The probe runs with the scheduler: only then may the breaker hold kicks back.
-        deliverer.health.probing = background
+        delivery.health.probing = background
         scheduler = build_scheduler(retry_job, settings) if background else None
         if scheduler is not None:
             scheduler.start()
-        if kafka is not None:
-            await kafka.start(
-                deliver=settings.sync_enabled,
-                probe=background,
-                health=deliverer.health,
-            )
+        await connector.start(serving=settings.sync_enabled)
         try:
             yield
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await reconcile_loop.close()
-            await dispatcher.close()
+            await delivery.close()
             await retry_job.close()
-            # Background transactions are shielded from those cancellations: let the last
-            # ones commit and give their connections back before the engine goes.
-            await deliverer.db.drain()
-            if kafka is not None:
-                await kafka.close()
-            await client.aclose()
+            await connector.close()
             await engine.dispose()
             if sync_engine is not engine:
                 await sync_engine.dispose()

@@ -84,31 +84,29 @@ async def _failed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _retry(settings: Settings) -> int:
-    from customer_service.crm.client import CrmClient
     from customer_service.db import create_sessionmaker, engine_for
-    from customer_service.sync.delivery import CrmHealth, Deliverer
+    from customer_service.sync.connector import build_connector
+    from customer_service.sync.engine import DeliveryEngine
+    from customer_service.sync.health import CrmHealth
     from customer_service.sync.retry import Urgency
     from customer_service.sync.scheduler import RetryJob
-    from customer_service.sync.senders import sender_for
-    from customer_service.sync.transports.http import HttpSender
 
     engine = engine_for(settings)
-    client = CrmClient(settings)
+    sessionmaker = create_sessionmaker(engine)
+    # The mode's way out (SYNC_MODE=kafka publishes, never calls the CRM's REST API).
+    connector = build_connector(settings, sessionmaker)
     try:
-        sessionmaker = create_sessionmaker(engine)
+        await connector.start(serving=False)
         # Not suspect: this one pass is all the command does, so a success must not start
         # a background recovery pass beside it (whose deliveries the report would miss).
-        sender = HttpSender(client)
-        # SYNC_MODE=kafka publishes instead (README: HTTP or Kafka); `sender` goes unused.
-        async with sender_for(settings, sessionmaker, sender) as transport:
-            deliverer = Deliverer(sessionmaker, transport, settings, CrmHealth(suspect=False))
-            job = RetryJob(sessionmaker, deliverer, settings)
-            try:
-                counts = await job.run_pass(Urgency.OPERATOR)
-            finally:
-                await job.close()
+        delivery = DeliveryEngine(sessionmaker, connector, settings, CrmHealth(suspect=False))
+        job = RetryJob(delivery, settings)
+        try:
+            counts = await job.run_pass(Urgency.OPERATOR)
+        finally:
+            await job.close()
     finally:
-        await client.aclose()
+        await connector.close()
         await engine.dispose()
     _print(counts.as_dict())
     return 0
@@ -116,21 +114,22 @@ async def _retry(settings: Settings) -> int:
 
 async def _reconcile(settings: Settings, repair: bool) -> int:
     """Print the report; 0 when there is no drift or every fix was queued, 1 otherwise."""
-    from customer_service.crm.client import CrmClient
     from customer_service.db import create_sessionmaker, engine_for
     from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
+    from customer_service.sync.connector import build_connector
 
     engine = engine_for(settings)
-    client = CrmClient(settings)
+    sessionmaker = create_sessionmaker(engine)
+    connector = build_connector(settings, sessionmaker)
     try:
-        reconciler = Reconciler(create_sessionmaker(engine), client)
+        reconciler = Reconciler(sessionmaker, connector.reader())
         try:
             report = await reconciler.run(repair)
         except CrmReadFailed as exc:
             print(f"{PROG}: {exc.detail}", file=sys.stderr)
             return 1
     finally:
-        await client.aclose()
+        await connector.close()
         await engine.dispose()
     _print(report.model_dump(mode="json", by_alias=True))
     return 1 if report.drift_left else 0

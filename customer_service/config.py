@@ -15,6 +15,10 @@ class SyncMode(StrEnum):
     KAFKA = "kafka"
 
 
+class CrmConnector(StrEnum):
+    MOCK = "mock"
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -60,6 +64,11 @@ class Settings(BaseSettings):
     # A PEM file of CAs trusted for the CRM besides the system's (`crm.tls`).
     crm_ca_bundle: Annotated[str, AfterValidator(_check_ca_bundle)] = ""
     sync_mode: SyncMode = SyncMode.HTTP
+    # Which CRM the service speaks to (`sync.connector`).
+    crm_connector: CrmConnector = CrmConnector.MOCK
+    # Records per CRM call where the connector has a batch API; unset: the connector's
+    # default (the CRM mock: 1, the seed's one call per change), never above its maximum.
+    crm_batch_size: int | None = Field(default=None, ge=1, le=1000)
     retry_interval_seconds: PositiveSeconds = 60.0
     retry_concurrency: int = Field(default=16, ge=1, le=1000)
     retry_max_attempts: int = Field(default=25, ge=1)

@@ -15,7 +15,7 @@ from customer_service.sync.outbox import PENDING_KICKS
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's transaction: committed when the handler returns, rolled back if it
-    raises. Once committed, the outbox rows it wrote are handed to the dispatcher."""
+    raises. Once committed, the outbox rows it wrote are handed to the delivery engine."""
     state = request.app.state
     async with state.sessionmaker() as session:
         try:
@@ -26,7 +26,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         kicks = session.info.pop(PENDING_KICKS, None)
     if kicks:
-        state.dispatcher.kick(sorted(kicks))
+        state.delivery.kick(sorted(kicks))
 
 
 async def get_settings(request: Request) -> Settings:

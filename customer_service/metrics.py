@@ -18,7 +18,6 @@ What an on-call person alerts on (sample rules in `docs/alerts.yml`):
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -187,22 +186,6 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class InstrumentedSender:
-    """A transport's sender, counted: every attempt's outcome and, on success, the lag."""
-
-    def __init__(self, sender: Any, metrics: Metrics) -> None:
-        self._sender = sender
-        self._metrics = metrics
-
-    async def send(self, row: FailedRequest, crm_id: str | None) -> Outcome:
-        outcome: Outcome = await self._sender.send(row, crm_id)
-        self._metrics.observe_delivery(row, outcome)
-        return outcome
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sender, name)
 
 
 def timer() -> Callable[[], float]:

@@ -29,7 +29,7 @@ async def ready(request: Request) -> dict[str, Any] | JSONResponse:
             await session.execute(text("SELECT 1"))
     except Exception as exc:
         return problem(503, "Not ready", f"database unreachable: {type(exc).__name__}")
-    held = request.app.state.deliverer.health.held_by
+    held = request.app.state.delivery.health.held_by
     return {
         "status": "ready",
         "deliveries": {
@@ -54,6 +54,6 @@ async def metrics(request: Request) -> Response:
     age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
     registry: Metrics = state.metrics
     registry.set_outbox(counts, age)
-    health = state.deliverer.health
-    registry.set_process(state.dispatcher.in_flight, health.suspect, health.held_by)
+    health = state.delivery.health
+    registry.set_process(state.delivery.in_flight, health.suspect, health.held_by)
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

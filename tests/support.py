@@ -305,3 +305,46 @@ async def assert_equal_sides(client: httpx.AsyncClient, crm: CrmControl, custome
         "status": "synced",
         "syncedVersion": customer["version"],
     }
+
+
+class FakeConnector:
+    """A connector (`sync.connector.Connector`) whose answers a test writes: `answer` gives
+    each change's outcome. Counts the calls, the calls in flight and the batches sent."""
+
+    confirms_later = False
+
+    def __init__(
+        self,
+        answer: Callable[[Any], Awaitable[Any]],
+        batch_size: int = 1,
+        calls_in_flight: int = 64,
+    ) -> None:
+        self.answer = answer
+        self.batch_size = batch_size
+        self.calls_in_flight = calls_in_flight
+        self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.batches: list[list[int]] = []
+
+    async def start(self, serving: bool) -> None:
+        del serving
+
+    async def close(self) -> None:
+        pass
+
+    async def send(self, changes: Any) -> list[Any]:
+        self.calls += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.batches.append([change.customer_id for change in changes])
+        try:
+            return [await self.answer(change) for change in changes]
+        finally:
+            self.in_flight -= 1
+
+    async def probe(self) -> None:
+        return None
+
+    def reader(self) -> Any:
+        raise NotImplementedError("no CRM records behind a fake connector")

@@ -1,7 +1,7 @@
 """The CRM client: one aiohttp session for the process, thin calls, no policy.
 
 Every call names an `Idempotency-Key`, so a call repeated after a lost answer changes
-nothing on the CRM. What an answer means is decided by `sync.transports.http`.
+nothing on the CRM. What an answer means is decided by the connector (`sync.connectors.mock`).
 
 Why aiohttp (README, Decisions): measured as the client's CPU per POST to the CRM mock,
 16 calls in flight (`bench/crm_client_cpu.py`), aiohttp costs about half of what
@@ -109,6 +109,8 @@ class CrmClient:
         self._settings = settings
         self._base = settings.crm_base_url.rstrip("/")
         self._customers = URL(self._base + CUSTOMERS)
+        self._batch = URL(self._base + CUSTOMERS + "/batch")
+        self._batch_delete = URL(self._base + CUSTOMERS + "/batch/delete")
         self._proxy = proxy_for(self._base)
         self._headers = {"Accept": "application/json"}
         if settings.crm_api_token:
@@ -197,6 +199,14 @@ class CrmClient:
 
     async def create(self, body: dict[str, Any], key: str) -> CrmAnswer:
         return await self._call("POST", self._customers, key, json=body)
+
+    async def upsert_batch(self, inputs: list[dict[str, Any]], key: str) -> CrmAnswer:
+        """Upsert records by externalId, one call (`POST /api/crm/customers/batch`)."""
+        return await self._call("POST", self._batch, key, json={"inputs": inputs})
+
+    async def delete_batch(self, crm_ids: list[str], key: str) -> CrmAnswer:
+        """Delete records by CRM id, one call (`POST /api/crm/customers/batch/delete`)."""
+        return await self._call("POST", self._batch_delete, key, json={"ids": crm_ids})
 
     async def replace(self, crm_id: str, body: dict[str, Any], key: str) -> CrmAnswer:
         return await self._call("PUT", f"{self._customers}/{crm_id}", key, json=body)

@@ -7,7 +7,8 @@ reconciliation reads) waits its turn here:
   second ever sees more than the limit;
 - a learnt pace: a CRM's 429s teach the pace it accepts (`CallThrottle`);
 - a pause: when the CRM answers 429, every call of the process waits out its
-  `Retry-After` (1 s when it names none), not only the request that got it.
+  `Retry-After` (1 s when it names none), not only the request that got it;
+- on PostgreSQL, the ceiling of all replicas together (`shared_ceiling`).
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from customer_service.crm.shared_ceiling import SharedCeiling
 from customer_service.sync.retry import parse_retry_after
 
 # A 429 without a usable Retry-After pauses the process for this long.
@@ -85,7 +87,14 @@ class CallThrottle:
     - the pause: a 429 holds every call for its `Retry-After` (1 s when it names none).
     """
 
-    def __init__(self, max_per_second: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_per_second: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        shared: "SharedCeiling | None" = None,
+    ) -> None:
+        # The ceiling of all replicas together (PostgreSQL), taken after our own pace.
+        self._shared = shared
         # A little under the limit: the CRM counts calls as they arrive, and the network
         # and its own event loop move some into the next second.
         self._ceiling = CEILING_SHARE * max_per_second if max_per_second > 0 else None
@@ -135,6 +144,8 @@ class CallThrottle:
         while (gap := self._last_departure + interval - loop.time()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(gap)
         self._last_departure = loop.time()
+        if self._shared is not None:
+            await self._shared.take()
 
     def answered(self, status: int, retry_after: str | None) -> None:
         """Tell the throttle the CRM's answer to a call: a 429 pauses every call and

@@ -119,8 +119,8 @@ async def page(
         "crm_failing": metrics.crm_failing,
         "crm_contacted": metrics.crm_answering is not None,
         # Why this replica holds its deliveries (`sync.hold`), next to "CRM down".
-        "held": state.deliverer.health.held_by,
-        "in_flight": state.dispatcher.in_flight,
+        "held": state.delivery.health.held_by,
+        "in_flight": state.delivery.in_flight,
         "report": reconciler.latest,
         "rows": rows,
         "total": total,

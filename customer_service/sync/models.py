@@ -28,7 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from customer_service.columns import BigIntId, UTCDateTime, utc_now
@@ -84,3 +84,12 @@ class SyncClaim(Base):
     customer_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     owner: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CrmCallWindow(Base):
+    """CRM calls made by all replicas in one wall-clock second (`crm.shared_ceiling`)."""
+
+    __tablename__ = "crm_call_windows"
+
+    second: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    calls: Mapped[int] = mapped_column(Integer)

@@ -1,7 +1,7 @@
 """Enqueue a CRM request in the caller's transaction (the transactional outbox).
 
 The row commits, or rolls back, with the customer write itself: a crash at any instant
-leaves either neither or both. Delivery starts only after the commit (see `dispatcher`).
+leaves either neither or both. Delivery starts only after the commit (see `engine`).
 """
 
 import uuid
@@ -20,7 +20,7 @@ PENDING_KICKS = "outbox_customer_ids"
 
 
 def kick_after_commit(session: AsyncSession, customer_id: int) -> None:
-    """Have the dispatcher deliver `customer_id`'s requests once this session commits."""
+    """Have the delivery engine deliver `customer_id`'s requests once this session commits."""
     session.info.setdefault(PENDING_KICKS, set()).add(customer_id)
 
 

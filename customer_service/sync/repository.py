@@ -1,8 +1,16 @@
-"""All SQL of the outbox: rows of `failed_requests` and the per-customer claims."""
+"""All SQL of the outbox: rows of `failed_requests` and the per-customer claims.
+
+Every delivery statement is written here once, in SQLAlchemy Core that SQLite and
+PostgreSQL both run (the one test of `tests/integration/customer_service/
+test_outbox_statements.py` runs them on both). A batch of the engine (`sync.engine`)
+uses four: `claim` its customers under the batch's owner, read their `queues`, then
+`settle` every outcome and `release` the claims in one transaction.
+"""
 
 import functools
 import uuid
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -111,7 +119,7 @@ async def queues_and_crm_ids(
     return queues
 
 
-# Core statements for the group commit (`sync.grouping`), run once per group with every
+# Core statements of the engine's batches (`sync.engine`), run once per batch with every
 # row's parameters (executemany): built once, compiled once.
 _requests = cast(Table, FailedRequest.__table__)
 _customers = cast(Table, Customer.__table__)
@@ -145,7 +153,6 @@ QUEUES = (
     .order_by(_queued.customer_id, _queued.id)
 )
 DELETE_REQUESTS = delete(_requests).where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
-RELEASE_CLAIMS = delete(_claims).where(_claims.c.owner.in_(bindparam("b_owners", expanding=True)))
 
 
 def raised_to_version(column: Any) -> Any:
@@ -155,6 +162,23 @@ def raised_to_version(column: Any) -> Any:
     return case((column.is_(None), version), (column < version, version), else_=column)
 
 
+# Kafka mode: the version handed to the broker, not yet confirmed by the CRM.
+NOTE_PUBLISHED = (
+    update(_customers)
+    .where(_customers.c.id == bindparam("b_customer"))
+    .values(crm_published_version=raised_to_version(_customers.c.crm_published_version))
+)
+RECORD_FAILURE = (
+    update(_requests)
+    .where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(
+        attempts=bindparam("b_attempts"),
+        last_error=bindparam("b_error"),
+        status=bindparam("b_status"),
+        next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+)
 NOTE_SYNCED = (
     update(_customers)
     .where(_customers.c.id == bindparam("b_customer"))
@@ -175,52 +199,62 @@ class Settled:
     version: int
 
 
-async def settle_many(session: AsyncSession, settled: list[Settled]) -> None:
-    """Record many deliveries: remove the settled rows and note what the CRM now holds,
-    in two statements whatever their number (the requests
-    behind a create learn its CRM id apart: `learn_crm_ids`, only where there are some)."""
-    ids = [row_id for one in settled for row_id in one.row_ids]
-    await session.execute(DELETE_REQUESTS, {"b_ids": ids})
-    noted = [
-        {"b_customer": one.customer_id, "b_crm_id": one.crm_id, "b_version": one.version}
-        for one in settled
-        if one.crm_id is not None
-    ]
-    if noted:
-        connection = await session.connection()
-        await connection.execute(NOTE_SYNCED, noted)
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt: the rows it was for, and what becomes of them."""
+
+    row_ids: list[int]
+    error: str
+    attempts: int
+    dead: bool
+    next_attempt_at: datetime
 
 
-async def learn_crm_ids(session: AsyncSession, learnt: dict[int, str]) -> None:
-    """Give each customer's requests that still lack it the CRM id a create just returned
-    (customer id -> CRM id): a later DELETE needs it once the customer row is gone."""
-    if learnt:
-        connection = await session.connection()
-        params = [{"b_customer": cid, "b_crm_id": crm_id} for cid, crm_id in learnt.items()]
-        await connection.execute(LEARN_CRM_ID, params)
-
-
-async def record_failure(
+async def settle(
     session: AsyncSession,
-    rows: list[FailedRequest],
-    error: str,
-    attempts: int,
-    dead: bool,
-    next_attempt_at: datetime,
+    delivered: list[Settled],
+    failures: list[Failure],
+    confirmed: bool,
+    learnt: dict[int, str],
     now: datetime,
 ) -> None:
-    """Record a failed attempt on the batch's rows; `dead` ones wait for an operator."""
-    await session.execute(
-        update(FailedRequest)
-        .where(FailedRequest.id.in_([r.id for r in rows]))
-        .values(
-            attempts=attempts,
-            last_error=error[:2000],
-            status=RequestStatus.DEAD if dead else RequestStatus.FAILED,
-            next_attempt_at=next_attempt_at,
-            updated_at=now,
-        )
-    )
+    """Record a batch's outcomes: remove the delivered rows and note what the CRM now
+    holds (`confirmed`: the synced version and CRM id; else, Kafka mode, the version
+    published), record each failed attempt, and give the customers' requests still
+    lacking one the CRM id a create returned (`learnt`: a later DELETE needs it once the
+    customer row is gone). A few statements whatever the batch's size."""
+    connection = await session.connection()
+    ids = [row_id for one in delivered for row_id in one.row_ids]
+    if ids:
+        await connection.execute(DELETE_REQUESTS, {"b_ids": ids})
+    if confirmed:
+        noted = [
+            {"b_customer": one.customer_id, "b_crm_id": one.crm_id, "b_version": one.version}
+            for one in sorted(delivered, key=lambda one: one.customer_id)
+            if one.crm_id is not None
+        ]
+        if noted:
+            await connection.execute(NOTE_SYNCED, noted)
+    elif delivered:
+        published = [
+            {"b_customer": one.customer_id, "b_version": one.version}
+            for one in sorted(delivered, key=lambda one: one.customer_id)
+        ]
+        await connection.execute(NOTE_PUBLISHED, published)
+    for failure in failures:
+        status = RequestStatus.DEAD if failure.dead else RequestStatus.FAILED
+        params = {
+            "b_ids": failure.row_ids,
+            "b_attempts": failure.attempts,
+            "b_error": failure.error[:2000],
+            "b_status": status.value,
+            "b_next": failure.next_attempt_at,
+            "b_now": now,
+        }
+        await connection.execute(RECORD_FAILURE, params)
+    if learnt:
+        params_learnt = [{"b_customer": cid, "b_crm_id": crm_id} for cid, crm_id in learnt.items()]
+        await connection.execute(LEARN_CRM_ID, params_learnt)
 
 
 async def note_held(
@@ -244,7 +278,7 @@ async def note_held(
 # constructs, it is compiled once (per number of claims) and cached.
 @functools.lru_cache(maxsize=256)
 def _claims_statement(count: int) -> TextClause:
-    values = ", ".join(f"(:customer_{i}, :owner_{i}, :expires_at)" for i in range(count))
+    values = ", ".join(f"(:customer_{i}, :owner, :expires_at)" for i in range(count))
     return text(
         "INSERT INTO sync_claims (customer_id, owner, expires_at)"
         f" VALUES {values}"
@@ -257,48 +291,51 @@ def _claims_statement(count: int) -> TextClause:
     )
 
 
-async def claim_many(
-    session: AsyncSession, wanted: dict[int, str], now: datetime, lease: float
+async def claim(
+    session: AsyncSession, customer_ids: Iterable[int], owner: str, now: datetime, lease: float
 ) -> set[int]:
-    """`claim` for many customers (customer id -> owner) in one statement; the customers
-    whose claim is now ours."""
-    if not wanted:
+    """Claim these customers under `owner` for `lease` seconds from `now`, in one
+    statement; the customers whose claim is now ours (another's unexpired claim stays).
+    In customer order: every batch, of any replica, locks the claims it shares with
+    another in the same order."""
+    ordered = sorted(set(customer_ids))
+    if not ordered:
         return set()
-    params: dict[str, object] = {"expires_at": now + timedelta(seconds=lease), "now": now}
-    # In customer order: every group locks the claims it touches in the same order.
-    for i, (customer_id, owner) in enumerate(sorted(wanted.items())):
+    params: dict[str, object] = {
+        "owner": owner,
+        "expires_at": now + timedelta(seconds=lease),
+        "now": now,
+    }
+    for i, customer_id in enumerate(ordered):
         params[f"customer_{i}"] = customer_id
-        params[f"owner_{i}"] = owner
-    found = await session.execute(_claims_statement(len(wanted)), params)
-    return {customer_id for customer_id, owner in found.all() if wanted.get(customer_id) == owner}
+    found = await session.execute(_claims_statement(len(ordered)), params)
+    return {customer_id for customer_id, holder in found.all() if holder == owner}
 
 
-async def release_many(session: AsyncSession, owners: list[str]) -> None:
-    """Give back the claims held under these owners (each claim's owner is unique)."""
-    if owners:
-        await session.execute(RELEASE_CLAIMS, {"b_owners": owners})
+async def release(
+    session: AsyncSession, owner: str, customer_ids: Iterable[int] | None = None
+) -> None:
+    """Give back the claims held under `owner` (only these customers', when named)."""
+    query = delete(_claims).where(_claims.c.owner == owner)
+    if customer_ids is not None:
+        ids = sorted(customer_ids)
+        if not ids:
+            return
+        query = query.where(_claims.c.customer_id.in_(ids))
+    await session.execute(query)
 
 
-async def renew(
-    session: AsyncSession, customer_id: int, owner: str, now: datetime, lease: float
-) -> bool:
-    """Extend our claim on `customer_id` by a lease from `now`; False if it is no longer
-    ours. Never takes a claim: a renewal that lands after its delivery gave the claim
-    back (a heartbeat stopped while its statement was in flight) changes nothing, where
-    an insert would hold the customer for a whole lease with nobody delivering it."""
-    renewed = await session.scalar(
+async def renew(session: AsyncSession, owner: str, now: datetime, lease: float) -> int:
+    """Extend the claims held under `owner` by a lease from `now`; how many are still
+    ours. Never takes a claim: a renewal that lands after its batch gave the claims back
+    changes nothing."""
+    renewed = await session.execute(
         update(_claims)
-        .where(_claims.c.customer_id == customer_id, _claims.c.owner == owner)
+        .where(_claims.c.owner == owner)
         .values(expires_at=now + timedelta(seconds=lease))
         .returning(_claims.c.customer_id)
     )
-    return renewed is not None
-
-
-async def release(session: AsyncSession, customer_id: int, owner: str) -> None:
-    await session.execute(
-        delete(SyncClaim).where(SyncClaim.customer_id == customer_id, SyncClaim.owner == owner)
-    )
+    return len(renewed.all())
 
 
 async def replay(session: AsyncSession, request_id: int, now: datetime) -> FailedRequest | None:

@@ -1,10 +1,9 @@
 """The retry job: every `RETRY_INTERVAL_SECONDS`, one pass over the due requests.
 
-A pass groups the due requests by customer and sends the requests of up to
-`RETRY_CONCURRENCY` customers at once (the CRM calls of every pass of the process share
-that bound; up to as many more customers are being read or settled meanwhile); inside a
-customer, requests go one at a time, oldest first, and the group stops at its first
-failure (see `delivery`). A pass also runs at start-up, so
+A pass groups the due requests by customer and delivers them in the engine's batches
+(`engine.DeliveryEngine.run_pass`), with at most `RETRY_CONCURRENCY` CRM calls in flight
+(every pass of the process shares that bound); inside a customer, requests go one at a
+time, oldest first, and the customer stops at its first failure. A pass also runs at start-up, so
 what a crashed process left behind goes out at once.
 
 While the CRM is failing, a probe asks it every `RECOVERY_PROBE_SECONDS` whether it is
@@ -18,12 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
-from customer_service.sync.delivery import Deliverer, PassCounts
+from customer_service.sync.engine import DeliveryEngine, PassCounts
 from customer_service.sync.hold import HoldReason
 from customer_service.sync.retry import Urgency
 
@@ -40,21 +38,20 @@ class RetryJob:
     - One periodic pass at a time (`tick`: the interval job and the follow-up after a
       lease both come through a lock, and each reads only the pass it started).
     - A recovery pass (`start_forced_pass`) takes over from a periodic pass in flight by
-      asking it to stop *between customers*; nothing is cancelled in the middle of a
+      asking it to stop *between batches*; nothing is cancelled in the middle of a
       delivery, and the customers it had not reached are the recovery pass's anyway.
-    - `close` asks every pass to stop between customers, gives deliveries in flight a
-      grace period, then cancels them: safe, since their database work is shielded
-      (`dbwork`) and what was not delivered stays in the outbox.
+    - `close` asks every pass to stop between batches, gives batches in flight a grace
+      period, then cuts their CRM calls short (`DeliveryEngine.cut_calls`: never a
+      transaction); what was not delivered stays in the outbox.
     """
 
     def __init__(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        deliverer: Deliverer,
+        engine: DeliveryEngine,
         settings: Settings,
         prober: Prober | None = None,
     ) -> None:
-        self._deliverer = deliverer
+        self._engine = engine
         self._settings = settings
         self._prober = prober
         self._forced: asyncio.Task[PassCounts] | None = None
@@ -69,7 +66,7 @@ class RetryJob:
         # RETRY_CONCURRENCY bounds the process, not each pass: an operator's pass running
         # beside the periodic one shares the same slots.
         self._slots = asyncio.Semaphore(settings.retry_concurrency)
-        deliverer.health.on_recovery.append(self.start_forced_pass)
+        engine.health.on_recovery.append(self.start_forced_pass)
 
     async def run_pass(
         self,
@@ -85,40 +82,18 @@ class RetryJob:
         every = urgency is not Urgency.DUE
         now = utc_now()
         fresh_since = self._fresh_since(now) if leave_fresh else None
-        customers = await self._deliverer.db.run(
+        customers = await self._engine.transaction(
             lambda session: repository.due_customer_ids(session, now, every, fresh_since)
         )
-        totals = PassCounts()
         if not customers:
-            return totals
-        # One iterator shared by the workers: each takes the next customer.
-        pending = iter(customers)
-        taken = 0
+            return PassCounts()
 
         def stopped() -> bool:
             return self._closing.is_set() or (stop is not None and stop.is_set())
 
-        async def worker() -> None:
-            nonlocal taken
-            while not stopped():
-                customer_id = next(pending, None)
-                if customer_id is None:
-                    return
-                taken += 1
-                try:
-                    totals.add(
-                        await self._deliverer.deliver_customer(
-                            customer_id, urgency, sending=self._slots
-                        )
-                    )
-                except Exception:
-                    log.exception("retry of customer %s failed", customer_id)
-
-        # Twice as many workers as slots: while RETRY_CONCURRENCY customers have a CRM call
-        # in flight, as many more are read (claimed) or settled, so the next call is ready
-        # the moment a slot frees and the CRM is never kept waiting on our bookkeeping.
-        workers = min(2 * self._settings.retry_concurrency, len(customers))
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        totals, taken = await self._engine.run_pass(
+            customers, urgency, self._slots, self._settings.retry_concurrency, stopped
+        )
         left = len(customers) - taken
         log.info(
             "retry pass over %s customers%s: %s",
@@ -200,9 +175,9 @@ class RetryJob:
         wanted: list[float] = []
         if counts.busy:
             wanted.append(loop.time() + self._settings.claim_lease_seconds + 0.5)
-        if not self._deliverer.health.suspect:
+        if not self._engine.health.suspect:
             now = utc_now()
-            due = await self._deliverer.db.run(repository.next_attempt_at)
+            due = await self._engine.transaction(repository.next_attempt_at)
             # One due already that this pass did not take is claimed elsewhere (the lease
             # follow-up covers it) or behind a dead request: looking again at once would
             # only spin. After a pass that sent something, it may simply be next.
@@ -234,7 +209,7 @@ class RetryJob:
     async def probe(self) -> None:
         """While the CRM is suspect, ask it if it is back; if so, drain at once, else
         say why it is not (`CrmHealth.mark_failing`: logged when the reason changes)."""
-        health = self._deliverer.health
+        health = self._engine.health
         if not health.suspect or self._prober is None:
             return
         hold = await self._prober.probe()
@@ -245,8 +220,8 @@ class RetryJob:
         health.mark_healthy()  # starts the recovery pass
 
     async def close(self, grace: float = 5.0) -> None:
-        """Stop the passes between customers; deliveries in flight get `grace` seconds,
-        then are cancelled (what they did not finish stays in the outbox)."""
+        """Stop the passes between batches; batches in flight get `grace` seconds, then
+        their CRM calls are cut short (what they did not finish stays in the outbox)."""
         self._closing.set()
         if self._periodic_stop is not None:
             self._periodic_stop.set()
@@ -256,8 +231,11 @@ class RetryJob:
         if not tasks:
             return
         _, late = await asyncio.wait(tasks, timeout=grace)
-        for task in late:
-            task.cancel()
+        if late:
+            self._engine.cut_calls()
+            _, late = await asyncio.wait(late, timeout=grace)
+            for task in late:
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
 from customer_service.sync.dbwork import BackgroundDatabase
+from customer_service.sync.kafka_admin import ensure_topics, rewind_recreated, stop_quietly
 from customer_service.sync.repository import raised_to_version
-from customer_service.sync.transports.kafka import ensure_topics, rewind_recreated, stop_quietly
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ async def test_breaker_keeps_writes_from_calling_a_crm_that_is_down(
 ) -> None:
     settings = make_settings(recovery_probe_seconds=PROBE_SECONDS, retry_backoff_base_seconds=1)
     async with _service(settings) as (app, client):
-        health = app.state.deliverer.health
+        health = app.state.delivery.health
         first = await _create(client, 0)
         await eventually(lambda: _all_synced(client, [first]))
         assert not health.breaker_open

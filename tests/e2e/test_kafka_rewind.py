@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka_support import Broker, Topics
 
 from crm_mock import consumer as crm_consumer
-from customer_service.sync.transports import kafka as service_kafka
+from customer_service.sync import kafka_admin as service_kafka
 
 Rewind = Callable[[Any], Awaitable[None]]
 

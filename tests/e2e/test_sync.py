@@ -393,11 +393,15 @@ async def test_two_drains_of_one_customer_in_one_process_never_overlap(
     await _update(client, customer, firstName="Changed")
     await eventually(lambda: _idle(client))
     await crm_control.faults(down=False, latencyMs=300)
-    deliverer = service_app.state.deliverer
-    first, second = await asyncio.gather(
-        deliverer.deliver_customer(customer["id"], Urgency.OPERATOR),
-        deliverer.deliver_customer(customer["id"], Urgency.OPERATOR),
-    )
+    engine = service_app.state.delivery
+
+    async def drain() -> Any:
+        counts, _ = await engine.run_pass(
+            [customer["id"]], Urgency.OPERATOR, asyncio.Semaphore(4), 4, lambda: False
+        )
+        return counts
+
+    first, second = await asyncio.gather(drain(), drain())
     assert first.delivered + second.delivered == 2
     assert first.busy + second.busy == 1
     writes = [r for r in await crm_control.requests(customer["id"]) if r["status"] < 300]

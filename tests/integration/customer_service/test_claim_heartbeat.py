@@ -1,10 +1,10 @@
-"""The claim's heartbeat: a CRM call longer than the lease keeps its customer's claim,
-and a renewal still in flight when its delivery ends never takes the claim back.
+"""The claim's heartbeat: a CRM call longer than the lease keeps its batch's claims, and
+a renewal still in flight when its call ends never takes a claim back.
 
 The second is the race CI once hit: the heartbeat is stopped while its renewal's
-statement runs (shielded, so it finishes), the delivery gives its claim back, and then
-the renewal lands. Had the renewal been a claim (insert or take over), the customer
-would be held for a whole lease with nobody delivering it."""
+statement runs, the batch gives its claims back, and then the renewal lands. Had the
+renewal been a claim (insert or take over), the customer would be held for a whole lease
+with nobody delivering it. Now the batch waits for the renewal before it settles."""
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +22,9 @@ from customer_service.app import create_app
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
-from customer_service.sync.delivery import Deliverer
+from customer_service.sync.engine import DeliveryEngine
 from customer_service.sync.models import SyncClaim
+from customer_service.sync.retry import Urgency
 
 LEASE = 0.6
 ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
@@ -56,18 +57,16 @@ async def test_a_call_longer_than_the_lease_keeps_the_claim(
     app: FastAPI, crm_control: CrmControl
 ) -> None:
     customer_id = await _pending_customer(app)
-    deliverer: Deliverer = app.state.deliverer
+    engine: DeliveryEngine = app.state.delivery
     await crm_control.faults(latencyMs=int(4 * LEASE * 1000))
-    delivery = asyncio.create_task(deliverer.deliver_customer(customer_id))
+    delivery = asyncio.create_task(engine.deliver({customer_id: Urgency.DUE}))
     await eventually(lambda: _has_claim(app))
     await asyncio.sleep(2 * LEASE)  # twice the lease into the call
     assert not delivery.done()
     async with app.state.sessionmaker() as session, session.begin():
-        taken = await repository.claim_many(
-            session, {customer_id: "other-replica"}, utc_now(), LEASE
-        )
+        taken = await repository.claim(session, [customer_id], "other-replica", utc_now(), LEASE)
     assert not taken, "the claim lapsed while its delivery was still calling the CRM"
-    counts = await delivery
+    counts = (await delivery).counts
     assert (counts.attempted, counts.delivered) == (1, 1)
     assert await _claims(app) == []
 
@@ -80,25 +79,30 @@ async def test_a_renewal_landing_after_the_release_does_not_take_the_claim_back(
     app: FastAPI, crm_control: CrmControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     customer_id = await _pending_customer(app)
-    deliverer: Deliverer = app.state.deliverer
+    engine: DeliveryEngine = app.state.delivery
     renewing = asyncio.Event()
-    land = asyncio.Event()
+    answered = asyncio.Event()
     real_renew = repository.renew
 
-    async def held_renew(
-        session: AsyncSession, cid: int, owner: str, now: datetime, lease: float
-    ) -> bool:
+    async def held_renew(session: AsyncSession, owner: str, now: datetime, lease: float) -> int:
         renewing.set()
-        await land.wait()  # the delivery ends and gives its claim back meanwhile
-        return await real_renew(session, cid, owner, utc_now(), lease)
+        await answered.wait()  # still in flight when the CRM's answer arrives
+        await asyncio.sleep(0.1)
+        return await real_renew(session, owner, utc_now(), lease)
+
+    async def seen_answer() -> bool:
+        return any(r["status"] == 201 for r in await crm_control.requests(customer_id))
+
+    async def watch() -> None:
+        await eventually(seen_answer)
+        answered.set()
 
     monkeypatch.setattr(repository, "renew", held_renew)
     # The call outlasts a third of the lease, so the heartbeat sends a renewal.
     await crm_control.faults(latencyMs=int(LEASE * 1000))
-    counts = await deliverer.deliver_customer(customer_id)
+    watcher = asyncio.create_task(watch())
+    counts = (await engine.deliver({customer_id: Urgency.DUE})).counts
+    await watcher
     assert counts.delivered == 1
     assert renewing.is_set(), "no renewal was sent: the test covers nothing"
-    assert await _claims(app) == []  # given back by the delivery
-    land.set()
-    await deliverer.db.drain()  # the renewal has landed
     assert await _claims(app) == [], "a late renewal took the claim back"

@@ -185,9 +185,9 @@ async def test_sync_engine_has_connections_of_its_own_while_the_api_holds_all_of
         async def work(session: Any) -> int:
             return int((await session.execute(text("SELECT 1"))).scalar_one())
 
-        db = app.state.deliverer.db
-        assert await asyncio.gather(db.run(work), db.run(work), db.run(work)) == [1, 1, 1]
-        sync = app.state.deliverer.db.engine
+        delivery = app.state.delivery
+        assert await asyncio.gather(*(delivery.transaction(work) for _ in range(3))) == [1, 1, 1]
+        sync = delivery.database
         assert sync is not api
         assert api.pool.size() + api.pool._max_overflow == 2
         assert sync.pool.size() + sync.pool._max_overflow == 2
@@ -215,7 +215,7 @@ async def test_an_api_only_process_gives_its_api_the_whole_pool(
     async with _client(app), AsyncExitStack() as held:
         api = app.state.engine
         await _hold(held, api, 4)
-        assert app.state.deliverer.db.engine is api
+        assert app.state.delivery.database is api
         with pytest.raises(TimeoutError_):
             async with api.connect():
                 pass

@@ -149,7 +149,7 @@ async def test_held_requests_carry_the_reason_and_follow_its_changes(
 ) -> None:
     app = create_app(make_settings(), run_scheduler=False)
     async with LifespanManager(app):
-        health = app.state.deliverer.health
+        health = app.state.delivery.health
         health.probing = True  # the breaker opens as with the probe running
         health.mark_failing(HoldReason(HoldKind.CERTIFICATE, "certificate verify failed"))
         transport = httpx.ASGITransport(app=app)

@@ -1,7 +1,7 @@
 """Kafka mode keeps many more publishes waiting for the broker than HTTP mode keeps CRM
 calls: each waits for the acknowledgement of the produce request that carries it, so with
 HTTP's bound (64) a steady 389 writes/s on PostgreSQL outran what the publishes in flight
-could carry and the outbox grew without end (`dispatcher.KAFKA_PUBLISHES_IN_FLIGHT`)."""
+could carry and the outbox grew without end (`connectors.kafka.PUBLISHES_IN_FLIGHT`)."""
 
 import asyncio
 from collections.abc import Callable
@@ -14,7 +14,8 @@ from support import eventually
 
 from customer_service.app import create_app
 from customer_service.config import Settings
-from customer_service.sync.dispatcher import CRM_CALLS_IN_FLIGHT
+from customer_service.sync.connector import Change
+from customer_service.sync.connectors.mock import CALLS_IN_FLIGHT as CRM_CALLS_IN_FLIGHT
 from customer_service.sync.outcome import Outcome
 
 WRITES = CRM_CALLS_IN_FLIGHT + 36
@@ -26,23 +27,23 @@ async def test_kafka_mode_has_more_publishes_in_flight_than_http_has_crm_calls(
     settings = make_settings(**Topics.fresh().service_settings(kafka_broker))
     app = create_app(settings, run_scheduler=False)
     async with LifespanManager(app):
-        sender = app.state.deliverer._sender
-        real_send = sender.send
+        connector = app.state.delivery.connector
+        real_publish = connector._publish
         waiting = 0
         peak = 0
         release = asyncio.Event()
 
-        async def held(row: Any, crm_id: str | None) -> Outcome:
+        async def held(producer: Any, change: Change) -> Outcome:
             """A publish whose acknowledgement is slow in coming."""
             nonlocal waiting, peak
             waiting += 1
             peak = max(peak, waiting)
             await release.wait()
             waiting -= 1
-            outcome: Outcome = await real_send(row, crm_id)
+            outcome: Outcome = await real_publish(producer, change)
             return outcome
 
-        sender.send = held
+        connector._publish = held
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
             for n in range(WRITES):

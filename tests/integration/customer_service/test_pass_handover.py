@@ -40,7 +40,7 @@ async def test_recovery_pass_taking_over_at_random_instants_returns_every_connec
             pool = app.state.engine.pool
 
             async def quiet() -> bool:
-                state = {"deliveries": app.state.dispatcher.in_flight, "out": pool.checkedout()}
+                state = {"deliveries": app.state.delivery.in_flight, "out": pool.checkedout()}
                 assert state == {"deliveries": 0, "out": 0}, f"round {round_}: {state}"
                 return True
 

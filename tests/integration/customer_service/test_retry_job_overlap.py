@@ -18,9 +18,10 @@ from customer_service.app import create_app
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.crm.client import CrmAnswer, CrmClient
-from customer_service.sync.delivery import Deliverer
+from customer_service.sync.connectors.mock import MockConnector
+from customer_service.sync.engine import DeliveryEngine
 from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
-from customer_service.sync.transports.http import HttpSender
+from customer_service.sync.retry import Urgency
 
 ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
 
@@ -104,9 +105,10 @@ async def test_any_exception_raised_by_the_transport_is_recorded_as_a_failure(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
             customer = (await client.post("/api/customers", json=ADA)).json()
-        sender = HttpSender(Broken(settings))
-        deliverer = Deliverer(app.state.sessionmaker, sender, settings)
-        counts = await deliverer.deliver_customer(customer["id"])
+        connector = MockConnector(settings)
+        connector.client = Broken(settings)
+        engine = DeliveryEngine(app.state.sessionmaker, connector, settings)
+        counts = (await engine.deliver({customer["id"]: Urgency.DUE})).counts
         assert (counts.attempted, counts.failed) == (1, 1)
         async with app.state.sessionmaker() as session:
             row = (await session.scalars(select(FailedRequest))).one()

@@ -4,9 +4,9 @@ events read back (pure, no broker)."""
 import json
 from datetime import UTC, datetime
 
+from customer_service.sync.connectors.kafka import encode_event, event_of
 from customer_service.sync.models import FailedRequest, Operation
 from customer_service.sync.status_consumer import CrmStatus, parse_status
-from customer_service.sync.transports.kafka import encode_event, event_of
 
 PAYLOAD = {
     "externalId": "42",

@@ -4,7 +4,7 @@ The race it covers, across replicas: replica A's delivery reads the customer's q
 is about to give its claim back; replica B commits a new request for that customer and
 its kick finds the claim still A's. A releases without having seen the request. Here the
 "other replica" is a claim taken by hand and given back by hand, and no periodic pass
-runs: only B's dispatcher looking again can deliver the request.
+runs: only B's engine looking again can deliver the request.
 """
 
 import asyncio
@@ -23,7 +23,7 @@ from customer_service.app import create_app
 from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.sync import repository
-from customer_service.sync.delivery import Deliverer, PassCounts
+from customer_service.sync.engine import BatchResult, DeliveryEngine
 from customer_service.sync.models import SyncClaim
 
 OTHER = "other-replica:1"
@@ -41,22 +41,22 @@ async def app(make_settings: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
         yield app
 
 
-def count_busy_looks(deliverer: Deliverer, monkeypatch: pytest.MonkeyPatch) -> Looks:
+def count_busy_looks(engine: DeliveryEngine, monkeypatch: pytest.MonkeyPatch) -> Looks:
     looks = Looks()
-    real = deliverer.deliver_customer
+    real = engine.deliver
 
-    async def spy(*args: Any, **kwargs: Any) -> PassCounts:
-        counts = await real(*args, **kwargs)
-        looks.busy += counts.busy
-        return counts
+    async def spy(*args: Any, **kwargs: Any) -> BatchResult:
+        result = await real(*args, **kwargs)
+        looks.busy += len(result.busy)
+        return result
 
-    monkeypatch.setattr(deliverer, "deliver_customer", spy)
+    monkeypatch.setattr(engine, "deliver", spy)
     return looks
 
 
 async def _claim_elsewhere(app: FastAPI, customer_id: int) -> None:
     async with app.state.sessionmaker() as session, session.begin():
-        assert await repository.claim_many(session, {customer_id: OTHER}, utc_now(), 30.0)
+        assert await repository.claim(session, [customer_id], OTHER, utc_now(), 30.0)
 
 
 async def _give_back(app: FastAPI, customer_id: int) -> None:
@@ -77,7 +77,7 @@ async def _update_while_held_elsewhere(
     body = {"firstName": "B", "lastName": "v1", "email": email}
     cid: int = (await client.post("/api/customers", json=body)).json()["id"]
     await eventually(lambda: _synced(client, cid, 1), within=10)
-    looks = count_busy_looks(app.state.deliverer, monkeypatch)
+    looks = count_busy_looks(app.state.delivery, monkeypatch)
     await _claim_elsewhere(app, cid)
     body["lastName"] = "v2"
     assert (await client.put(f"/api/customers/{cid}", json=body)).status_code == 200
@@ -107,8 +107,8 @@ async def test_shutdown_does_not_wait_for_a_customer_held_elsewhere(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
         await _update_while_held_elsewhere(app, client, "held@example.com", monkeypatch)
-        dispatcher = app.state.dispatcher
-        assert dispatcher.in_flight == 1  # waiting to look again
-        # The grace is long; the waiting task ends at once, without it.
-        await asyncio.wait_for(dispatcher.close(grace=60), timeout=5)
-        assert dispatcher.in_flight == 0
+        engine = app.state.delivery
+        assert engine.in_flight == 1  # waiting to look again
+        # The grace is long; the wait to look again ends at once, without it.
+        await asyncio.wait_for(engine.close(grace=60), timeout=5)
+        assert engine.in_flight == 0

@@ -1,0 +1,1 @@
+"""One module per way out behind the seam of `sync.connector`."""

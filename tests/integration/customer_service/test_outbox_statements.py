@@ -1,0 +1,266 @@
+"""Every delivery statement (`sync.repository`), one set of cases run on both databases,
+and the engine's batch bookkeeping on top of them: one transaction to claim and read a
+batch, one to settle it, whatever its size; each customer settled on its own outcome."""
+
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from support import FakeConnector
+
+from customer_service.columns import utc_now
+from customer_service.config import Settings
+from customer_service.customers.models import Customer
+from customer_service.db import create_sessionmaker
+from customer_service.sync import outbox, repository
+from customer_service.sync.connector import Change
+from customer_service.sync.engine import DeliveryEngine
+from customer_service.sync.models import FailedRequest, Operation, RequestStatus, SyncClaim
+from customer_service.sync.outcome import Delivered, Failed, Outcome
+from customer_service.sync.retry import Urgency
+
+LEASE = 30.0
+
+
+@pytest.fixture
+async def session_of(sql_engine: AsyncEngine) -> AsyncIterator[Callable[[], Any]]:
+    yield create_sessionmaker(sql_engine)
+
+
+async def _customers(sessionmaker: Any, count: int, updates: int = 0) -> list[int]:
+    """`count` customers, each with a pending CREATE and `updates` UPDATEs behind it."""
+    async with sessionmaker() as session, session.begin():
+        ids = []
+        for n in range(count):
+            now = utc_now()
+            customer = Customer(
+                first_name=f"S{n}",
+                last_name="Statement",
+                email=f"s{n}@example.com",
+                email_key=f"s{n}@example.com",
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(customer)
+            await session.flush()
+            await outbox.enqueue(session, customer, Operation.CREATE)
+            for _ in range(updates):
+                customer.version += 1
+                await outbox.enqueue(session, customer, Operation.UPDATE)
+            ids.append(customer.id)
+        return ids
+
+
+async def _scalar(sessionmaker: Any, query: Any) -> Any:
+    async with sessionmaker() as session:
+        return await session.scalar(query)
+
+
+async def test_a_claim_is_ours_until_it_expires_and_only_its_owner_renews_or_releases_it(
+    session_of: Any,
+) -> None:
+    a, b, c = await _customers(session_of, 3)
+    now = utc_now()
+    async with session_of() as session, session.begin():
+        assert await repository.claim(session, [b, a], "one", now, LEASE) == {a, b}
+        # Held by "one": not another's; "one" again keeps it (a renewal by claim).
+        assert await repository.claim(session, [a, c], "two", now, LEASE) == {c}
+        assert await repository.claim(session, [a], "one", now, LEASE) == {a}
+        # An expired claim is taken over.
+        later = now + timedelta(seconds=LEASE + 1)
+        assert await repository.claim(session, [c], "three", later, LEASE) == {c}
+        assert await repository.renew(session, "one", now, LEASE) == 2
+        assert await repository.renew(session, "nobody", now, LEASE) == 0
+        await repository.release(session, "one", [a])
+        owners = dict((await session.execute(select(SyncClaim.customer_id, SyncClaim.owner))).all())
+        assert owners == {b: "one", c: "three"}
+        await repository.release(session, "one")
+        await repository.release(session, "two", [])  # nothing named: nothing given back
+        owners = dict((await session.execute(select(SyncClaim.customer_id, SyncClaim.owner))).all())
+        assert owners == {c: "three"}
+
+
+async def test_queues_are_read_oldest_first_with_the_crm_id_of_the_customer_row(
+    session_of: Any,
+) -> None:
+    a, b = await _customers(session_of, 2, updates=3)
+    async with session_of() as session, session.begin():
+        await session.execute(
+            Customer.__table__.update().where(Customer.id == a).values(crm_id="crm-a")
+        )
+    async with session_of() as session:
+        queues = await repository.queues_and_crm_ids(session, [a, b, 999_999], limit=3)
+    assert set(queues) == {a, b}  # no request: left out
+    rows, crm_id = queues[a]
+    assert crm_id == "crm-a"
+    assert [row.version for row in rows] == [1, 2, 3]
+    assert [row.operation for row in rows] == ["CREATE", "UPDATE", "UPDATE"]
+    assert queues[b][1] is None
+
+
+async def test_settle_removes_delivered_rows_records_failures_and_only_raises_versions(
+    session_of: Any,
+) -> None:
+    a, b, c = await _customers(session_of, 3, updates=1)
+    async with session_of() as session:
+        queues = await repository.queues_and_crm_ids(session, [a, b, c])
+    now = utc_now()
+    later = now + timedelta(seconds=60)
+    async with session_of() as session, session.begin():
+        await repository.settle(
+            session,
+            delivered=[
+                repository.Settled(a, [queues[a][0][1].id], "crm-a", 2),
+                repository.Settled(b, [queues[b][0][0].id], "crm-b", 1),
+            ],
+            failures=[
+                repository.Failure([queues[c][0][0].id], "CRM answered 500", 3, False, later)
+            ],
+            confirmed=True,
+            learnt={b: "crm-b"},
+            now=now,
+        )
+    async with session_of() as session, session.begin():
+        # An older version answered late never lowers what the CRM is known to hold.
+        await repository.settle(
+            session,
+            [repository.Settled(a, [], "crm-a", 1)],
+            [],
+            confirmed=True,
+            learnt={},
+            now=now,
+        )
+        # Kafka mode notes the version published, only raised too.
+        for version in (4, 3):
+            await repository.settle(
+                session,
+                [repository.Settled(c, [], None, version)],
+                [],
+                confirmed=False,
+                learnt={},
+                now=now,
+            )
+    async with session_of() as session:
+        customers = {
+            row.id: row
+            for row in (await session.scalars(select(Customer).where(Customer.id.in_([a, b, c]))))
+        }
+        left = {
+            (row.customer_id, row.version): row
+            for row in (await session.scalars(select(FailedRequest))).all()
+        }
+    assert (customers[a].crm_id, customers[a].crm_synced_version) == ("crm-a", 2)
+    assert (customers[b].crm_id, customers[b].crm_synced_version) == ("crm-b", 1)
+    assert customers[c].crm_published_version == 4
+    assert customers[c].crm_synced_version is None
+    assert set(left) == {(a, 1), (b, 2), (c, 1), (c, 2)}
+    assert left[(b, 2)].crm_id == "crm-b"  # learnt from the create
+    failed = left[(c, 1)]
+    assert (failed.status, failed.attempts, failed.last_error) == (
+        RequestStatus.FAILED,
+        3,
+        "CRM answered 500",
+    )
+    assert abs((failed.next_attempt_at - later).total_seconds()) < 1
+    assert left[(c, 2)].status == RequestStatus.PENDING
+
+
+def _settings(database_url: str, **overrides: Any) -> Settings:
+    return Settings(database_url=database_url, **overrides)
+
+
+async def test_a_batch_is_one_transaction_to_claim_and_one_to_settle_whatever_its_size(
+    sql_engine: AsyncEngine, database_url: str
+) -> None:
+    sessionmaker = create_sessionmaker(sql_engine)
+    ids = await _customers(sessionmaker, 40)
+
+    async def delivered(change: Change) -> Outcome:
+        return Delivered(f"crm-{change.customer_id}")
+
+    connector = FakeConnector(delivered, batch_size=100)
+    engine = DeliveryEngine(sessionmaker, connector, _settings(database_url))
+    transactions = 0
+
+    def count(_connection: Any) -> None:
+        nonlocal transactions
+        transactions += 1
+
+    event.listen(sql_engine.sync_engine, "begin", count)
+    try:
+        result = await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
+    finally:
+        event.remove(sql_engine.sync_engine, "begin", count)
+    assert transactions == 2
+    assert connector.batches == [sorted(ids)]  # one call
+    assert (result.counts.attempted, result.counts.delivered) == (40, 40)
+    assert await _scalar(sessionmaker, select(func.count()).select_from(FailedRequest)) == 0
+    assert await _scalar(sessionmaker, select(func.count()).select_from(SyncClaim)) == 0
+    synced = await _scalar(
+        sessionmaker, select(func.count()).where(Customer.crm_synced_version == 1)
+    )
+    assert synced == 40
+
+
+async def test_a_batch_with_one_permanently_refused_record_settles_the_others_delivered(
+    sql_engine: AsyncEngine, database_url: str
+) -> None:
+    sessionmaker = create_sessionmaker(sql_engine)
+    ids = await _customers(sessionmaker, 5, updates=1)
+    refused, flaky = ids[1], ids[3]
+
+    async def answer(change: Change) -> Outcome:
+        if change.customer_id == refused:
+            return Failed("CRM answered 422: email is invalid", 422)
+        if change.customer_id == flaky:
+            return Failed("CRM answered 500", 500)
+        return Delivered(f"crm-{change.customer_id}")
+
+    connector = FakeConnector(answer, batch_size=100)
+    engine = DeliveryEngine(sessionmaker, connector, _settings(database_url))
+    result = await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
+    assert len(connector.batches) == 1
+    assert (result.counts.delivered, result.counts.dead, result.counts.failed) == (3, 1, 1)
+    # Each delivered customer has its update behind: it is due in the next batch.
+    assert sorted(result.more) == sorted(set(ids) - {refused, flaky})
+    async with sessionmaker() as session:
+        rows = (await session.scalars(select(FailedRequest).order_by(FailedRequest.id))).all()
+    by_customer: dict[int, list[FailedRequest]] = {}
+    for row in rows:
+        by_customer.setdefault(row.customer_id, []).append(row)
+    assert [r.status for r in by_customer[refused]] == [RequestStatus.DEAD, RequestStatus.PENDING]
+    assert [r.status for r in by_customer[flaky]] == [RequestStatus.FAILED, RequestStatus.PENDING]
+    for customer_id in set(ids) - {refused, flaky}:
+        assert [(r.operation, r.status) for r in by_customer[customer_id]] == [
+            (Operation.UPDATE, RequestStatus.PENDING)
+        ]
+    # The next batch sends the delivered customers' updates; the refused one waits for an
+    # operator, the failed one for its backoff.
+    again = await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
+    assert again.counts.delivered == 3
+    assert sorted(connector.batches[-1]) == sorted(set(ids) - {refused, flaky})
+
+
+async def test_customers_claimed_elsewhere_are_busy_and_left_alone(
+    sql_engine: AsyncEngine, database_url: str
+) -> None:
+    sessionmaker = create_sessionmaker(sql_engine)
+    a, b = await _customers(sessionmaker, 2)
+    async with sessionmaker() as session, session.begin():
+        assert await repository.claim(session, [a], "other-replica", utc_now(), LEASE) == {a}
+
+    async def delivered(change: Change) -> Outcome:
+        return Delivered(f"crm-{change.customer_id}")
+
+    connector = FakeConnector(delivered, batch_size=10)
+    engine = DeliveryEngine(sessionmaker, connector, _settings(database_url))
+    result = await engine.deliver({a: Urgency.DUE, b: Urgency.DUE})
+    assert result.busy == [a]
+    assert connector.batches == [[b]]
+    async with sessionmaker() as session:
+        owners = dict((await session.execute(select(SyncClaim.customer_id, SyncClaim.owner))).all())
+    assert owners == {a: "other-replica"}
