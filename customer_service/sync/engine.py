@@ -106,10 +106,12 @@ class PassCounts:
 @dataclass
 class BatchResult:
     counts: PassCounts = field(default_factory=PassCounts)
-    # Customers with more to send now (delivered, and more queued behind).
+    # Customers with more to send now (delivered, and more queued behind): their claims
+    # are kept, under `owner`, for the batch that continues them (`drain`).
     more: list[int] = field(default_factory=list)
     # Customers whose claim another delivery holds.
     busy: list[int] = field(default_factory=list)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ class DeliveryEngine:
     async def _live_batch(self, wanted: dict[int, Urgency]) -> None:
         result = BatchResult()
         try:
-            result = await self.deliver(wanted, self._live_calls)
+            result = await self.drain(wanted, self._live_calls, lambda: self._closing)
         except Exception:
             # The rows are safe in the outbox; the retry job will take them.
             log.exception("delivery of customers %s failed", sorted(wanted)[:10])
@@ -243,8 +245,6 @@ class DeliveryEngine:
             self._look_again(customer_id)
         for customer_id in set(wanted) - set(result.busy):
             self._busy_delays.pop(customer_id, None)
-        if result.more:
-            self.kick(result.more, Urgency.DUE)
         self._start_batches()
 
     def _look_again(self, customer_id: int) -> None:
@@ -317,43 +317,66 @@ class DeliveryEngine:
         RETRY_CONCURRENCY). Once `stopped()` the pass takes no further batch. Returns the
         counts and how many customers it took."""
         pending = list(reversed(customer_ids))  # popped from the end: oldest first
-        again: list[int] = []
         totals = PassCounts()
         taken = 0
         size = min(MAX_BATCH_CUSTOMERS, self.connector.batch_size * width)
 
         async def worker() -> None:
             nonlocal taken
-            while not stopped() and not self._closing and (pending or again):
-                batch: list[int] = []
-                while (again or pending) and len(batch) < size:
-                    if again:
-                        batch.append(again.pop())
-                    else:
-                        batch.append(pending.pop())
-                        taken += 1
+            while not stopped() and not self._closing and pending:
+                batch = [pending.pop() for _ in range(min(size, len(pending)))]
+                taken += len(batch)
                 try:
-                    result = await self.deliver(dict.fromkeys(batch, urgency), calls)
+                    result = await self.drain(dict.fromkeys(batch, urgency), calls, stopped)
                 except Exception:
                     log.exception("retry of customers %s failed", batch[:10])
                     continue
                 totals.add(result.counts)
                 totals.busy += len(result.busy)
-                again.extend(result.more)
 
         await asyncio.gather(*(worker() for _ in range(2)))
         return totals, taken
 
+    async def drain(
+        self,
+        wanted: dict[int, Urgency],
+        calls: asyncio.Semaphore | None,
+        stopped: Callable[[], bool],
+    ) -> BatchResult:
+        """Deliver these customers, each until its queue holds (nothing due, a failure, or
+        nothing left): batch after batch, those with more to send keeping their claims
+        from one batch to the next, so no other delivery takes a customer half-way. Once
+        `stopped()`, the claims kept are given back and the rest left to later."""
+        total = await self.deliver(wanted, calls)
+        result = total
+        try:
+            while result.more and not stopped():
+                result = await self.deliver(
+                    {cid: wanted[cid] for cid in result.more}, calls, owner=result.owner
+                )
+                total.counts.add(result.counts)
+        finally:
+            if result.more:  # stopped, or a batch failed: give the kept claims back
+                with contextlib.suppress(Exception):
+                    await self.transaction(partial(repository.release, owner=result.owner))
+        total.more = []
+        return total
+
     # -- one batch -----------------------------------------------------------------------
 
     async def deliver(
-        self, wanted: dict[int, Urgency], calls: asyncio.Semaphore | None = None
+        self,
+        wanted: dict[int, Urgency],
+        calls: asyncio.Semaphore | None = None,
+        owner: str | None = None,
     ) -> BatchResult:
         """One batch: claim, read and plan; send; settle (see the module's docstring).
         With an urgency other than DUE a customer's oldest request is taken whatever its
-        backoff (dead ones stay dead)."""
-        result = BatchResult()
-        owner = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        backoff (dead ones stay dead). Customers with more to send keep their claims
+        (`BatchResult.more`): the caller continues them under `owner` or gives them back.
+        `owner`: the claims of an earlier batch, kept."""
+        owner = owner or f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        result = BatchResult(owner=owner)
         now = utc_now()
         plans = await self.transaction(
             partial(self._claim_and_plan, wanted=wanted, owner=owner, now=now)
@@ -378,7 +401,8 @@ class DeliveryEngine:
                 return result
             raise
         settle = self._judge(sendable, changes, outcomes, wanted, result)
-        await self.transaction(partial(self._settle, settle=settle, owner=owner))
+        done = set(sendable) - set(result.more)
+        await self.transaction(partial(self._settle, settle=settle, owner=owner, done=done))
         self._after(changes, outcomes)
         return result
 
@@ -493,7 +517,9 @@ class DeliveryEngine:
                 )
         return settle
 
-    async def _settle(self, session: AsyncSession, settle: "_Settle", owner: str) -> None:
+    async def _settle(
+        self, session: AsyncSession, settle: "_Settle", owner: str, done: set[int]
+    ) -> None:
         await repository.settle(
             session,
             settle.delivered,
@@ -502,7 +528,7 @@ class DeliveryEngine:
             settle.learnt,
             settle.now,
         )
-        await repository.release(session, owner)
+        await repository.release(session, owner, done)
 
     def _after(self, changes: list[Change], outcomes: list[Outcome]) -> None:
         """Once settled: the metrics, and what the outcomes say of the CRM as a whole: a
@@ -516,7 +542,7 @@ class DeliveryEngine:
                 delivered = True
                 continue
             kind = hold_kind(outcome.status, outcome.unanswered)
-            if kind is not None:
+            if kind is not None and outcome.whole_call:
                 hold = HoldReason(kind, outcome.error)
         if hold is not None:
             self.health.mark_failing(hold)

@@ -17,6 +17,9 @@ class Failed:
     retry_after: str | None = None
     # With no answer (`status` None): why, when known (`hold.hold_kind`).
     unanswered: HoldKind | None = None
+    # False for one record's own failure inside a batch call the CRM answered: whatever
+    # its status, it says nothing of the CRM as a whole (no hold).
+    whole_call: bool = True
 
 
 Outcome = Delivered | Failed

@@ -21,8 +21,8 @@ whose `lastError` says so, not a success: retried with the same key.
 """
 
 import asyncio
-import hashlib
 import logging
+import uuid
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -52,11 +52,26 @@ def _crm_id(answer: CrmAnswer) -> str | None:
     return None
 
 
-def _batch_key(changes: Sequence[Change]) -> str:
-    """The Idempotency-Key of a batch call: the same changes sent again (an answer lost)
-    repeat it, and get the first answer again."""
-    joined = "\n".join(change.request.idempotency_key for change in changes)
-    return "batch:" + hashlib.sha256(joined.encode()).hexdigest()[:40]
+def _record_errors(body: dict[str, Any]) -> dict[int, Failed]:
+    """The records a 207 names as failed, by their index in the call: each one's own
+    failure (`whole_call` False: it says nothing of the CRM as a whole)."""
+    errors: dict[int, Failed] = {}
+    for error in body.get("errors") or []:
+        if isinstance(error, dict) and isinstance(error.get("index"), int):
+            status = error.get("status") if isinstance(error.get("status"), int) else None
+            detail = error.get("detail") or "refused in a batch"
+            errors[error["index"]] = Failed(
+                f"CRM answered {status}: {detail}", status, whole_call=False
+            )
+    return errors
+
+
+def _batch_key() -> str:
+    """The Idempotency-Key of a batch call: its own, new for each call. The batch upsert is
+    idempotent by externalId already; a key repeated by a later call would get the first
+    answer again, a 207 failing the same record on every retry. (The client's own resend
+    after a dropped connection repeats the call's key.)"""
+    return f"batch:{uuid.uuid4()}"
 
 
 class MockConnector:
@@ -84,7 +99,7 @@ class MockConnector:
 
     async def send(self, changes: Sequence[Change]) -> list[Outcome]:
         """One call per change with a batch size of 1, else the batch endpoints."""
-        if self.batch_size == 1 or len(changes) == 1:
+        if self.batch_size == 1:
             return list(await asyncio.gather(*(self._send_one(change) for change in changes)))
         upserts = [c for c in changes if c.request.operation != Operation.DELETE]
         deletes = [c for c in changes if c.request.operation == Operation.DELETE and c.crm_id]
@@ -118,7 +133,7 @@ class MockConnector:
 
     async def _upsert_batch(self, changes: list[Change]) -> dict[int, Outcome]:
         inputs = [change.request.payload or {} for change in changes]
-        answer = await self.client.upsert_batch(inputs, _batch_key(changes))
+        answer = await self.client.upsert_batch(inputs, _batch_key())
         if answer.status not in (200, 207) or not isinstance(answer.body, dict):
             failed = _failed(answer)
             return {id(change): failed for change in changes}
@@ -126,12 +141,7 @@ class MockConnector:
         for record in answer.body.get("results") or []:
             if isinstance(record, dict) and record.get("id") is not None:
                 by_external[str(record.get("externalId"))] = str(record["id"])
-        errors: dict[int, Failed] = {}
-        for error in answer.body.get("errors") or []:
-            if isinstance(error, dict) and isinstance(error.get("index"), int):
-                status = error.get("status") if isinstance(error.get("status"), int) else None
-                detail = error.get("detail") or "refused in a batch"
-                errors[error["index"]] = Failed(f"CRM answered {status}: {detail}", status)
+        errors = _record_errors(answer.body)
         outcomes: dict[int, Outcome] = {}
         for index, change in enumerate(changes):
             crm_id = by_external.get(str(change.customer_id))
@@ -147,16 +157,11 @@ class MockConnector:
 
     async def _delete_batch(self, changes: list[Change]) -> dict[int, Outcome]:
         ids = [str(change.crm_id) for change in changes]
-        answer = await self.client.delete_batch(ids, _batch_key(changes))
+        answer = await self.client.delete_batch(ids, _batch_key())
         if answer.status not in (200, 207) or not isinstance(answer.body, dict):
             failed = _failed(answer)
             return {id(change): failed for change in changes}
-        errors: dict[int, Failed] = {}
-        for error in answer.body.get("errors") or []:
-            if isinstance(error, dict) and isinstance(error.get("index"), int):
-                status = error.get("status") if isinstance(error.get("status"), int) else None
-                detail = error.get("detail") or "refused in a batch"
-                errors[error["index"]] = Failed(f"CRM answered {status}: {detail}", status)
+        errors = _record_errors(answer.body)
         # Deleted or not found: either way the record is gone, which is what was asked.
         return {id(c): errors.get(i, Delivered(None)) for i, c in enumerate(changes)}
 

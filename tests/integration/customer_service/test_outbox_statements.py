@@ -238,11 +238,15 @@ async def test_a_batch_with_one_permanently_refused_record_settles_the_others_de
         assert [(r.operation, r.status) for r in by_customer[customer_id]] == [
             (Operation.UPDATE, RequestStatus.PENDING)
         ]
-    # The next batch sends the delivered customers' updates; the refused one waits for an
-    # operator, the failed one for its backoff.
-    again = await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
+    # Their claims are kept for the batch that continues them; the refused one waits for
+    # an operator, the failed one for its backoff, their claims given back.
+    async with sessionmaker() as session:
+        held = set((await session.scalars(select(SyncClaim.customer_id))).all())
+    assert held == set(result.more)
+    again = await engine.deliver(dict.fromkeys(result.more, Urgency.DUE), owner=result.owner)
     assert again.counts.delivered == 3
-    assert sorted(connector.batches[-1]) == sorted(set(ids) - {refused, flaky})
+    assert sorted(connector.batches[-1]) == sorted(result.more)
+    assert await _scalar(sessionmaker, select(func.count()).select_from(SyncClaim)) == 0
 
 
 async def test_customers_claimed_elsewhere_are_busy_and_left_alone(
