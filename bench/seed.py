@@ -18,7 +18,7 @@ async def seed_backlog(url: str, count: int) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from customer_service.columns import utc_now
-    from customer_service.crm.mapper import CustomerMapper
+    from customer_service.crm.mapper import snapshot
     from customer_service.customers.models import Customer
     from customer_service.sync.models import FailedRequest, Operation, RequestStatus
 
@@ -46,7 +46,7 @@ async def seed_backlog(url: str, count: int) -> None:
             "updated_at": now,
         }
         customers.append(row)
-        payload = CustomerMapper.to_crm(Customer(**row)).to_json()
+        payload = snapshot(Customer(**row))
         requests.append(
             {
                 "customer_id": number,

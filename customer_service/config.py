@@ -1,5 +1,6 @@
 """Settings of the customer service, read from the environment and `.env`."""
 
+import json
 import ssl
 from enum import StrEnum
 from typing import Annotated
@@ -17,6 +18,14 @@ class SyncMode(StrEnum):
 
 class CrmConnector(StrEnum):
     MOCK = "mock"
+    HUBSPOT = "hubspot"
+
+
+# Records per CRM call: each connector's default and the most its CRM takes.
+BATCH_SIZES: dict[CrmConnector, tuple[int, int]] = {
+    CrmConnector.MOCK: (1, 100),
+    CrmConnector.HUBSPOT: (100, 100),
+}
 
 
 class LogFormat(StrEnum):
@@ -48,6 +57,45 @@ def _check_ca_bundle(value: str) -> str:
     return value
 
 
+CUSTOMER_FIELDS = (
+    "id",
+    "firstName",
+    "lastName",
+    "email",
+    "phone",
+    "address.street",
+    "address.city",
+    "address.state",
+    "address.postalCode",
+    "address.country",
+)
+
+
+def load_field_map(path: str) -> dict[str, str]:
+    """The `CRM_FIELD_MAP` file: customer field -> CRM field; ValueError in one line."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            found = json.load(file)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ValueError(f"{path} is not JSON") from None
+    if not isinstance(found, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in found.items()
+    ):
+        raise ValueError(f'{path} must be one object {{"<customer field>": "<CRM field>"}}')
+    unknown = sorted(set(found) - set(CUSTOMER_FIELDS))
+    if unknown:
+        raise ValueError(f"{path} names unknown customer fields: {', '.join(unknown)}")
+    return dict(found)
+
+
+def _check_field_map(value: str) -> str:
+    if value:
+        load_field_map(value)
+    return value
+
+
 class Settings(BaseSettings):
     """Every knob of the README's Settings; a bad value stops start-up (see `describe_error`)."""
 
@@ -59,7 +107,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     crm_base_url: str = Field(default="http://127.0.0.1:8081", pattern=r"^https?://")
-    crm_api_token: str = ""
+    crm_api_token: str = Field(default="", repr=False)
     crm_timeout_seconds: PositiveSeconds = 2.0
     # A PEM file of CAs trusted for the CRM besides the system's (`crm.tls`).
     crm_ca_bundle: Annotated[str, AfterValidator(_check_ca_bundle)] = ""
@@ -69,6 +117,12 @@ class Settings(BaseSettings):
     # Records per CRM call where the connector has a batch API; unset: the connector's
     # default (the CRM mock: 1, the seed's one call per change), never above its maximum.
     crm_batch_size: int | None = Field(default=None, ge=1, le=1000)
+    # A JSON file {"<customer field>": "<CRM field>"} overriding the connector's mapping.
+    crm_field_map: Annotated[str, AfterValidator(_check_field_map)] = ""
+    # HubSpot (CRM_CONNECTOR=hubspot): a private app's token, never logged or shown.
+    hubspot_access_token: str = Field(default="", repr=False)
+    hubspot_base_url: str = Field(default="https://api.hubapi.com", pattern=r"^https?://")
+    hubspot_id_property: str = Field(default="crm_sync_id", min_length=1)
     retry_interval_seconds: PositiveSeconds = 60.0
     retry_concurrency: int = Field(default=16, ge=1, le=1000)
     retry_max_attempts: int = Field(default=25, ge=1)
@@ -87,7 +141,7 @@ class Settings(BaseSettings):
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
     # Reconcile with the CRM (and repair the drift) this often; 0 switches it off.
     reconcile_interval_seconds: float = Field(default=0.0, ge=0)
-    api_key: str = ""
+    api_key: str = Field(default="", repr=False)
     log_format: LogFormat = LogFormat.TEXT
     # Not in the first contract: false makes an API-only process. Writes still record their CRM
     # requests (nothing is lost); this process just never delivers them (other replicas
@@ -112,6 +166,19 @@ class Settings(BaseSettings):
     sync_database_connections: int = Field(default=0, ge=0, le=1000)
 
     @model_validator(mode="after")
+    def _connector_ready(self) -> "Settings":
+        if self.crm_connector == CrmConnector.HUBSPOT and not self.hubspot_access_token:
+            raise ValueError("CRM_CONNECTOR=hubspot needs HUBSPOT_ACCESS_TOKEN")
+        default, most = BATCH_SIZES[self.crm_connector]
+        if self.crm_batch_size is None:
+            self.crm_batch_size = default
+        elif self.crm_batch_size > most:
+            raise ValueError(
+                f"CRM_BATCH_SIZE must be at most {most} for CRM_CONNECTOR={self.crm_connector}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sync_share_within_pool(self) -> "Settings":
         total = self.database_pool_size + self.database_max_overflow
         if self.sync_database_connections == 0:
@@ -127,6 +194,7 @@ class Settings(BaseSettings):
 def describe_error(error: ValidationError) -> str:
     """One clear line naming the first bad variable, for a start-up failure."""
     first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
     if not first["loc"]:  # a rule across several variables names them itself
-        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
-    return f"invalid setting {str(first['loc'][0]).upper()}: {first['msg']}"
+        return f"invalid settings: {message}"
+    return f"invalid setting {str(first['loc'][0]).upper()}: {message}"

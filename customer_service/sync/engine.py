@@ -17,8 +17,10 @@ waits for its backoff (the retry job, `sync.scheduler`). Every path uses this: a
 kick (live deliveries), the retry job's passes, the recovery pass, `customer-service retry`.
 
 Live deliveries: `kick` (called after the commit that wrote outbox rows) marks customers
-wanted and starts a batch at once when fewer than `LIVE_BATCHES` are in flight; each batch
-that ends takes what was kicked meanwhile, so the batches grow with the load. A customer
+wanted and starts a batch task, unless one is waiting to claim already. One batch claims
+at a time, taking everything kicked meanwhile (so the batches grow with the load); while
+it sends and settles, the next one claims. Customers in live batches are bounded by four
+per CRM call in flight, the calls by the connector's `calls_in_flight`. A customer
 in a batch of this process waits for it (its kick is taken after), so a customer is in
 one batch at a time here, and the claims keep replicas apart. A customer found busy is
 looked at again shortly after, then less often (the holder may have read its queue just
@@ -65,11 +67,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Batches of live deliveries in flight at once: while one settles, others send.
-LIVE_BATCHES = 4
+# Customers in live batches at once (claimed, sending or settling): four per CRM call in
+# flight keeps the next calls claimed and read while calls are out.
+LIVE_CUSTOMERS_PER_CALL = 4
 # A kicked customer found held elsewhere is looked at again after this, doubling up to
 # the claim's lease.
 BUSY_FIRST_LOOK_SECONDS = 0.05
+# Batches of a retry pass in flight: while some send (their calls within the pass's
+# bound), the next is claimed and read and the last settled, so the CRM is never kept
+# waiting on our bookkeeping.
+PASS_BATCHES = 4
 # Customers in one batch at most (the claim statement's size).
 MAX_BATCH_CUSTOMERS = 500
 DEADLOCK_DETECTED = "40P01"  # PostgreSQL's SQLSTATE
@@ -124,6 +131,14 @@ class _Plan:
     more: bool
 
 
+@dataclass(frozen=True)
+class _Opened:
+    """A batch claimed and planned: its owner, and each claimed customer's plan."""
+
+    owner: str
+    plans: dict[int, _Plan]
+
+
 class _CutShort(Exception):
     """The batch's CRM calls were cut short by `close`."""
 
@@ -163,6 +178,11 @@ class DeliveryEngine:
         self._wanted: dict[int, Urgency] = {}
         self._in_batch: set[int] = set()
         self._live: set[asyncio.Task[None]] = set()
+        # One live batch claims at a time; a task waiting to claim takes every kick that
+        # arrives meanwhile, so kicks start no other task.
+        self._claiming = asyncio.Lock()
+        self._live_customers = LIVE_CUSTOMERS_PER_CALL * connector.calls_in_flight
+        self._claimer_waiting = False
         self._busy_delays: dict[int, float] = {}
         self._busy_timers: dict[int, asyncio.TimerHandle] = {}
         # Customers whose kick came while the breaker was open; those whose requests do
@@ -210,32 +230,58 @@ class DeliveryEngine:
         self._start_batches()
 
     def _start_batches(self) -> None:
-        if self._closing:
+        """Have a batch task claim what is wanted, unless one is already waiting to."""
+        if self._closing or self._claimer_waiting or not self._takeable():
             return
-        size = self._live_batch_customers()
-        while self._wanted and len(self._live) < LIVE_BATCHES:
-            taken: dict[int, Urgency] = {}
-            for customer_id in list(self._wanted):
-                if customer_id in self._in_batch:
-                    continue
+        self._claimer_waiting = True
+        task = asyncio.create_task(self._live_batch(), name="deliver-batch")
+        self._live.add(task)
+        task.add_done_callback(self._live.discard)
+
+    def _takeable(self) -> bool:
+        room = len(self._in_batch) < self._live_customers
+        return room and any(cid not in self._in_batch for cid in self._wanted)
+
+    def _take(self) -> dict[int, Urgency]:
+        """Up to a batch of the customers wanted and not in a batch already, oldest kick
+        first, within the live deliveries' bound."""
+        size = min(self._live_batch_customers(), max(0, self._live_customers - len(self._in_batch)))
+        taken: dict[int, Urgency] = {}
+        for customer_id in list(self._wanted):
+            if len(taken) >= size:
+                break
+            if customer_id not in self._in_batch:
                 taken[customer_id] = self._wanted.pop(customer_id)
-                if len(taken) == size:
-                    break
-            if not taken:
-                return
-            self._in_batch.update(taken)
-            task = asyncio.create_task(self._live_batch(taken), name="deliver-batch")
-            self._live.add(task)
-            task.add_done_callback(self._live.discard)
+        self._in_batch.update(taken)
+        return taken
 
     def _live_batch_customers(self) -> int:
         connector = self.connector
         return min(MAX_BATCH_CUSTOMERS, max(connector.batch_size, connector.calls_in_flight))
 
-    async def _live_batch(self, wanted: dict[int, Urgency]) -> None:
+    async def _live_batch(self) -> None:
+        """One live batch: claim what is wanted (one batch claims at a time, taking all
+        that was kicked meanwhile), then, while the next batch claims, send and settle,
+        and continue the customers with more to send."""
+        wanted: dict[int, Urgency] = {}
         result = BatchResult()
         try:
-            result = await self.drain(wanted, self._live_calls, lambda: self._closing)
+            async with self._claiming:
+                self._claimer_waiting = False
+                wanted = self._take()
+                if not wanted:
+                    return
+                opened = await self.open_batch(wanted)
+            self._start_batches()
+            result = await self.finish_batch(opened, wanted, self._live_calls)
+            if result.more:
+                more = await self.drain(
+                    {cid: wanted[cid] for cid in result.more},
+                    self._live_calls,
+                    lambda: self._closing,
+                    owner=result.owner,
+                )
+                result.counts.add(more.counts)
         except Exception:
             # The rows are safe in the outbox; the retry job will take them.
             log.exception("delivery of customers %s failed", sorted(wanted)[:10])
@@ -311,8 +357,8 @@ class DeliveryEngine:
         width: int,
         stopped: Callable[[], bool],
     ) -> tuple[PassCounts, int]:
-        """Deliver these customers (a retry pass), in batches, two in flight so the next
-        one is claimed and read while one sends: each customer until its queue holds or
+        """Deliver these customers (a retry pass), in batches, `PASS_BATCHES` in flight so
+        the next one is claimed and read while others send: each customer until its queue holds or
         fails. `calls` bounds the CRM calls in flight, `width` of them (the pass's
         RETRY_CONCURRENCY). Once `stopped()` the pass takes no further batch. Returns the
         counts and how many customers it took."""
@@ -334,7 +380,7 @@ class DeliveryEngine:
                 totals.add(result.counts)
                 totals.busy += len(result.busy)
 
-        await asyncio.gather(*(worker() for _ in range(2)))
+        await asyncio.gather(*(worker() for _ in range(PASS_BATCHES)))
         return totals, taken
 
     async def drain(
@@ -342,12 +388,14 @@ class DeliveryEngine:
         wanted: dict[int, Urgency],
         calls: asyncio.Semaphore | None,
         stopped: Callable[[], bool],
+        owner: str | None = None,
     ) -> BatchResult:
         """Deliver these customers, each until its queue holds (nothing due, a failure, or
         nothing left): batch after batch, those with more to send keeping their claims
         from one batch to the next, so no other delivery takes a customer half-way. Once
-        `stopped()`, the claims kept are given back and the rest left to later."""
-        total = await self.deliver(wanted, calls)
+        `stopped()`, the claims kept are given back and the rest left to later. `owner`:
+        these customers' claims, kept by an earlier batch."""
+        total = await self.deliver(wanted, calls, owner)
         result = total
         try:
             while result.more and not stopped():
@@ -375,12 +423,24 @@ class DeliveryEngine:
         backoff (dead ones stay dead). Customers with more to send keep their claims
         (`BatchResult.more`): the caller continues them under `owner` or gives them back.
         `owner`: the claims of an earlier batch, kept."""
+        opened = await self.open_batch(wanted, owner)
+        return await self.finish_batch(opened, wanted, calls)
+
+    async def open_batch(self, wanted: dict[int, Urgency], owner: str | None = None) -> "_Opened":
+        """A batch's first transaction: claim, read the queues, plan."""
         owner = owner or f"{self.owner}:{uuid.uuid4().hex[:12]}"
-        result = BatchResult(owner=owner)
         now = utc_now()
         plans = await self.transaction(
             partial(self._claim_and_plan, wanted=wanted, owner=owner, now=now)
         )
+        return _Opened(owner, plans)
+
+    async def finish_batch(
+        self, opened: "_Opened", wanted: dict[int, Urgency], calls: asyncio.Semaphore | None
+    ) -> BatchResult:
+        """A batch's call and its settling transaction."""
+        owner, plans = opened.owner, opened.plans
+        result = BatchResult(owner=owner)
         result.busy = [customer_id for customer_id in wanted if customer_id not in plans]
         sendable = {cid: plan for cid, plan in plans.items() if plan.batch is not None}
         if not sendable:

@@ -11,7 +11,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.columns import utc_now
-from customer_service.crm.mapper import CustomerMapper
+from customer_service.crm.mapper import snapshot
 from customer_service.customers.models import Customer
 from customer_service.sync.models import FailedRequest, Operation, RequestStatus
 
@@ -60,7 +60,7 @@ async def _insert(
 async def enqueue(session: AsyncSession, customer: Customer, operation: Operation) -> None:
     """Write the CRM request for `operation` on `customer` in the session's transaction
     (the customer's own write must be flushed first, so request ids follow versions)."""
-    payload = None if operation == Operation.DELETE else CustomerMapper.to_crm(customer).to_json()
+    payload = None if operation == Operation.DELETE else snapshot(customer)
     await _insert(session, customer.id, operation, customer.version, payload, customer.crm_id)
 
 

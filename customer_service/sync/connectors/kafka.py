@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.crm.client import CrmClient
+from customer_service.crm.mapper import to_mock_record
 from customer_service.sync.connector import CallObserver, Change
 from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.kafka_admin import ensure_topics, ms, stop_quietly
@@ -52,7 +53,9 @@ def event_of(row: FailedRequest) -> dict[str, Any]:
         "customerId": row.customer_id,
         "version": row.version,
         "occurredAt": occurred,
-        "customer": None if row.operation == Operation.DELETE else row.payload,
+        "customer": None
+        if row.operation == Operation.DELETE
+        else to_mock_record(row.payload or {}),
     }
 
 

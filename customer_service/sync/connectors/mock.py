@@ -28,6 +28,7 @@ from typing import Any
 
 from customer_service.config import Settings
 from customer_service.crm.client import CrmAnswer, CrmClient, CrmUnreachable
+from customer_service.crm.mapper import to_mock_record
 from customer_service.crm.throttle import CallThrottle
 from customer_service.sync.connector import CallObserver, Change
 from customer_service.sync.hold import HoldKind, HoldReason, hold_kind
@@ -132,7 +133,7 @@ class MockConnector:
         return {id(change): failed for change in changes}
 
     async def _upsert_batch(self, changes: list[Change]) -> dict[int, Outcome]:
-        inputs = [change.request.payload or {} for change in changes]
+        inputs = [to_mock_record(change.request.payload or {}) for change in changes]
         answer = await self.client.upsert_batch(inputs, _batch_key())
         if answer.status not in (200, 207) or not isinstance(answer.body, dict):
             failed = _failed(answer)
@@ -172,12 +173,13 @@ class MockConnector:
             if row.operation == Operation.DELETE:
                 return await self._delete(change)
             assert row.payload is not None
+            record = to_mock_record(row.payload)
             if row.operation == Operation.UPDATE and crm_id is not None:
-                answer = await self.client.replace(crm_id, row.payload, row.idempotency_key)
+                answer = await self.client.replace(crm_id, record, row.idempotency_key)
                 if answer.status != 404:
                     return Delivered(crm_id) if answer.ok else _failed(answer)
-                return await self._create(row.payload, f"{row.idempotency_key}:recreate")
-            return await self._create(row.payload, row.idempotency_key)
+                return await self._create(record, f"{row.idempotency_key}:recreate")
+            return await self._create(record, row.idempotency_key)
         except CrmUnreachable as exc:
             return Failed(f"CRM unreachable: {exc}", unanswered=exc.kind)
         except Exception as exc:

@@ -43,14 +43,14 @@ async def app(make_settings: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
 
 def count_busy_looks(engine: DeliveryEngine, monkeypatch: pytest.MonkeyPatch) -> Looks:
     looks = Looks()
-    real = engine.deliver
+    real = engine.finish_batch
 
     async def spy(*args: Any, **kwargs: Any) -> BatchResult:
         result = await real(*args, **kwargs)
         looks.busy += len(result.busy)
         return result
 
-    monkeypatch.setattr(engine, "deliver", spy)
+    monkeypatch.setattr(engine, "finish_batch", spy)
     return looks
 
 

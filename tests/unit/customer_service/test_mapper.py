@@ -1,4 +1,4 @@
-from customer_service.crm.mapper import CustomerMapper, format_address
+from customer_service.crm.mapper import CustomerMapper, format_address, snapshot, to_mock_record
 from customer_service.customers.models import Customer
 
 
@@ -42,3 +42,16 @@ def test_blank_parts_are_skipped_and_state_keeps_its_place() -> None:
 
 def test_external_id_is_the_service_id_as_text() -> None:
     assert CustomerMapper.to_crm(_customer()).external_id == "42"
+
+
+def test_the_outbox_keeps_the_customers_own_fields_and_the_mock_joins_the_address() -> None:
+    customer = _customer(street="12 St James's Square", city="London", country="GB")
+    kept = snapshot(customer)
+    assert kept["address.street"] == "12 St James's Square"
+    assert kept["address.postalCode"] is None
+    assert to_mock_record(kept) == CustomerMapper.to_crm(customer).to_json()
+
+
+def test_a_payload_written_as_the_mocks_record_is_sent_as_it_is() -> None:
+    legacy = CustomerMapper.to_crm(_customer(city="Paris")).to_json()
+    assert to_mock_record(legacy) is legacy
