@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from context import Bench
-from harness import BenchError, ratio, say
+from harness import BenchError, ratio, say, wait_healthy
 from seed import seed_backlog
 
 BATCH_SIZE = 100
@@ -32,6 +32,7 @@ async def _drain(bench: Bench, tag: str, n: int, limit: int | None) -> dict[str,
         await bench.set_faults(crm, rateLimitPerSecond=limit, retryAfterSeconds=1)
     spawned = time.monotonic()
     service = bench.spawn_service(f"{tag}-service", crm, url, CRM_BATCH_SIZE=str(BATCH_SIZE))
+    await wait_healthy(service)
 
     async def drained() -> bool:
         return await bench.failed_total(service) == 0
