@@ -159,7 +159,7 @@ class CrmClient:
         if request_id is not None:
             headers[REQUEST_ID_HEADER] = request_id
         try:
-            await self._throttle.wait_turn(patience=self._patience)
+            sent = await self._throttle.wait_turn(patience=self._patience)
         except CrmPaused as exc:
             raise CrmUnreachable(str(exc), HoldKind.RATE_LIMITED) from exc
         session = self._open()
@@ -183,7 +183,7 @@ class CrmClient:
                 self._observe(method, None, start)
                 raise _unreachable(exc, self._patience) from exc
         self._observe(method, status, start)
-        self._throttle.answered(status, retry_after)
+        self._throttle.answered(status, retry_after, sent)
         body: Any = None
         not_json: str | None = None
         if content:

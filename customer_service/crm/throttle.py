@@ -14,7 +14,6 @@ reconciliation reads) waits its turn here:
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -104,17 +103,23 @@ class CallThrottle:
         self._last_departure = -1e9
         self._paused_until = 0.0
         self._clock = clock  # wall-clock seconds, as CRMs count their windows
-        # Calls the CRM accepted, by wall-clock second: [second, count], the last few.
-        self._accepted: deque[list[int]] = deque()
+        # Calls the CRM accepted, by the wall-clock second they left in (the CRM counts
+        # them as they arrive, about then): second -> count, the last few seconds.
+        self._accepted: dict[int, int] = {}
+        # A 429 to learn from once the answers still in flight have landed (its pause
+        # over): the loop time from which it may be learnt.
+        self._lesson_at: float | None = None
 
     @property
     def pace(self) -> float | None:
         """Calls per second this process keeps to now (None: no limit)."""
+        self._learn_if_due()
         paces = [p for p in (self._ceiling, self._learned) if p is not None]
         return min(paces) if paces else None
 
-    async def wait_turn(self, patience: float) -> None:
-        """Return when this call may go: after any 429 pause, and at the pace.
+    async def wait_turn(self, patience: float) -> int:
+        """Return when this call may go, after any 429 pause and at the pace, with the
+        wall-clock second it leaves in (for `answered`).
 
         Raises `CrmPaused` at once when the pause lasts longer than `patience` (the CRM
         timeout): the call fails like one the CRM did not answer, instead of holding its
@@ -132,7 +137,7 @@ class CallThrottle:
         self._grow(now)
         pace = self.pace
         if pace is None:
-            return
+            return int(self._clock())
         interval = 1.0 / pace
         slot = max(now, self._next_slot)
         self._next_slot = slot + interval
@@ -146,26 +151,38 @@ class CallThrottle:
         self._last_departure = loop.time()
         if self._shared is not None:
             await self._shared.take()
+        return int(self._clock())
 
-    def answered(self, status: int, retry_after: str | None) -> None:
-        """Tell the throttle the CRM's answer to a call: a 429 pauses every call and
-        teaches the pace; any other answer counts as a call the CRM accepted."""
+    def answered(self, status: int, retry_after: str | None, sent: int | None = None) -> None:
+        """Tell the throttle the CRM's answer to a call that left in wall-clock second
+        `sent` (now when not known): a 429 pauses every call and, once the answers still
+        in flight have landed, teaches the pace; any other answer counts as a call the CRM
+        accepted in the second it left (the first 429 after a burst arrived while a
+        quarter of that second's accepted calls were still unanswered, and a pace learnt
+        from the answers then in was three quarters of the CRM's limit)."""
         now = asyncio.get_running_loop().time()
         if status != 429:
-            second = int(self._clock())
-            if self._accepted and self._accepted[-1][0] == second:
-                self._accepted[-1][1] += 1
-            else:
-                self._accepted.append([second, 1])
-                if len(self._accepted) > LEARN_FROM_SECONDS:
-                    self._accepted.popleft()
+            second = int(self._clock()) if sent is None else sent
+            self._accepted[second] = self._accepted.get(second, 0) + 1
+            if len(self._accepted) > LEARN_FROM_SECONDS + 2:
+                del self._accepted[min(self._accepted)]
             return
         until = now + pause_seconds(retry_after, datetime.now(UTC))
         self._paused_until = max(self._paused_until, until)
         if self._learned is not None and now - self._learned_at < SETTLING_SECONDS:
             return
-        recent = int(self._clock()) - LEARN_FROM_SECONDS
-        accepted = max((n for second, n in self._accepted if second > recent), default=0)
+        if self._lesson_at is None:
+            self._lesson_at = self._paused_until
+
+    def _learn_if_due(self) -> None:
+        if self._lesson_at is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._lesson_at:
+            return
+        self._lesson_at = None
+        recent = int(self._clock()) - LEARN_FROM_SECONDS - 1
+        accepted = max((n for second, n in self._accepted.items() if second > recent), default=0)
         self._learned = learned_rate(accepted, self._learned)
         self._learned_at = now
         log.warning(
