@@ -25,7 +25,7 @@ from customer_service.columns import utc_now
 from customer_service.reconciliation.compare import DriftKind
 from customer_service.reconciliation.schemas import ReconciliationReport
 from customer_service.sync.hold import HoldKind, HoldReason
-from customer_service.sync.models import FailedRequest, RequestStatus
+from customer_service.sync.models import OutboxRow, RequestStatus
 from customer_service.sync.outcome import Delivered, Outcome
 from customer_service.sync.retry import is_permanent
 
@@ -143,7 +143,7 @@ class Metrics:
     def crm_failing(self) -> bool:
         return self.crm_answering is False
 
-    def observe_delivery(self, row: FailedRequest, outcome: Outcome) -> None:
+    def observe_delivery(self, row: OutboxRow, outcome: Outcome) -> None:
         if isinstance(outcome, Delivered):
             self.deliveries.labels("delivered").inc()
             lag = max(0.0, (utc_now() - row.created_at).total_seconds())

@@ -28,7 +28,7 @@ from customer_service.crm.client import CrmClient
 from customer_service.crm.shared_ceiling import SharedCeiling
 from customer_service.crm.throttle import CallThrottle
 from customer_service.sync.hold import HoldReason
-from customer_service.sync.models import FailedRequest
+from customer_service.sync.models import OutboxRow
 from customer_service.sync.outcome import Outcome
 
 
@@ -37,7 +37,7 @@ class Change:
     """One customer's next change: the request whose state is sent (its payload, version,
     Idempotency-Key), and the CRM id known for the customer (None: not learnt yet)."""
 
-    request: FailedRequest
+    request: OutboxRow
     crm_id: str | None
 
     @property

@@ -53,7 +53,7 @@ from customer_service.sync import repository
 from customer_service.sync.connector import Change, Connector
 from customer_service.sync.health import CrmHealth
 from customer_service.sync.hold import HoldReason, held_error, hold_kind
-from customer_service.sync.models import FailedRequest
+from customer_service.sync.models import OutboxRow
 from customer_service.sync.outcome import Delivered, Outcome
 from customer_service.sync.plan import Batch, plan_next
 from customer_service.sync.retry import (
@@ -143,7 +143,7 @@ class _CutShort(Exception):
     """The batch's CRM calls were cut short by `close`."""
 
 
-OutcomeObserver = Callable[[FailedRequest, Outcome], None]
+OutcomeObserver = Callable[[OutboxRow, Outcome], None]
 
 
 class DeliveryEngine:

@@ -24,6 +24,7 @@ due, or dead, holds back the newer rows of the same customer, so the CRM never s
 older state after a newer one.
 """
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -74,6 +75,31 @@ class FailedRequest(Base):
     idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """A `failed_requests` row as the delivery engine reads it: plain values, no ORM (the
+    engine only reads its rows; every change to them is a Core statement)."""
+
+    id: int
+    customer_id: int
+    operation: str
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    version: int
+    payload: dict[str, Any] | None
+    crm_id: str | None
+    idempotency_key: str
+    created_at: datetime
+    updated_at: datetime
+
+
+QUEUED_COLUMNS = tuple(f.name for f in fields(QueuedRequest))
+# A request as the engine and the connectors read it: an ORM row, or a plain one.
+OutboxRow = FailedRequest | QueuedRequest
 
 
 class SyncClaim(Base):

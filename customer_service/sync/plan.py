@@ -8,11 +8,12 @@ A customer's rows are taken oldest first. The head decides:
   coalesced: only the newest state is sent, and all of them are settled by its answer.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from customer_service.sync.models import FailedRequest, Operation, RequestStatus
+from customer_service.sync.models import Operation, OutboxRow, RequestStatus
 
 
 class Hold(StrEnum):
@@ -25,11 +26,11 @@ class Hold(StrEnum):
 class Batch:
     """`send` carries the state to deliver; `settles` are every row its success removes."""
 
-    send: FailedRequest
-    settles: list[FailedRequest]
+    send: OutboxRow
+    settles: list[OutboxRow]
 
 
-def plan_next(rows: list[FailedRequest], now: datetime, force: bool) -> Batch | Hold:
+def plan_next(rows: Sequence[OutboxRow], now: datetime, force: bool) -> Batch | Hold:
     """The next batch of a customer's queue (`rows` oldest first), or why it waits."""
     if not rows:
         return Hold.EMPTY

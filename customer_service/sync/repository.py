@@ -29,11 +29,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from customer_service.columns import UTCDateTime
 from customer_service.customers.models import Customer
-from customer_service.sync.models import FailedRequest, RequestStatus, SyncClaim
+from customer_service.sync.models import (
+    QUEUED_COLUMNS,
+    FailedRequest,
+    QueuedRequest,
+    RequestStatus,
+    SyncClaim,
+)
 
 OPEN_STATUSES = (RequestStatus.PENDING, RequestStatus.FAILED)
 
@@ -107,14 +112,17 @@ QUEUE_LIMIT = 100
 
 async def queues_and_crm_ids(
     session: AsyncSession, customer_ids: list[int], limit: int = QUEUE_LIMIT
-) -> dict[int, tuple[list[FailedRequest], str | None]]:
+) -> dict[int, tuple[list[QueuedRequest], str | None]]:
     """Many customers' queues in one statement: each one's first `limit` requests, oldest
     first, and the CRM id its customer row holds (None when it has none, or the customer
-    is gone). A customer with no request is left out."""
+    is gone). A customer with no request is left out. Read as plain rows (`QueuedRequest`),
+    not ORM objects: the engine only reads them, and loading them through the ORM was
+    the larger part of a claim's CPU."""
     params = {"b_customer_ids": customer_ids, "b_limit": limit}
-    queues: dict[int, tuple[list[FailedRequest], str | None]] = {}
-    for row, crm_id in (await session.execute(QUEUES, params)).all():
-        queue = queues.setdefault(row.customer_id, ([], crm_id))
+    queues: dict[int, tuple[list[QueuedRequest], str | None]] = {}
+    for values in (await session.execute(QUEUES, params)).tuples():
+        row = QueuedRequest(*values[:-1])
+        queue = queues.setdefault(row.customer_id, ([], values[-1]))
         queue[0].append(row)
     return queues
 
@@ -143,14 +151,13 @@ _ranked = (
     .where(FailedRequest.customer_id.in_(bindparam("b_customer_ids", expanding=True)))
     .subquery()
 )
-_queued = aliased(FailedRequest, _ranked)
 QUEUES = (
     select(
-        _queued,
-        select(Customer.crm_id).where(Customer.id == _queued.customer_id).scalar_subquery(),
+        *(_ranked.c[name] for name in QUEUED_COLUMNS),
+        select(Customer.crm_id).where(Customer.id == _ranked.c.customer_id).scalar_subquery(),
     )
     .where(_ranked.c.position <= bindparam("b_limit"))
-    .order_by(_queued.customer_id, _queued.id)
+    .order_by(_ranked.c.customer_id, _ranked.c.id)
 )
 DELETE_REQUESTS = delete(_requests).where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
 

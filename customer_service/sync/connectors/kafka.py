@@ -34,7 +34,7 @@ from customer_service.crm.mapper import to_mock_record
 from customer_service.sync.connector import CallObserver, Change
 from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.kafka_admin import ensure_topics, ms, stop_quietly
-from customer_service.sync.models import FailedRequest, Operation
+from customer_service.sync.models import Operation, OutboxRow
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.status_consumer import StatusConsumer
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 EVENT_TYPE_HEADER = "eventType"
 
 
-def event_of(row: FailedRequest) -> dict[str, Any]:
+def event_of(row: OutboxRow) -> dict[str, Any]:
     """The event that carries `row` (README: the Kafka alternative); `customer` is null for
     a DELETE."""
     occurred = row.created_at.isoformat().replace("+00:00", "Z")
