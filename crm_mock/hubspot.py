@@ -240,7 +240,7 @@ async def delete_contacts(session: AsyncSession, crm_ids: Sequence[str]) -> set[
 
 def json_answer(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Answer:
     """A JSON answer the gateway sends itself."""
-    raw = json.dumps(body).encode()
+    raw = json.dumps(body, separators=(",", ":")).encode()
     all_headers = {
         "content-type": "application/json;charset=utf-8",
         "content-length": str(len(raw)),
