@@ -181,6 +181,9 @@ class DeliveryEngine:
         # One live batch claims at a time; a task waiting to claim takes every kick that
         # arrives meanwhile, so kicks start no other task.
         self._claiming = asyncio.Lock()
+        # Finished batches waiting for the settling group, and whether one is leading it.
+        self._settle_queue: list[_SettleWork] = []
+        self._settling = False
         self._live_customers = LIVE_CUSTOMERS_PER_CALL * connector.calls_in_flight
         self._claimer_waiting = False
         self._busy_delays: dict[int, float] = {}
@@ -462,7 +465,7 @@ class DeliveryEngine:
             raise
         settle = self._judge(sendable, changes, outcomes, wanted, result)
         done = set(sendable) - set(result.more)
-        await self.transaction(partial(self._settle, settle=settle, owner=owner, done=done))
+        await self._settle_grouped(_SettleWork(settle, owner, done))
         self._after(changes, outcomes)
         return result
 
@@ -577,18 +580,67 @@ class DeliveryEngine:
                 )
         return settle
 
-    async def _settle(
-        self, session: AsyncSession, settle: "_Settle", owner: str, done: set[int]
-    ) -> None:
+    async def _settle_grouped(self, work: "_SettleWork") -> None:
+        """Settle a batch in a transaction shared with every batch that finished meanwhile
+        (a group commit without a task of its own: the first batch to settle leads, runs
+        the groups until its own is done, then hands the lead to the next waiting). Under
+        load, one transaction settles dozens of batches; alone, a batch settles at once."""
+        self._settle_queue.append(work)
+        if self._settling:
+            try:
+                lead = await work.answer  # False: settled by the leader's group
+            except asyncio.CancelledError:
+                if work.answer.done() and not work.answer.cancelled() and work.answer.result():
+                    self._pass_lead()  # promoted as we were cancelled: pass it on
+                raise
+            if not lead:
+                return
+        self._settling = True
+        try:
+            while True:
+                group, self._settle_queue = self._settle_queue, []
+                try:
+                    await self.transaction(partial(self._settle_many, group=group))
+                except Exception as error:
+                    for other in group:
+                        if other is not work and not other.answer.done():
+                            other.answer.set_exception(error)
+                    if work in group:
+                        raise
+                    continue
+                for other in group:
+                    if other is not work and not other.answer.done():
+                        other.answer.set_result(False)
+                if work in group:
+                    return
+        finally:
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """The leader is done: the first batch still waiting leads next, or nobody."""
+        for waiting in self._settle_queue:
+            if not waiting.answer.done():
+                waiting.answer.set_result(True)
+                return
+        self._settling = False
+
+    async def _settle_many(self, session: AsyncSession, group: list["_SettleWork"]) -> None:
+        """Every outcome of these batches, and their claims given back, in one transaction."""
+        first = group[0].settle
+        merged = _Settle(now=max(w.settle.now for w in group), confirmed=first.confirmed)
+        for work in group:
+            merged.delivered += work.settle.delivered
+            merged.failures += work.settle.failures
+            merged.learnt.update(work.settle.learnt)
         await repository.settle(
             session,
-            settle.delivered,
-            settle.failures,
-            settle.confirmed,
-            settle.learnt,
-            settle.now,
+            merged.delivered,
+            merged.failures,
+            merged.confirmed,
+            merged.learnt,
+            merged.now,
         )
-        await repository.release(session, owner, done)
+        await repository.release_done(session, {work.owner: work.done for work in group})
 
     def _after(self, changes: list[Change], outcomes: list[Outcome]) -> None:
         """Once settled: the metrics, and what the outcomes say of the CRM as a whole: a
@@ -686,6 +738,19 @@ class DeliveryEngine:
         now = asyncio.get_running_loop().time()
         for scope in list(self._calls):
             scope.reschedule(now)
+
+
+@dataclass
+class _SettleWork:
+    """A finished batch waiting to be settled: its outcomes, and the claims to give back."""
+
+    settle: "_Settle"
+    owner: str
+    done: set[int]
+    # False once settled by another batch's group; True: this batch leads the next one.
+    answer: "asyncio.Future[bool]" = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass

@@ -325,6 +325,19 @@ async def release(
     await session.execute(query)
 
 
+async def release_done(session: AsyncSession, done: dict[str, set[int]]) -> None:
+    """Give back, in one statement, the claims of these customers held by these owners
+    (owner -> its customers): the customers several batches are done with."""
+    customers = sorted(cid for ids in done.values() for cid in ids)
+    if not customers:
+        return
+    await session.execute(
+        delete(_claims).where(
+            _claims.c.owner.in_(sorted(done)), _claims.c.customer_id.in_(customers)
+        )
+    )
+
+
 async def renew(session: AsyncSession, owner: str, now: datetime, lease: float) -> int:
     """Extend the claims held under `owner` by a lease from `now`; how many are still
     ours. Never takes a claim: a renewal that lands after its batch gave the claims back
