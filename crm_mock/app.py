@@ -11,10 +11,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crm_mock import ledger, store
+from crm_mock import hubspot, ledger, salesforce, store
 from crm_mock.config import CrmSettings
 from crm_mock.deps import CrmRuntime
-from crm_mock.gateway import CustomerCallsGateway
+from crm_mock.gateway import CustomerCallsGateway, FaceCallsGateway
 from crm_mock.openapi_examples import body_example, problem_example
 from crm_mock.problems import PROBLEM_MEDIA_TYPE, field_errors, problem_response, status_title
 from crm_mock.routes import admin_router, customers_router, health_router
@@ -60,7 +60,12 @@ def create_app(settings: CrmSettings | None = None) -> FastAPI:
     app.include_router(customers_router)
     app.include_router(admin_router)
     app.include_router(health_router)
+    app.include_router(hubspot.router)
+    app.include_router(salesforce.router)
+    app.include_router(salesforce.admin_router)
     app.add_middleware(CustomerCallsGateway)
+    # The faces of real CRMs (SPEC 4, last paragraph): the same switch, log and token.
+    app.add_middleware(FaceCallsGateway, faces=[hubspot.HUBSPOT_FACE, salesforce.SALESFORCE_FACE])
     _add_problem_handlers(app)
     _document_problems(app)
     return app

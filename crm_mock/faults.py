@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 MAX_LATENCY_MS = 600_000
+MAX_DAILY_LIMIT = 1_000_000_000
 
 
 class FaultSettings(BaseModel):
@@ -25,13 +26,19 @@ class FaultSettings(BaseModel):
     latency_ms: int = Field(default=0, ge=0, le=MAX_LATENCY_MS)
     retry_after_seconds: int | None = Field(default=None, ge=0)
     rate_limit_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
+    # Optional, for the HubSpot and Salesforce faces only (README: "The CRM mock's HubSpot
+    # face"): calls a face admits per UTC day. Shown only while set, so the switch keeps
+    # the six fields of the contract otherwise.
+    daily_limit: int | None = Field(
+        default=None, ge=1, le=MAX_DAILY_LIMIT, exclude_if=lambda value: value is None
+    )
 
 
 class FaultUpdate(BaseModel):
     """The body of `PUT /api/crm/_faults`: any subset of the fields; the others keep their value.
 
-    Only `retryAfterSeconds` and `rateLimitPerSecond` may be null (to stop sending
-    `Retry-After`, to lift the limit); unknown fields are refused so a typo does not
+    Only `retryAfterSeconds`, `rateLimitPerSecond` and `dailyLimit` may be null (to stop
+    sending `Retry-After`, to lift a limit); unknown fields are refused so a typo does not
     silently change nothing.
     """
 
@@ -43,6 +50,7 @@ class FaultUpdate(BaseModel):
     latency_ms: int | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     retry_after_seconds: int | None = Field(default=None, ge=0)
     rate_limit_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
+    daily_limit: int | None = Field(default=None, ge=1, le=MAX_DAILY_LIMIT)
 
     @field_validator("down", "error_rate", "status_code", "latency_ms", mode="before")
     @classmethod

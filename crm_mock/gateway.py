@@ -24,6 +24,11 @@ externalId and own body, and the record's own status when the batch ran, else th
 (a fault, a refusal, a replayed answer); a body that is no batch at all is one entry, as
 for any call.
 
+`FaceCallsGateway` does the same for the faces of real CRMs (`hubspot`, `salesforce`):
+delay, fault, rate limit, the optional `dailyLimit`, credentials and the request log (one
+entry per record of a batch), each answered in that CRM's own words by its `Face`; no
+idempotency keys there.
+
 A pure ASGI middleware rather than dependencies, because it must see the status actually
 sent, including the 422 FastAPI answers before any dependency runs.
 """
@@ -33,11 +38,11 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crm_mock import batch, store
 from crm_mock.batch import BatchKind, Subject
 from crm_mock.deps import CALL_RECORD_STATUSES, CALL_SESSION, CrmRuntime, runtime_of
-from crm_mock.faults import InjectedFault, decide_fault
+from crm_mock.faults import InjectedFault, RateWindow, decide_fault
 from crm_mock.problems import PROBLEM_MEDIA_TYPE, build_problem, problem_bytes
 from crm_mock.routes import BATCH_DELETE_PATH, BATCH_PATH, CUSTOMERS_PATH
 
@@ -474,3 +479,186 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+# --- the faces of real CRMs --------------------------------------------------------------
+
+# What the rate-limit headers of a face report while no limit is set.
+NO_LIMIT = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A face's quotas after a call: calls admitted in the current second and UTC day, and
+    the limits in force (None: none set)."""
+
+    second_limit: int | None
+    second_used: int
+    daily_limit: int | None
+    daily_used: int
+
+
+@dataclass(slots=True)
+class DailyWindow:
+    """The calls a face admitted in the current UTC day, for the `dailyLimit` fault field.
+
+    The count starts again at UTC midnight and whenever `dailyLimit` changes (a new quota is
+    a new day's), so a test that sets a limit knows how many calls remain.
+    """
+
+    day: int = -1
+    limit: int | None = None
+    count: int = 0
+
+    def admit(self, now: float, limit: int | None) -> bool:
+        """Count a call at `now` (seconds) and say whether it is within `limit` calls in its
+        day; a refused call is not counted."""
+        day = int(now // 86_400)
+        if day != self.day or limit != self.limit:
+            self.day, self.limit, self.count = day, limit, 0
+        if limit is not None and self.count >= limit:
+            return False
+        self.count += 1
+        return True
+
+
+class Face(Protocol):
+    """The face of a real CRM's API (HubSpot's, Salesforce's) over the mock's store: what
+    the gateway asks of it to answer faults, limits and refusals in that CRM's own words,
+    and to log each record of a call."""
+
+    name: str
+
+    def claims(self, path: str) -> bool:
+        """Whether a call to `path` is this face's."""
+
+    def per_record(self, call: Call) -> bool:
+        """Whether the call's endpoint draws `errorRate` record by record (a batch)."""
+
+    async def subjects(self, runtime: CrmRuntime, call: Call) -> list[Subject]:
+        """What the call's request-log entries name, looked up before it runs: one subject
+        per record of a well-formed batch, else one for the call."""
+
+    def fault(self, call: Call, fault: InjectedFault) -> Answer:
+        """The answer of a call that the fault switch fails (`down`, or an `errorRate`
+        draw of a call that is no batch)."""
+
+    def rate_limited(self, call: Call, retry_after_seconds: int) -> Answer:
+        """The answer of a call past `rateLimitPerSecond`."""
+
+    def over_daily_limit(self, call: Call, limit: int) -> Answer:
+        """The answer of a call past the face's `dailyLimit` calls of the day."""
+
+    def refusal(self, runtime: CrmRuntime, call: Call, scope: Scope) -> Answer | None:
+        """The answer to a call whose credentials the face refuses, or None to run it."""
+
+    def finish(self, runtime: CrmRuntime, call: Call, answer: Answer, usage: Usage) -> Answer:
+        """The answer as sent (e.g. with the CRM's rate-limit headers)."""
+
+
+class FaceCallsGateway(CustomerCallsGateway):
+    """The gateway of the faces of real CRMs: the same steps as for `/api/crm/customers*`
+    (delay, fault, rate limit, auth, request log), in each CRM's own words, plus the
+    `dailyLimit` fault field; no `Idempotency-Key` (neither CRM has one for these calls).
+
+    A batch call's records draw for `errorRate` one by one in the endpoint, which reports
+    each record's status for its log entry (`deps.report_record_statuses`); a call that
+    did not run, or that ran but reported none, logs the call's status for each subject.
+    """
+
+    def __init__(self, app: ASGIApp, faces: Sequence[Face] = ()) -> None:
+        super().__init__(app)
+        self.faces = tuple(faces)
+        self._daily: dict[str, DailyWindow] = {}
+        # Calls admitted this second while no rate limit is set (for the headers only).
+        self._second = RateWindow()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        face = (
+            next((face for face in self.faces if face.claims(scope["path"])), None)
+            if scope["type"] == "http"
+            else None
+        )
+        if face is None:
+            await self.app(scope, receive, send)
+            return
+        received_at = store.utc_now()
+        runtime = runtime_of(scope["app"])
+        raw_body = await _read_body(receive)
+        if raw_body is None:
+            return
+        call = Call.from_scope(scope, raw_body, received_at)
+        subjects = await face.subjects(runtime, call)
+        answer, ran = await self._face_answer(runtime, face, call, scope, receive)
+        answer = face.finish(runtime, call, answer, self._usage(runtime, face))
+        entries = face_log_entries(call, answer, subjects, ran=ran)
+        try:
+            await runtime.journal.record(entries)
+        except Exception:
+            logger.exception(
+                "could not log %s %s (status %s)", call.method, call.path, answer.status
+            )
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _face_answer(
+        self, runtime: CrmRuntime, face: Face, call: Call, scope: Scope, receive: Receive
+    ) -> tuple[Answer, bool]:
+        """Delay, fault, limits, credentials, then the endpoint; whether it ran."""
+        faults = runtime.faults
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+            faults = runtime.faults  # the switches of the moment the call is decided
+        draw = None if face.per_record(call) else runtime.rng.random()
+        fault = decide_fault(faults, draw)
+        if fault is not None:
+            return face.fault(call, fault), False
+        now = time.time()
+        if not runtime.rate_window.admit(now, faults.rate_limit_per_second):
+            return face.rate_limited(call, faults.retry_after_seconds or 1), False
+        self._second.admit(now, NO_LIMIT)
+        daily = self._daily.setdefault(face.name, DailyWindow())
+        if not daily.admit(now, faults.daily_limit):
+            return face.over_daily_limit(call, faults.daily_limit or 0), False
+        refusal = face.refusal(runtime, call, scope)
+        if refusal is not None:
+            return refusal, False
+        statuses: list[int] = []
+        answer = await self._execute(call, {**scope, CALL_RECORD_STATUSES: statuses}, receive)
+        return replace(answer, record_statuses=tuple(statuses) or None), True
+
+    def _usage(self, runtime: CrmRuntime, face: Face) -> Usage:
+        second = int(time.time())
+        limit = runtime.faults.rate_limit_per_second
+        window = runtime.rate_window if limit is not None else self._second
+        daily = self._daily.get(face.name, DailyWindow())
+        return Usage(
+            second_limit=limit,
+            second_used=window.count if window.second == second else 0,
+            daily_limit=runtime.faults.daily_limit,
+            daily_used=daily.count,
+        )
+
+
+def face_log_entries(
+    call: Call, answer: Answer, subjects: list[Subject], *, ran: bool
+) -> list[store.RequestLogEntry]:
+    """A face call's request-log entries: one per subject, with the record's own status
+    when the endpoint ran and reported one per subject, else the call's."""
+    statuses = answer.record_statuses
+    if not ran or statuses is None or len(statuses) != len(subjects):
+        statuses = (answer.status,) * len(subjects)
+    return [
+        store.RequestLogEntry(
+            method=call.method,
+            path=call.path,
+            status=status,
+            external_id=subject.external_id,
+            idempotency_key=None,
+            body=subject.body,
+            received_at=call.received_at,
+        )
+        for subject, status in zip(subjects, statuses, strict=True)
+    ]
