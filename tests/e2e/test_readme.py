@@ -21,12 +21,15 @@ def walkthrough(service_port: int, crm_port: int) -> list[str]:
     """The shell blocks from "Walk through the API" up to "Command line", ports swapped."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Walk through") : readme.index("## Command line")]
-    return [
-        block.replace("localhost:8080", f"localhost:{service_port}").replace(
-            "localhost:8081", f"localhost:{crm_port}"
-        )
-        for block in re.findall(r"```sh\n(.*?)```", section, re.S)
-    ]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    for host in ("localhost", "127.0.0.1"):
+        blocks = [
+            block.replace(f"{host}:8080", f"{host}:{service_port}").replace(
+                f"{host}:8081", f"{host}:{crm_port}"
+            )
+            for block in blocks
+        ]
+    return blocks
 
 
 @asynccontextmanager
@@ -95,7 +98,8 @@ async def test_readme_walkthrough_works_verbatim(tmp_path: Path) -> None:
         assert '"status":500' not in output, output
         assert "HTTP/1.1 201 Created" in output
         assert re.search(r"412\n", output), "the stale If-Match answers 412"
-        assert len(re.findall(r"204\n", output)) == 2, "both deletes answer 204"
+        # The two deletes of the customer service, and the mock HubSpot face's archive.
+        assert len(re.findall(r"204\n", output)) == 3, "every delete answers 204"
         assert '"status":"failed"' in output, "the outage shows a failed request"
         assert '"status":"dead"' in output, "the permanent failure shows a dead request"
 
