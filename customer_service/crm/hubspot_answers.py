@@ -29,7 +29,6 @@ when the probe asks again: at most 96 refused calls a day, far under the 5 % of 
 answers HubSpot's guidelines allow.
 """
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -197,7 +196,3 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, "[redacted]")
     return text
-
-
-def json_text(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))

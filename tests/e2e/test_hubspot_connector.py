@@ -205,6 +205,26 @@ async def _gone(crm_url: str, customer_id: int) -> bool:
     return await _contact(crm_url, customer_id) is None
 
 
+async def test_crm_field_map_overrides_the_id_property_and_a_field(
+    make_settings: Callable[..., Settings],
+    crm: LiveServer,
+    crm_control: CrmControl,
+    tmp_path: Path,
+) -> None:
+    field_map = tmp_path / "fields.json"
+    swapped = '"address.street": "city", "address.city": "address"'
+    field_map.write_text('{"id": "shop_customer_id", ' + swapped + "}")
+    settings = _hubspot(make_settings, crm.url, crm_field_map=str(field_map))
+    async with _service(settings) as (_, client):
+        customer = await _create(client, 1, address={"street": "Rue X", "city": "Paris"})
+        await eventually(lambda: _synced(client, customer["id"], 1))
+    [upsert] = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
+    assert upsert["body"]["idProperty"] == "shop_customer_id"
+    assert upsert["body"]["properties"]["shop_customer_id"] == str(customer["id"])
+    assert upsert["body"]["properties"]["city"] == "Rue X"
+    assert upsert["body"]["properties"]["address"] == "Paris"
+
+
 async def test_a_207_settles_only_the_records_it_names(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:

@@ -275,13 +275,20 @@ class HubSpotConnector:
         try:
             answer = await self.client.page(None, 1, [self.mapping.id_property])
         except CrmUnreachable as exc:
-            return HoldReason(exc.kind, self.client.redact(f"HubSpot unreachable: {exc}"))
+            return HoldReason(exc.kind, self.client.redact(_no_answer(exc)))
         if answer.ok:
             return None
         if answer.status == 429:
             return HoldReason(HoldKind.RATE_LIMITED, self.limited(answer).error)
         detail = self.client.redact(answer.describe())
         return HoldReason(hold_kind(answer.status) or HoldKind.CRM_ERROR, detail)
+
+
+def _no_answer(exc: CrmUnreachable) -> str:
+    """Why a call got no answer: HubSpot unreachable, or our own pause after its 429."""
+    if exc.kind is HoldKind.RATE_LIMITED:
+        return f"HubSpot rate limit (429 TEN_SECONDLY_ROLLING): calls paused: {exc}"
+    return f"HubSpot unreachable: {exc}"
 
 
 class HubSpotRecords:
