@@ -13,11 +13,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Both apps in the foreground on the embedded SQLite default; Ctrl-C stops both.
+# `CRM_CONNECTOR=hubspot make run`: the service speaks HubSpot's API to the mock's HubSpot
+# face, unless HUBSPOT_BASE_URL and HUBSPOT_ACCESS_TOKEN say otherwise (the token defaults
+# to CRM_API_TOKEN, which the mock checks when it is set; README, "HubSpot").
+HUBSPOT_RUN_ENV := HUBSPOT_BASE_URL="$${HUBSPOT_BASE_URL:-http://127.0.0.1:8081}" \
+	HUBSPOT_ACCESS_TOKEN="$${HUBSPOT_ACCESS_TOKEN:-$${CRM_API_TOKEN:-pat-local-make-run}}"
+RUN_ENV := $(if $(filter hubspot,$(CRM_CONNECTOR)),$(HUBSPOT_RUN_ENV))
 run: $(STAMP)
-	$(BIN)/customer-service migrate
+	$(RUN_ENV) $(BIN)/customer-service migrate
 	@trap 'kill 0' INT TERM; \
 	$(BIN)/crm-mock serve & \
-	$(BIN)/customer-service serve & \
+	$(RUN_ENV) $(BIN)/customer-service serve & \
 	wait
 
 # The same two apps with SYNC_MODE=kafka, plus the CRM's consumer and the Tansu broker of

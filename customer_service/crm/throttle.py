@@ -8,7 +8,9 @@ reconciliation reads) waits its turn here:
 - a learnt pace: a CRM's 429s teach the pace it accepts (`CallThrottle`);
 - a pause: when the CRM answers 429, every call of the process waits out its
   `Retry-After` (1 s when it names none), not only the request that got it;
-- on PostgreSQL, the ceiling of all replicas together (`shared_ceiling`).
+- on PostgreSQL, the ceiling of all replicas together (`shared_ceiling`);
+- a pace the CRM states in its answers (`CallThrottle.advertised`: HubSpot's
+  `X-HubSpot-RateLimit-*` headers), kept before any 429.
 """
 
 import asyncio
@@ -98,6 +100,8 @@ class CallThrottle:
         # and its own event loop move some into the next second.
         self._ceiling = CEILING_SHARE * max_per_second if max_per_second > 0 else None
         self._learned: float | None = None
+        # The pace the CRM's own headers state (`advertised`), None when they state none.
+        self._advertised: float | None = None
         self._learned_at = 0.0  # loop time of the last 429 learnt, or of the last growth
         self._next_slot = 0.0
         self._last_departure = -1e9
@@ -114,7 +118,7 @@ class CallThrottle:
     def pace(self) -> float | None:
         """Calls per second this process keeps to now (None: no limit)."""
         self._learn_if_due()
-        paces = [p for p in (self._ceiling, self._learned) if p is not None]
+        paces = [p for p in (self._ceiling, self._learned, self._advertised) if p is not None]
         return min(paces) if paces else None
 
     async def wait_turn(self, patience: float) -> int:
@@ -191,6 +195,28 @@ class CallThrottle:
             self._learned,
             accepted,
         )
+
+    def advertised(
+        self, limit: int | None, remaining: int | None, interval_seconds: float | None
+    ) -> None:
+        """The limit the CRM states in an answer (HubSpot: `X-HubSpot-RateLimit-Max`
+        calls per `-Interval-Milliseconds`, `-Remaining` of them left): calls are paced at
+        95 % of it from the first answer on, before any 429; when none are left in the
+        window, every call waits one call's share of the window first. `limit` None (or
+        no interval): the CRM states no limit, and the stated pace is dropped."""
+        if not limit or not interval_seconds or limit <= 0 or interval_seconds <= 0:
+            self._advertised = None
+            return
+        pace = CEILING_SHARE * limit / interval_seconds
+        first = self._advertised is None
+        self._advertised = None if pace > UNLIMITED else pace
+        now = asyncio.get_running_loop().time()
+        if first and self._advertised is not None:
+            # Calls left unpaced before this answer count in the window: the first paced
+            # one keeps its distance from them.
+            self._next_slot = max(self._next_slot, now + 1.0 / self._advertised)
+        if remaining is not None and remaining <= 0:
+            self._paused_until = max(self._paused_until, now + interval_seconds / limit)
 
     def _grow(self, now: float) -> None:
         if self._learned is None:

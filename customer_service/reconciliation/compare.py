@@ -4,12 +4,13 @@ A finding is one of:
 - MISSING: a customer with no undelivered request has no CRM record with its externalId;
 - EXTRA: a CRM record whose externalId names no customer of ours (and no DELETE on its way);
 - DIFFERENT: a customer with no undelivered request whose CRM record holds other values
-  than `CustomerMapper` makes of it.
+  than the connector makes of it (`records.CrmRecords.expected`: the mock's record by
+  default, `CRM_FIELDS`; HubSpot's in neutral names, each address part on its own).
 
 A customer with undelivered requests is never drift: its queue is on the way to fix it.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -57,12 +58,16 @@ def customer_id_of(external_id: str) -> int | None:
     return value if 1 <= value <= INT32_MAX else None
 
 
-def differing_fields(expected: Mapping[str, Any], record: Mapping[str, Any]) -> tuple[str, ...]:
+def differing_fields(
+    expected: Mapping[str, Any], record: Mapping[str, Any], fields: Sequence[str] = CRM_FIELDS
+) -> tuple[str, ...]:
     """The CRM fields whose values differ (an absent phone equals a null one)."""
-    return tuple(f for f in CRM_FIELDS if (expected.get(f) or None) != (record.get(f) or None))
+    return tuple(f for f in fields if (expected.get(f) or None) != (record.get(f) or None))
 
 
-def classify_record(record: Mapping[str, Any], local: Local | None) -> Finding | None:
+def classify_record(
+    record: Mapping[str, Any], local: Local | None, fields: Sequence[str] = CRM_FIELDS
+) -> Finding | None:
     """The drift one CRM record shows against what we hold for its externalId, if any."""
     external_id = str(record.get("externalId", ""))
     crm_id = str(record["id"]) if record.get("id") is not None else None
@@ -71,21 +76,24 @@ def classify_record(record: Mapping[str, Any], local: Local | None) -> Finding |
         return None
     if local is None or local.expected is None:
         return Finding(DriftKind.EXTRA, external_id, customer_id, crm_id)
-    fields = differing_fields(local.expected, record)
-    if fields:
-        return Finding(DriftKind.DIFFERENT, external_id, customer_id, crm_id, fields)
+    differing = differing_fields(local.expected, record, fields)
+    if differing:
+        return Finding(DriftKind.DIFFERENT, external_id, customer_id, crm_id, differing)
     return None
 
 
 def classify_page(
-    records: Iterable[Mapping[str, Any]], local: Mapping[int, Local]
+    records: Iterable[Mapping[str, Any]],
+    local: Mapping[int, Local],
+    fields: Sequence[str] = CRM_FIELDS,
 ) -> list[Finding]:
     """The drift shown by one page of CRM records; `local` holds our side of every
     customer id the page names (absent: no customer and nothing queued)."""
     findings = []
     for record in records:
         customer_id = customer_id_of(str(record.get("externalId", "")))
-        found = classify_record(record, None if customer_id is None else local.get(customer_id))
+        ours = None if customer_id is None else local.get(customer_id)
+        found = classify_record(record, ours, fields)
         if found is not None:
             findings.append(found)
     return findings

@@ -1,7 +1,10 @@
 """Run one reconciliation: compare every customer with the CRM's record, report, repair.
 
+The CRM is read through the connector (`records.CrmRecords`: the mock's own API by
+offset, HubSpot's contacts list by its `after` cursor), in neutral records.
+
 Two passes, neither holding a whole side in memory:
-1. Page through the CRM's records (`GET /api/crm/customers?limit&offset`); for each page,
+1. Page through the CRM's records; for each page,
    read our side of the customer ids it names in one query and classify the page
    (`compare.classify_page`): extra and different records. The ids of our customers that
    have a record are kept in a bitmap.
@@ -21,14 +24,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.columns import utc_now
-from customer_service.crm.client import CrmAnswer, CrmClient, CrmUnreachable
+from customer_service.crm.client import CrmClient
 from customer_service.customers.models import Customer
-from customer_service.errors import DomainError
 from customer_service.reconciliation import repository
 from customer_service.reconciliation.compare import (
     DriftKind,
@@ -39,6 +40,7 @@ from customer_service.reconciliation.compare import (
     classify_record,
     customer_id_of,
 )
+from customer_service.reconciliation.records import CrmReadFailed, CrmRecords, records_of
 from customer_service.reconciliation.schemas import ReconciliationReport
 from customer_service.request_id import current_request_id
 from customer_service.sync import outbox
@@ -51,9 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 500
 
 
-class CrmReadFailed(DomainError):
-    status = 503
-    title = "CRM unavailable"
+__all__ = ["CrmReadFailed", "Reconciler"]
 
 
 @dataclass
@@ -76,14 +76,15 @@ class Reconciler:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        client: CrmClient,
+        client: "CrmClient | CrmRecords",
         page_size: int = DEFAULT_PAGE_SIZE,
         kick: Callable[[Iterable[int]], None] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         # Shielded transactions: a run cancelled at shutdown never strands a connection.
         self._db = BackgroundDatabase(sessionmaker, slots=1)
-        self._client = client
+        # The connector's reader: the mock's client is wrapped (`records.MockRecords`).
+        self._records = records_of(client)
         self._page_size = page_size
         self._kick = kick
         self._lock = asyncio.Lock()
@@ -143,34 +144,27 @@ class Reconciler:
             )
             return report
 
-    async def _read(self, call: Any) -> CrmAnswer:
-        try:
-            answer: CrmAnswer = await call
-        except CrmUnreachable as exc:
-            raise CrmReadFailed(f"the CRM cannot be read: {exc}") from exc
-        if not answer.ok and answer.status != 404:
-            raise CrmReadFailed(f"the CRM cannot be read: {answer.describe()}")
-        return answer
-
     async def _local(self, ids: Iterable[int]) -> dict[int, Local]:
         wanted = set(ids)
-        return await self._db.run(lambda session: repository.local_state(session, wanted))
+        expected = self._records.expected
+        return await self._db.run(lambda session: repository.local_state(session, wanted, expected))
 
     async def _crm_pass(self, run: _Run) -> None:
-        offset = 0
+        cursor: str | None = None
+        fields = self._records.fields
         while True:
-            answer = await self._read(self._client.page(self._page_size, offset))
-            records: list[dict[str, Any]] = answer.body.get("items", []) if answer.ok else []
-            if not records:
-                return
+            page = await self._records.page(cursor, self._page_size)
+            records = page.records
             named = {customer_id_of(str(r.get("externalId", ""))) for r in records}
             local = await self._local(i for i in named if i is not None)
             for customer_id, ours in local.items():
                 if ours.expected is not None:
                     run.seen.add(customer_id)
-            for finding in classify_page(records, local):
+            for finding in classify_page(records, local, fields):
                 await self._settle(run, await self._confirm(finding))
-            offset += len(records)
+            cursor = page.cursor
+            if cursor is None:
+                return
 
     async def _customer_pass(self, run: _Run) -> None:
         after = 0
@@ -192,20 +186,19 @@ class Reconciler:
         """Read the record and our side again: is it still drift, and of which kind?"""
         if finding.crm_id is None:
             return finding
-        answer = await self._read(self._client.get(finding.crm_id))
-        if answer.status == 404 or not isinstance(answer.body, dict):
+        record = await self._records.get(finding.crm_id)
+        if record is None:
             return None
         ours = None
         if finding.customer_id is not None:
             ours = (await self._local([finding.customer_id])).get(finding.customer_id)
-        return classify_record(answer.body, ours)
+        return classify_record(record, ours, self._records.fields)
 
     async def _confirm_missing(self, customer_id: int) -> Finding | None:
-        answer = await self._read(self._client.find(str(customer_id)))
-        items = answer.body.get("items", []) if answer.ok and isinstance(answer.body, dict) else []
+        items = await self._records.find(str(customer_id))
         ours = (await self._local([customer_id])).get(customer_id)
         if items:
-            return classify_record(items[0], ours)
+            return classify_record(items[0], ours, self._records.fields)
         if ours is None or ours.busy or ours.expected is None:
             return None
         return Finding(DriftKind.MISSING, str(customer_id), customer_id, None)

@@ -1,6 +1,7 @@
 """The SQL of reconciliation: our side of a page of customer ids, and our customers by id."""
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,15 +12,24 @@ from customer_service.reconciliation.compare import Local
 from customer_service.sync.models import FailedRequest
 
 
-async def local_state(session: AsyncSession, ids: Collection[int]) -> dict[int, Local]:
-    """What we hold for each of `ids`: the CRM body it should have and whether requests of
-    it wait; ids with neither a customer nor a request are absent."""
+def mock_record(customer: Customer) -> Mapping[str, Any]:
+    return CustomerMapper.to_crm(customer).to_json()
+
+
+async def local_state(
+    session: AsyncSession,
+    ids: Collection[int],
+    expected: Callable[[Customer], Mapping[str, Any]] = mock_record,
+) -> dict[int, Local]:
+    """What we hold for each of `ids`: the CRM body it should have (`expected`, the
+    connector's) and whether requests of it wait; ids with neither a customer nor a
+    request are absent."""
     if not ids:
         return {}
     customers = (await session.scalars(select(Customer).where(Customer.id.in_(ids)))).all()
     queued = select(FailedRequest.customer_id).where(FailedRequest.customer_id.in_(ids))
     busy = set((await session.scalars(queued.distinct())).all())
-    found = {c.id: Local(CustomerMapper.to_crm(c).to_json(), c.id in busy) for c in customers}
+    found = {c.id: Local(expected(c), c.id in busy) for c in customers}
     for customer_id in busy - found.keys():
         found[customer_id] = Local(None, True)
     return found

@@ -23,10 +23,11 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from customer_service.config import Settings, SyncMode
+from customer_service.config import CrmConnector, Settings, SyncMode
 from customer_service.crm.client import CrmClient
 from customer_service.crm.shared_ceiling import SharedCeiling
 from customer_service.crm.throttle import CallThrottle
+from customer_service.reconciliation.records import CrmRecords
 from customer_service.sync.hold import HoldReason
 from customer_service.sync.models import OutboxRow
 from customer_service.sync.outcome import Outcome
@@ -66,8 +67,9 @@ class Connector(Protocol):
     async def probe(self) -> HoldReason | None:
         """Does the way out take calls now? None when it does, else why not."""
 
-    def reader(self) -> CrmClient:
-        """The client reconciliation reads the CRM's records through."""
+    def reader(self) -> "CrmClient | CrmRecords":
+        """What reconciliation reads the CRM's records through: neutral records
+        (`reconciliation.records`), or the mock's client (wrapped there)."""
 
 
 CallObserver = Callable[[str, int | None, float], None]
@@ -84,6 +86,10 @@ def build_connector(
         from customer_service.sync.connectors.kafka import KafkaConnector
 
         return KafkaConnector(settings, sessionmaker, on_call)
+    if settings.crm_connector == CrmConnector.HUBSPOT:
+        from customer_service.sync.connectors.hubspot import HubSpotConnector
+
+        return HubSpotConnector(settings, on_call, throttle_for(settings, sessionmaker))
     from customer_service.sync.connectors.mock import MockConnector
 
     return MockConnector(settings, on_call, throttle_for(settings, sessionmaker))

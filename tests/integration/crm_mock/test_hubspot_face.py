@@ -616,3 +616,14 @@ async def test_the_faces_stay_out_of_the_mock_openapi_document(mock: Mock) -> No
     paths = (await mock.http.get("/openapi.json")).json()["paths"]
 
     assert not [path for path in paths if path.startswith("/crm/")]
+
+
+async def test_latency_delays_a_batch_once(mock: Mock) -> None:
+    await set_faults(mock, latencyMs=300)
+
+    started = asyncio.get_running_loop().time()
+    response = await upsert(mock, [contact(str(n)) for n in range(20)])
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert response.status_code == 200
+    assert 0.3 <= elapsed < 2.0  # not 6 s: a delay a record

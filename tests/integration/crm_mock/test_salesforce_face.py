@@ -37,6 +37,7 @@ from support import eventually, free_port, loopback_client
 from crm_mock.app import create_app
 from crm_mock.config import CrmSettings
 from crm_mock.deps import CrmRuntime
+from crm_mock.faults import RateWindow
 
 VERSION = "v62.0"
 DATA = f"/services/data/{VERSION}"
@@ -167,6 +168,14 @@ class Draws(random.Random):
 
     def random(self) -> float:
         return self._draws.pop(0) if self._draws else 0.99
+
+
+class OneSecond(RateWindow):
+    """The rate window never moving to a new second, so a limit test cannot straddle two."""
+
+    def admit(self, now: float, limit: int | None) -> bool:
+        self.second = int(now)
+        return super().admit(now, limit)
 
 
 def contact(external_id: str, **overrides: Any) -> dict[str, Any]:
@@ -642,3 +651,34 @@ async def test_the_client_sees_a_malformed_query(mock: Mock) -> None:
 
     with pytest.raises(SalesforceMalformedRequest):
         await asyncio.to_thread(sf.query, "SELECT Id FROM Opportunity")
+
+
+async def test_past_the_rate_limit_calls_answer_request_limit_exceeded(mock: Mock) -> None:
+    mock.runtime.rate_window = OneSecond()
+    await set_faults(mock, rateLimitPerSecond=1, retryAfterSeconds=2)
+
+    first = await upsert(mock, [contact("1")])
+    second = await upsert(mock, [contact("2"), contact("3")])
+
+    assert first.status_code == 200
+    error = assert_sf_error(second, 403, "REQUEST_LIMIT_EXCEEDED")
+    assert "ConcurrentRequests" in error["message"]
+    assert second.headers["retry-after"] == "2"
+    await set_faults(mock, rateLimitPerSecond=None)
+    assert sorted(await records(mock)) == ["1"]
+    assert [(status, ext) for _, _, status, ext in await face_log(mock)] == [
+        (201, "1"),
+        (403, "2"),
+        (403, "3"),
+    ]
+
+
+async def test_latency_delays_a_collection_once(mock: Mock) -> None:
+    await set_faults(mock, latencyMs=300)
+
+    started = asyncio.get_running_loop().time()
+    response = await upsert(mock, [contact(str(n)) for n in range(20)])
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert response.status_code == 200
+    assert 0.3 <= elapsed < 2.0  # not 6 s: a delay a record

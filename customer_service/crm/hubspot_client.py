@@ -1,0 +1,224 @@
+"""HubSpot's CRM v3 contacts API, the calls the HubSpot connector makes (thin, no policy).
+
+`Authorization: Bearer HUBSPOT_ACCESS_TOKEN` (a private app's token:
+https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines), on one
+aiohttp session with the CRM client's trust and proxy settings (`crm.tls`). Every call
+waits its turn at the process's `CallThrottle`, and tells it what the answer says of the
+limits: the `X-HubSpot-RateLimit-*` headers pace the calls before any 429
+(`CallThrottle.advertised`); a 429 of the ten-second window pauses every call for its
+`Retry-After`, or for the window the headers name when it has none. A 429 `DAILY` is
+left to the connector, which holds deliveries until the daily reset.
+
+The token is never part of what a call reports: an error's text is redacted of it
+(`hubspot_answers.redact`) before it can reach a log line or a `lastError`.
+
+The endpoints (our words; HubSpot's reference pages):
+- `POST /crm/v3/objects/contacts/batch/upsert`:
+  https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts
+- `POST /crm/v3/objects/contacts/batch/archive` and `/batch/read` (by the id property
+  with `idProperty`), `GET /crm/v3/objects/contacts?limit&after&properties`:
+  https://developers.hubspot.com/docs-beta/crm/contacts
+"""
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from json import loads
+from typing import Any
+
+import aiohttp
+
+from customer_service.config import Settings
+from customer_service.crm.client import KEEPALIVE_SECONDS, MAX_CONNECTIONS, CrmUnreachable
+from customer_service.crm.client import _unreachable as unreachable
+from customer_service.crm.hubspot_answers import (
+    DAILY,
+    RateHeaders,
+    describe,
+    policy_of,
+    redact,
+)
+from customer_service.crm.throttle import CallThrottle, CrmPaused
+from customer_service.crm.tls import proxy_for, ssl_context
+from customer_service.request_id import HEADER as REQUEST_ID_HEADER
+from customer_service.request_id import current_request_id
+from customer_service.sync.connector import CallObserver
+from customer_service.sync.hold import HoldKind
+
+CONTACTS = "/crm/v3/objects/contacts"
+# HubSpot's most records per batch call, and per page of the contacts list.
+MAX_BATCH = 100
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class HubSpotAnswer:
+    status: int
+    body: Any
+    retry_after: str | None
+    rate: RateHeaders
+    # The media type when the body was not JSON (a proxy's HTML page), else None.
+    not_json: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def policy(self) -> str | None:
+        """Which limit a 429 names (`DAILY`, `TEN_SECONDLY_ROLLING`), if any."""
+        return policy_of(self.body) if self.status == 429 else None
+
+    def describe(self) -> str:
+        return describe(self.status, self.body, self.not_json)
+
+
+class HubSpotClient:
+    """The contacts calls, each answered as a `HubSpotAnswer`; `CrmUnreachable` when there
+    is no answer. The session opens on the first call and closes with `aclose`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_call: CallObserver | None = None,
+        throttle: CallThrottle | None = None,
+    ) -> None:
+        self._settings = settings
+        self._base = settings.hubspot_base_url.rstrip("/")
+        self._proxy = proxy_for(self._base)
+        self._secrets = (settings.hubspot_access_token,)
+        self._headers = {
+            "Accept": "application/json",
+            "Authorization": f"Bearer {settings.hubspot_access_token}",
+        }
+        self._session: aiohttp.ClientSession | None = None
+        self.throttle = throttle or CallThrottle()
+        self._patience = settings.crm_timeout_seconds
+        self._on_call = on_call
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=MAX_CONNECTIONS,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+                ssl=ssl_context(self._settings.crm_ca_bundle),
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self._settings.crm_timeout_seconds),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> HubSpotAnswer:
+        headers: dict[str, str] = {}
+        request_id = current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        try:
+            sent = await self.throttle.wait_turn(patience=self._patience)
+        except CrmPaused as exc:
+            raise CrmUnreachable(str(exc), HoldKind.RATE_LIMITED) from exc
+        session = self._open()
+        url = self._base + path
+        start = time.perf_counter()
+        for last_try in (False, True):
+            try:
+                async with session.request(
+                    method, url, json=json, params=params, headers=headers, proxy=self._proxy
+                ) as response:
+                    content = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    rate = RateHeaders.of(response.headers)
+                    media = response.content_type
+                break
+            except aiohttp.ServerDisconnectedError as exc:
+                # A kept connection closed under us before any answer: once more, fresh.
+                # (Upserts by the id property and archives are safe to repeat.)
+                if last_try:
+                    self._observe(method, None, start)
+                    raise self._unreachable(exc) from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._observe(method, None, start)
+                raise self._unreachable(exc) from None
+        self._observe(method, status, start)
+        body: Any = None
+        not_json: str | None = None
+        if content:
+            try:
+                body = loads(content)
+            except ValueError:
+                not_json = media or "no media type"
+        answer = HubSpotAnswer(status, body, retry_after, rate, not_json)
+        self._tell_throttle(answer, sent)
+        return answer
+
+    def _unreachable(self, exc: BaseException) -> CrmUnreachable:
+        found = unreachable(exc, self._patience)
+        return CrmUnreachable(self.redact(str(found)), found.kind)
+
+    def _tell_throttle(self, answer: HubSpotAnswer, sent: int) -> None:
+        rate = answer.rate
+        if rate.limited:
+            self.throttle.advertised(rate.max, rate.remaining, rate.interval_seconds)
+        elif rate.max is not None:
+            self.throttle.advertised(None, None, None)
+        if answer.status != 429:
+            self.throttle.answered(answer.status, None, sent)
+        elif answer.policy != DAILY:
+            # The ten-second window: pause every call for its Retry-After, or the window.
+            wait = answer.retry_after
+            if wait is None and rate.interval_seconds:
+                wait = str(math.ceil(rate.interval_seconds))
+            self.throttle.answered(429, wait, sent)
+
+    def _observe(self, method: str, status: int | None, start: float) -> None:
+        if self._on_call is not None:
+            self._on_call(method, status, time.perf_counter() - start)
+
+    async def upsert(self, inputs: list[dict[str, Any]]) -> HubSpotAnswer:
+        return await self._call("POST", f"{CONTACTS}/batch/upsert", json={"inputs": inputs})
+
+    async def archive(self, hubspot_ids: Sequence[str]) -> HubSpotAnswer:
+        inputs = [{"id": value} for value in hubspot_ids]
+        return await self._call("POST", f"{CONTACTS}/batch/archive", json={"inputs": inputs})
+
+    async def read(
+        self, ids: Sequence[str], properties: Sequence[str], id_property: str | None = None
+    ) -> HubSpotAnswer:
+        """Contacts by HubSpot id, or by the values of `id_property`."""
+        body: dict[str, Any] = {
+            "inputs": [{"id": value} for value in ids],
+            "properties": list(properties),
+        }
+        if id_property is not None:
+            body["idProperty"] = id_property
+        return await self._call("POST", f"{CONTACTS}/batch/read", json=body)
+
+    async def page(self, after: str | None, limit: int, properties: Sequence[str]) -> HubSpotAnswer:
+        """One page of the contacts list, from the cursor `after`."""
+        params: dict[str, Any] = {
+            "limit": max(1, min(limit, MAX_PAGE)),
+            "properties": ",".join(properties),
+        }
+        if after:
+            params["after"] = after
+        return await self._call("GET", CONTACTS, params=params)

@@ -1,0 +1,443 @@
+"""`CRM_CONNECTOR=hubspot` against the CRM mock's HubSpot face (a live server on loopback),
+on both databases: creates, updates, deletes and a coalesced run reach HubSpot's batch
+endpoints; a 207 settles only the records it names; a batch refused whole for one input is
+split until only that input's request is dead; both 429s; a 401 holds deliveries with
+none dead; reconciliation pages contacts by the `after` cursor and repairs the drift."""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from support import (
+    CrmControl,
+    LiveServer,
+    eventually,
+    live,
+    loopback_client,
+    operator_retry,
+    read_customer,
+)
+
+from crm_mock.app import create_app as create_crm_app
+from crm_mock.config import CrmSettings
+from customer_service.app import create_app
+from customer_service.config import Settings
+from customer_service.db import create_engine, create_sessionmaker
+from customer_service.reconciliation.reconciler import Reconciler
+from customer_service.sync.connector import build_connector
+
+TOKEN = "pat-na1-test-0000"
+CONTACTS = "/crm/v3/objects/contacts"
+UPSERT = f"{CONTACTS}/batch/upsert"
+ARCHIVE = f"{CONTACTS}/batch/archive"
+READ = f"{CONTACTS}/batch/read"
+ADDRESS = {
+    "street": "12 St James's Square",
+    "city": "London",
+    "state": None,
+    "postalCode": "SW1Y 4JH",
+    "country": "GB",
+}
+
+
+def _hubspot(make_settings: Callable[..., Settings], url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "crm_connector": "hubspot",
+        "hubspot_access_token": TOKEN,
+        "hubspot_base_url": url,
+    }
+    return make_settings(**{**values, **overrides})
+
+
+@asynccontextmanager
+async def _service(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    app = create_app(settings, run_scheduler=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+            yield app, client
+
+
+async def _create(client: httpx.AsyncClient, n: int, **changes: Any) -> dict[str, Any]:
+    body = {
+        "firstName": "Ada",
+        "lastName": "v1",
+        "email": f"ada{n}@example.com",
+        "address": ADDRESS,
+        **changes,
+    }
+    response = await client.post("/api/customers", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def _put(client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any) -> None:
+    body = {key: customer[key] for key in ("firstName", "lastName", "email", "phone", "address")}
+    response = await client.put(f"/api/customers/{customer['id']}", json={**body, **changes})
+    assert response.status_code == 200, response.text
+
+
+async def _contact(crm_url: str, customer_id: int) -> dict[str, Any] | None:
+    """The contact HubSpot's face holds for a customer (read by the id property)."""
+    async with loopback_client(crm_url, timeout=30) as http:
+        answer = await http.post(
+            READ,
+            json={
+                "idProperty": "crm_sync_id",
+                "properties": ["firstname", "lastname", "address", "city", "zip", "country"],
+                "inputs": [{"id": str(customer_id)}],
+            },
+        )
+    results: list[dict[str, Any]] = answer.json().get("results", [])
+    return results[0] if results else None
+
+
+async def _statuses(client: httpx.AsyncClient, ids: list[int]) -> dict[int, str]:
+    return {i: (await read_customer(client, i))["crm"]["status"] for i in ids}
+
+
+async def _requests(client: httpx.AsyncClient, status: str) -> list[dict[str, Any]]:
+    answer = await client.get("/api/failed-requests", params={"status": status, "limit": 100})
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+async def _backlog(settings: Settings, count: int, **changes: Any) -> list[int]:
+    """`count` customers written by an API-only process: their requests wait for a pass."""
+    async with _service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
+        return [(await _create(client, n, **changes))["id"] for n in range(count)]
+
+
+async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    async with _service(_hubspot(make_settings, crm.url)) as (_, client):
+        customer = await _create(client, 1)
+        cid = customer["id"]
+
+        async def synced(version: int) -> dict[str, Any] | None:
+            found = await read_customer(client, cid)
+            crm_state = found["crm"]
+            ok = crm_state["status"] == "synced" and crm_state["syncedVersion"] == version
+            return found if ok else None
+
+        first = await eventually(lambda: synced(1))
+        contact = await _contact(crm.url, cid)
+        assert contact is not None
+        assert first["crm"]["id"] == contact["id"]  # the HubSpot id is crm.id
+        assert {k: contact["properties"][k] for k in ("address", "city", "zip", "country")} == {
+            "address": "12 St James's Square",
+            "city": "London",
+            "zip": "SW1Y 4JH",
+            "country": "GB",
+        }
+        await _put(client, first, lastName="v2", address={**ADDRESS, "city": "Bath"})
+        await eventually(lambda: synced(2))
+        contact = await _contact(crm.url, cid)
+        assert contact is not None
+        assert (contact["properties"]["lastname"], contact["properties"]["city"]) == ("v2", "Bath")
+        assert (await client.delete(f"/api/customers/{cid}")).status_code == 204
+
+        async def gone() -> bool:
+            return await _contact(crm.url, cid) is None and not await _requests(client, "pending")
+
+        await eventually(gone)
+        log = [e for e in await crm_control.requests(cid) if e["path"] != READ]  # ours
+        assert [(e["path"], e["status"]) for e in log] == [
+            (UPSERT, 201),
+            (UPSERT, 200),
+            (ARCHIVE, 204),
+        ]
+        assert log[0]["body"]["idProperty"] == "crm_sync_id"
+        assert log[0]["body"]["id"] == str(cid)
+
+
+async def test_a_coalesced_run_of_updates_is_one_upsert_and_a_delete_without_id_looks_it_up(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    settings = _hubspot(make_settings, crm.url)
+    async with _service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
+        customer = await _create(client, 1)
+        for version in range(2, 6):
+            await _put(client, customer, lastName=f"v{version}")
+        # Another one, whose create is discarded, but whose contact HubSpot has anyway.
+        other = await _create(client, 2)
+        [row] = [r for r in await _requests(client, "pending") if r["customerId"] == other["id"]]
+        assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
+        assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
+    async with loopback_client(crm.url, timeout=30) as http:
+        made = await http.post(
+            UPSERT,
+            json={
+                "inputs": [
+                    {
+                        "id": str(other["id"]),
+                        "idProperty": "crm_sync_id",
+                        "properties": {"firstname": "Someone", "email": "someone@example.com"},
+                    }
+                ]
+            },
+        )
+        assert made.status_code == 200, made.text
+    async with _service(settings) as (_, client):
+        await operator_retry(client)
+
+        async def done() -> bool:
+            found = await read_customer(client, customer["id"])
+            return found["crm"]["status"] == "synced" and found["crm"]["syncedVersion"] == 5
+
+        await eventually(done)
+        await eventually(lambda: _gone(crm.url, other["id"]))
+    upserts = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
+    # The create, then its four updates coalesced into one input of the latest.
+    assert [u["body"]["properties"]["lastname"] for u in upserts] == ["v1", "v5"]
+    paths = [e["path"] for e in await crm_control.requests(other["id"])]
+    assert paths[:3] == [UPSERT, READ, ARCHIVE]  # then the test's own reads
+
+
+async def _gone(crm_url: str, customer_id: int) -> bool:
+    return await _contact(crm_url, customer_id) is None
+
+
+async def test_crm_field_map_overrides_the_id_property_and_a_field(
+    make_settings: Callable[..., Settings],
+    crm: LiveServer,
+    crm_control: CrmControl,
+    tmp_path: Path,
+) -> None:
+    field_map = tmp_path / "fields.json"
+    swapped = '"address.street": "city", "address.city": "address"'
+    field_map.write_text('{"id": "shop_customer_id", ' + swapped + "}")
+    settings = _hubspot(make_settings, crm.url, crm_field_map=str(field_map))
+    async with _service(settings) as (_, client):
+        customer = await _create(client, 1, address={"street": "Rue X", "city": "Paris"})
+        await eventually(lambda: _synced(client, customer["id"], 1))
+    [upsert] = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
+    assert upsert["body"]["idProperty"] == "shop_customer_id"
+    assert upsert["body"]["properties"]["shop_customer_id"] == str(customer["id"])
+    assert upsert["body"]["properties"]["city"] == "Rue X"
+    assert upsert["body"]["properties"]["address"] == "Paris"
+
+
+async def test_a_207_settles_only_the_records_it_names(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    settings = _hubspot(make_settings, crm.url)
+    ids = await _backlog(settings, 20)
+    # Each record draws: a drawn one is refused on its own, for good (a 400).
+    await crm_control.faults(errorRate=0.3, statusCode=400)
+    async with _service(settings) as (_, client):
+        await operator_retry(client)
+        await crm_control.faults(errorRate=0.0)
+        log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
+        refused = {int(e["externalId"]) for e in log if e["status"] == 400}
+        assert refused and refused != set(ids), "the draws refused none, or all"
+        statuses = await _statuses(client, ids)
+        assert {i for i, s in statuses.items() if s == "dead"} == refused
+        assert {i for i, s in statuses.items() if s == "synced"} == set(ids) - refused
+        dead = await _requests(client, "dead")
+        assert all("HubSpot refused this record (400" in r["lastError"] for r in dead)
+        # One record's refusal says nothing of HubSpot as a whole: nothing is held.
+        ready = (await client.get("/ready")).json()
+        assert ready["deliveries"]["held"] is False
+
+
+async def test_a_batch_refused_whole_for_one_input_is_split_until_it_is_alone(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    settings = _hubspot(make_settings, crm.url)
+    ids = await _backlog(settings, 9)
+    # Our API takes this address; HubSpot (the face) refuses it, and the whole batch.
+    [bad] = await _backlog(settings, 1, email="bad@example.c")
+    async with _service(settings) as (_, client):
+        await operator_retry(client)
+        statuses = await _statuses(client, [*ids, bad])
+        assert statuses == {**dict.fromkeys(ids, "synced"), bad: "dead"}
+        [dead] = await _requests(client, "dead")
+        assert dead["customerId"] == bad
+        assert "HubSpot answered 400 VALIDATION_ERROR" in dead["lastError"]
+    log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
+    # The first call, all ten refused; then halves, down to the bad input alone.
+    assert sum(1 for e in log if e["status"] == 400) > 10
+    assert {e["externalId"] for e in log if e["status"] in (200, 201)} == {str(i) for i in ids}
+    assert len(await crm_control.records()) == 9
+
+
+async def test_the_ten_secondly_429_pauses_every_call_for_the_window(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    settings = _hubspot(make_settings, crm.url, crm_batch_size=2)
+    ids = await _backlog(settings, 24)
+    await crm_control.faults(rateLimitPerSecond=2, retryAfterSeconds=2)
+    async with _service(settings) as (_, client):
+        # The first calls leave together, before any answer told the limit: some are 429.
+        await operator_retry(client)
+
+        async def all_synced() -> bool:
+            await client.post("/api/failed-requests/retry")
+            return set((await _statuses(client, ids)).values()) == {"synced"}
+
+        await eventually(all_synced, within=60, interval=0.5)
+        assert not await _requests(client, "dead")
+    log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
+    limited = [e for e in log if e["status"] == 429]
+    assert limited, "no 429: the test covers nothing"
+    first = datetime.fromisoformat(limited[0]["receivedAt"])
+    # Calls in flight when it came land within a moment; then none for its Retry-After.
+    paused = [
+        e
+        for e in log
+        if first + timedelta(seconds=0.5)
+        < datetime.fromisoformat(e["receivedAt"])
+        < first + timedelta(seconds=1.8)
+    ]
+    assert paused == []
+
+
+async def test_rate_limit_headers_pace_calls_before_any_429(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    await crm_control.faults(rateLimitPerSecond=3)
+    async with _service(_hubspot(make_settings, crm.url)) as (_, client):
+        first = await _create(client, 0)
+        # The first answer's headers told the limit: what follows keeps under it.
+        await eventually(lambda: _synced(client, first["id"], 1))
+        ids = [(await _create(client, n))["id"] for n in range(1, 16)]
+
+        async def synced() -> bool:
+            return set((await _statuses(client, [first["id"], *ids])).values()) == {"synced"}
+
+        await eventually(synced, within=30)
+    log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
+    assert 429 not in [e["status"] for e in log], [(e["status"], e["receivedAt"]) for e in log]
+
+
+async def _held(client: httpx.AsyncClient) -> dict[str, Any] | None:
+    deliveries: dict[str, Any] = (await client.get("/ready")).json()["deliveries"]
+    return deliveries if deliveries["held"] else None
+
+
+async def test_the_daily_429_holds_deliveries_until_the_reset_and_shows_it(
+    make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
+) -> None:
+    async with _service(_hubspot(make_settings, crm.url)) as (app, client):
+        customer = await _create(client, 1)
+        await eventually(lambda: _synced(client, customer["id"], 1))
+        await crm_control.faults(dailyLimit=1)  # one more call today
+        await _put(client, customer, lastName="v2")
+        await eventually(lambda: _synced(client, customer["id"], 2))
+        await _put(client, customer, lastName="v3")
+        held = await eventually(lambda: _held(client))
+        assert held["reason"] == "rate_limited"
+        assert "DAILY" in held["detail"] and "deliveries held until" in held["detail"]
+        [row] = await eventually(lambda: _requests(client, "failed"))
+        assert "DAILY" in row["lastError"]
+        # Not due again before the reset (HubSpot's Retry-After: the next midnight).
+        due = datetime.fromisoformat(row["nextAttemptAt"])
+        assert due - datetime.fromisoformat(row["updatedAt"]) > timedelta(seconds=1)
+        metrics = (await client.get("/metrics")).text
+        assert 'crm_sync_deliveries_held{reason="rate_limited"} 1.0' in metrics
+        dashboard = (await client.get("/dashboard")).text
+        assert "DAILY" in dashboard
+        calls = len(await crm_control.requests())
+        # Held: a write, a probe and an operator's retry call HubSpot no more today.
+        await crm_control.faults(dailyLimit=None)
+        await _put(client, customer, lastName="v4")
+        await client.post("/api/failed-requests/retry")
+        probe = await app.state.delivery.connector.probe()
+        assert probe is not None and probe.kind == "rate_limited"
+        assert len(await crm_control.requests()) == calls
+        assert (await read_customer(client, customer["id"]))["crm"]["status"] == "failed"
+        assert not await _requests(client, "dead")
+
+
+async def _synced(client: httpx.AsyncClient, customer_id: int, version: int) -> bool:
+    crm_state = (await read_customer(client, customer_id))["crm"]
+    return bool(crm_state["status"] == "synced" and crm_state["syncedVersion"] == version)
+
+
+async def test_a_401_holds_deliveries_with_none_dead_until_the_token_is_right(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    mock_settings = CrmSettings(
+        _env_file=None,
+        crm_database_url=f"sqlite+aiosqlite:///{tmp_path / 'hs.db'}",
+        crm_api_token="pat-na1-right",
+    )
+    async with live(LiveServer(lambda: create_crm_app(mock_settings))) as mock:
+        wrong = _hubspot(make_settings, mock.url, hubspot_access_token="pat-na1-wrong")
+        async with _service(wrong) as (_, client):
+            ids = [(await _create(client, n))["id"] for n in range(3)]
+            held = await eventually(lambda: _held(client))
+            assert held["reason"] == "credentials"
+            assert "401 INVALID_AUTHENTICATION" in held["detail"]
+            await operator_retry(client)
+            await operator_retry(client)
+            assert set((await _statuses(client, ids)).values()) == {"failed"}
+            assert not await _requests(client, "dead")
+            assert "credentials" in (await client.get("/dashboard")).text
+        right = wrong.model_copy(update={"hubspot_access_token": "pat-na1-right"})
+        async with _service(right) as (_, client):
+            await operator_retry(client)
+            assert set((await _statuses(client, ids)).values()) == {"synced"}
+
+
+async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
+    make_settings: Callable[..., Settings],
+    crm: LiveServer,
+    crm_control: CrmControl,
+    database_url: str,
+) -> None:
+    settings = _hubspot(make_settings, crm.url)
+    async with _service(settings) as (_, client):
+        ids = [(await _create(client, n))["id"] for n in range(5)]
+
+        async def all_synced() -> bool:
+            return set((await _statuses(client, ids)).values()) == {"synced"}
+
+        await eventually(all_synced)
+        changed, lost = ids[1], ids[3]
+        lost_id = (await read_customer(client, lost))["crm"]["id"]
+        async with loopback_client(crm.url, timeout=30) as http:
+            edits = [
+                {"id": str(changed), "idProperty": "crm_sync_id", "properties": {"city": "Paris"}},
+                {
+                    "id": "900001",
+                    "idProperty": "crm_sync_id",
+                    "properties": {"firstname": "Extra", "email": "extra@example.com"},
+                },
+            ]
+            assert (await http.post(UPSERT, json={"inputs": edits})).status_code == 200
+            archived = await http.post(ARCHIVE, json={"inputs": [{"id": lost_id}]})
+            assert archived.status_code == 204
+        # Two contacts a page: the run must follow HubSpot's `after` cursor to see all.
+        engine = create_engine(database_url)
+        connector = build_connector(settings, create_sessionmaker(engine))
+        try:
+            reconciler = Reconciler(create_sessionmaker(engine), connector.reader(), page_size=2)
+            report = await reconciler.run(repair=False)
+        finally:
+            await connector.close()
+            await engine.dispose()
+        assert (report.missing, report.extra, report.different) == ([lost], ["900001"], [changed])
+        assert report.checked == 5
+        repaired = (await client.post("/api/reconciliation", params={"repair": "true"})).json()
+        assert repaired["queued"] == 3
+
+        async def clean() -> bool:
+            if (await client.get("/api/failed-requests")).json()["total"]:
+                return False  # fixes still on their way
+            again = (await client.post("/api/reconciliation")).json()
+            return not (again["missing"] or again["extra"] or again["different"])
+
+        await eventually(clean, within=30, interval=0.3)
+    contact = await _contact(crm.url, changed)
+    assert contact is not None and contact["properties"]["city"] == "London"
+    assert await _contact(crm.url, lost) is not None
+    assert not await crm_control.records("900001")
