@@ -147,6 +147,16 @@ def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
             ">= 800 customers/s, none dead (issue 16)",
             verdict(lim["perSecond"] >= 800 and lim["dead"] == 0),
         )
+    if hs := measured("hubspot"):
+        row(
+            f"11 HubSpot drain of {hs['backlog']} at {hs['limitPerSecond']} calls/s x"
+            f" {hs['batchSize']} ({hs['dead']} dead, {100 * hs['refusedShare']:.2f} % refused)",
+            _fmt(hs["perSecond"], "/s"),
+            _fmt(hs["limitPerSecond"] * hs["batchSize"], "/s"),
+            hs["ratio"],
+            ">= 0.8, none dead, <= 1 % refused (issue 17)",
+            verdict(hs["ratio"] >= 0.8 and hs["dead"] == 0 and hs["refusedShare"] <= 0.01),
+        )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

@@ -16,12 +16,13 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
    (`phase_scale`);
 9. the drain of a backlog against a CRM limited to 50 calls a second (`phase_rate_limit`);
 10. the drain with batches of 100 against one call per change, and at 10 calls a second
-   (`phase_batch`).
+   (`phase_batch`);
+11. the drain through the CRM mock's HubSpot face at 10 calls a second (`phase_hubspot`).
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
 `BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
-bigDrain, recovery, kafka, scaleOut, rateLimit, batches).
+bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from harness import BenchError, Database, ProcessError, Servers, rounded, say
 from kafka_phase import kafka_figures
 from phase_batch import batched_drain
 from phase_drain import RETRY_CONCURRENCY, drain
+from phase_hubspot import hubspot_drain
 from phase_latency import CRM_SLOW_MS, latency_and_lag
 from phase_rate_limit import rate_limited_drain
 from phase_recovery import RETRY_INTERVAL_SECONDS, recovery
@@ -87,6 +89,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("scaleOut", lambda: scale_out(bench)),
         ("rateLimit", lambda: rate_limited_drain(bench)),
         ("batches", lambda: batched_drain(bench, _drain_rate(metrics))),
+        ("hubspot", lambda: hubspot_drain(bench)),
     ]
     try:
         for key, phase in phases:

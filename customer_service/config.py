@@ -87,6 +87,10 @@ def load_field_map(path: str) -> dict[str, str]:
     unknown = sorted(set(found) - set(CUSTOMER_FIELDS))
     if unknown:
         raise ValueError(f"{path} names unknown customer fields: {', '.join(unknown)}")
+    targets = list(found.values())
+    twice = sorted({field for field in targets if targets.count(field) > 1})
+    if twice:
+        raise ValueError(f"{path} maps two customer fields to {', '.join(twice)}")
     return dict(found)
 
 

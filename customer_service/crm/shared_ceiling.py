@@ -1,4 +1,5 @@
-"""`CRM_MAX_REQUESTS_PER_SECOND` for all replicas together, on PostgreSQL.
+"""The CRM's limits for all replicas together, on PostgreSQL: `CRM_MAX_REQUESTS_PER_SECOND`
+(`SharedCeiling`) and a 429's pause (`SharedPause`).
 
 A CRM's limit is the CRM's, not a replica's: three replicas each keeping to the whole
 limit called it three times too fast. Every CRM call of every replica takes a place in
@@ -61,3 +62,70 @@ class SharedCeiling:
                 return
             # Full: wait for the next second, the replicas spread over its first moments.
             await asyncio.sleep(second + 1 - self._clock() + random.uniform(0, 0.02))
+
+
+PAUSE_NAME = "crm"
+READ_PAUSE = text("SELECT until_epoch FROM crm_pauses WHERE name = :name")
+WRITE_PAUSE = text(
+    "INSERT INTO crm_pauses (name, until_epoch) VALUES (:name, :until)"
+    " ON CONFLICT (name) DO UPDATE"
+    " SET until_epoch = GREATEST(crm_pauses.until_epoch, excluded.until_epoch)"
+)
+# How stale a replica's view of the shared pause may be.
+PAUSE_READ_EVERY_SECONDS = 0.5
+
+
+class SharedPause:
+    """A 429 pauses the calls of every replica, not only of the one that got it.
+
+    The replica that got it writes until when (wall-clock, only ever raised) in
+    `crm_pauses`; every replica reads it before its calls, at most every half second, so
+    the others stop within half a second too. A database that fails a read or a write
+    costs only the sharing: each replica still keeps to the pauses it got itself.
+    """
+
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._until = 0.0
+        self._read_at = -1e9
+        self._reading: asyncio.Future[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def until(self) -> float:
+        """Until when (wall-clock seconds) the CRM asked every replica to wait; 0: never.
+        Calls that ask while a read is under way wait for that read (each would otherwise
+        go with what was known before it: a batch's calls all left in a pause)."""
+        if self._reading is None and time.monotonic() - self._read_at >= PAUSE_READ_EVERY_SECONDS:
+            self._reading = asyncio.ensure_future(self._read())
+        if self._reading is not None:
+            await asyncio.shield(self._reading)
+        return self._until
+
+    async def _read(self) -> None:
+        try:
+            async with self._engine.connect() as connection:
+                found = await connection.scalar(READ_PAUSE, {"name": PAUSE_NAME})
+        except Exception:
+            log.debug("could not read the shared CRM pause", exc_info=True)
+        else:
+            if found is not None:
+                self._until = max(self._until, float(found))
+        finally:
+            self._read_at = time.monotonic()
+            self._reading = None
+
+    def publish(self, until: float) -> None:
+        """Tell the other replicas to wait until `until` (wall-clock), in the background."""
+        self._until = max(self._until, until)
+        task = asyncio.create_task(self._write(until), name="crm-pause-share")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, until: float) -> None:
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(WRITE_PAUSE, {"name": PAUSE_NAME, "until": until})
+                await connection.commit()
+        except Exception:
+            log.warning("could not share the CRM's pause with the other replicas")

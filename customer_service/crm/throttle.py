@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from customer_service.crm.shared_ceiling import SharedCeiling
+from customer_service.crm.shared_ceiling import SharedCeiling, SharedPause
 from customer_service.sync.retry import parse_retry_after
 
 # A 429 without a usable Retry-After pauses the process for this long.
@@ -93,7 +93,10 @@ class CallThrottle:
         max_per_second: float = 0.0,
         clock: Callable[[], float] = time.time,
         shared: "SharedCeiling | None" = None,
+        shared_pause: "SharedPause | None" = None,
     ) -> None:
+        # A 429's pause, shared with the other replicas (PostgreSQL).
+        self._shared_pause = shared_pause
         # The ceiling of all replicas together (PostgreSQL), taken after our own pace.
         self._shared = shared
         # A little under the limit: the CRM counts calls as they arrive, and the network
@@ -130,6 +133,10 @@ class CallThrottle:
         caller (an API request, a delivery) for as long as the CRM asked everyone to wait.
         """
         loop = asyncio.get_running_loop()
+        if self._shared_pause is not None:
+            left = await self._shared_pause.until() - self._clock()
+            if left > 0:
+                self._paused_until = max(self._paused_until, loop.time() + left)
         while True:  # a pause may be extended while we wait
             delay = self._paused_until - loop.time()
             if delay <= 0:
@@ -171,8 +178,10 @@ class CallThrottle:
             if len(self._accepted) > LEARN_FROM_SECONDS + 2:
                 del self._accepted[min(self._accepted)]
             return
-        until = now + pause_seconds(retry_after, datetime.now(UTC))
-        self._paused_until = max(self._paused_until, until)
+        pause = pause_seconds(retry_after, datetime.now(UTC))
+        self._paused_until = max(self._paused_until, now + pause)
+        if self._shared_pause is not None:
+            self._shared_pause.publish(self._clock() + pause)
         if self._learned is not None and now - self._learned_at < SETTLING_SECONDS:
             return
         if self._lesson_at is None:

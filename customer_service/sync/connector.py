@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from customer_service.config import CrmConnector, Settings, SyncMode
 from customer_service.crm.client import CrmClient
-from customer_service.crm.shared_ceiling import SharedCeiling
+from customer_service.crm.shared_ceiling import SharedCeiling, SharedPause
 from customer_service.crm.throttle import CallThrottle
 from customer_service.reconciliation.records import CrmRecords
 from customer_service.sync.hold import HoldReason
@@ -98,11 +98,11 @@ def build_connector(
 def throttle_for(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> CallThrottle:
-    """The pace of the process's CRM calls; on PostgreSQL with CRM_MAX_REQUESTS_PER_SECOND
-    set, the ceiling is that of all replicas together (`crm.shared_ceiling`)."""
+    """The pace of the process's CRM calls. On PostgreSQL, shared by the replicas
+    (`crm.shared_ceiling`): a 429's pause, and CRM_MAX_REQUESTS_PER_SECOND when set."""
     limit = settings.crm_max_requests_per_second
     engine: AsyncEngine = sessionmaker.kw["bind"]
-    shared = None
-    if limit > 0 and engine.dialect.name == "postgresql":
-        shared = SharedCeiling(engine, limit)
-    return CallThrottle(limit, shared=shared)
+    if engine.dialect.name != "postgresql":
+        return CallThrottle(limit)
+    shared = SharedCeiling(engine, limit) if limit > 0 else None
+    return CallThrottle(limit, shared=shared, shared_pause=SharedPause(engine))

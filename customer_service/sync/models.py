@@ -29,7 +29,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from customer_service.columns import BigIntId, UTCDateTime, utc_now
@@ -119,3 +119,13 @@ class CrmCallWindow(Base):
 
     second: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     calls: Mapped[int] = mapped_column(Integer)
+
+
+class CrmPause(Base):
+    """Until when the CRM asked every caller to wait (a 429's pause), for all replicas
+    (`crm.shared_ceiling.SharedPause`): wall-clock seconds since the epoch."""
+
+    __tablename__ = "crm_pauses"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    until_epoch: Mapped[float] = mapped_column(Float)

@@ -42,6 +42,10 @@ def test_a_field_map_is_checked_at_start_up(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert _line(crm_field_map=str(bad)) == f"invalid setting CRM_FIELD_MAP: {bad} is not JSON"
+    bad.write_text(json.dumps({"phone": "phone", "email": "phone"}))
+    assert _line(crm_field_map=str(bad)) == (
+        f"invalid setting CRM_FIELD_MAP: {bad} maps two customer fields to phone"
+    )
     bad.write_text(json.dumps({"shoeSize": "shoe"}))
     assert _line(crm_field_map=str(bad)) == (
         f"invalid setting CRM_FIELD_MAP: {bad} names unknown customer fields: shoeSize"
