@@ -14,6 +14,7 @@ reconciliation reads) waits its turn here:
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -97,6 +98,10 @@ class CallThrottle:
     ) -> None:
         # A 429's pause, shared with the other replicas (PostgreSQL).
         self._shared_pause = shared_pause
+        # For a CRM that states its limit in every answer (`advertised`): until the first
+        # answer came, one call at a time (`wait_for_first_answer`).
+        self._first_answer: asyncio.Event | None = None
+        self._first_out = False
         # The ceiling of all replicas together (PostgreSQL), taken after our own pace.
         self._shared = shared
         # A little under the limit: the CRM counts calls as they arrive, and the network
@@ -133,6 +138,7 @@ class CallThrottle:
         caller (an API request, a delivery) for as long as the CRM asked everyone to wait.
         """
         loop = asyncio.get_running_loop()
+        await self._first_answer_known(patience)
         if self._shared_pause is not None:
             left = await self._shared_pause.until() - self._clock()
             if left > 0:
@@ -205,6 +211,23 @@ class CallThrottle:
             accepted,
         )
 
+    def wait_for_first_answer(self) -> None:
+        """Let one call go alone until an answer has told the CRM's limit (`advertised`):
+        a drain's first calls all at once, before any answer, overran HubSpot's ten calls
+        a second (three refused calls of two hundred)."""
+        self._first_answer = asyncio.Event()
+
+    async def _first_answer_known(self, patience: float) -> None:
+        gate = self._first_answer
+        if gate is None or gate.is_set():
+            return
+        if not self._first_out:
+            self._first_out = True  # this call goes, alone
+            return
+        # A first call that never gets an answer must not hold the others for long.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.wait(), patience)
+
     def advertised(
         self, limit: int | None, remaining: int | None, interval_seconds: float | None
     ) -> None:
@@ -213,6 +236,8 @@ class CallThrottle:
         95 % of it from the first answer on, before any 429; when none are left in the
         window, every call waits one call's share of the window first. `limit` None (or
         no interval): the CRM states no limit, and the stated pace is dropped."""
+        if self._first_answer is not None:
+            self._first_answer.set()
         if not limit or not interval_seconds or limit <= 0 or interval_seconds <= 0:
             self._advertised = None
             return

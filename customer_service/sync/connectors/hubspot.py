@@ -80,6 +80,8 @@ class HubSpotConnector:
         throttle: CallThrottle | None = None,
     ) -> None:
         throttle = throttle or CallThrottle(settings.crm_max_requests_per_second)
+        # HubSpot states its limit in every answer: the first call learns it alone.
+        throttle.wait_for_first_answer()
         self.client = HubSpotClient(settings, on_call, throttle)
         overrides = load_field_map(settings.crm_field_map) if settings.crm_field_map else None
         self.mapping = PropertyMap.of(settings.hubspot_id_property, overrides)

@@ -196,3 +196,17 @@ async def test_the_throttle_paces_calls_at_the_pace_a_429_taught() -> None:
     for _ in range(5):
         await throttle.wait_turn(patience=2.0)
     assert loop.time() - start >= 4 / 19.0 - 0.01  # evenly spaced, not at once
+
+
+async def test_until_the_crm_has_stated_its_limit_one_call_goes_alone() -> None:
+    from customer_service.crm.throttle import CallThrottle
+
+    throttle = CallThrottle()
+    throttle.wait_for_first_answer()
+    await throttle.wait_turn(patience=2.0)  # the first call goes at once
+    second = asyncio.create_task(throttle.wait_turn(patience=2.0))
+    await asyncio.sleep(0.05)
+    assert not second.done(), "a second call left before the first was answered"
+    throttle.advertised(10, 9, 1.0)  # the first answer states the limit
+    await asyncio.wait_for(second, 1.0)
+    assert throttle.pace == 9.5
