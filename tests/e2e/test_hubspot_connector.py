@@ -274,9 +274,12 @@ async def test_the_ten_secondly_429_pauses_every_call_for_the_window(
 ) -> None:
     settings = _hubspot(make_settings, crm.url, crm_batch_size=2)
     ids = await _backlog(settings, 24)
-    await crm_control.faults(rateLimitPerSecond=2, retryAfterSeconds=2)
+    await crm_control.faults(rateLimitPerSecond=50)
     async with _service(settings) as (_, client):
-        # The first calls leave together, before any answer told the limit: some are 429.
+        # A first answer states 50 a second; then HubSpot lowers the limit to 2, and the
+        # calls already paced at 50 meet it: some are 429.
+        assert (await client.post("/api/reconciliation")).status_code == 200  # a read first
+        await crm_control.faults(rateLimitPerSecond=2, retryAfterSeconds=2)
         await operator_retry(client)
 
         async def all_synced() -> bool:
