@@ -280,12 +280,18 @@ async def test_retry_groups_run_in_parallel_across_customers_and_serially_within
     assert abs((first[0] - second[0]).total_seconds()) < latency  # groups overlap
 
 
+async def _not_suspect(app: FastAPI) -> bool:
+    return not app.state.delivery.health.suspect
+
+
 async def test_backlog_drains_within_seconds_of_crm_return(
     make_settings: Callable[..., Settings], crm_control: CrmControl
 ) -> None:
     settings = make_settings(recovery_probe_seconds=0.2)
     app = create_app(settings, run_scheduler=True)
     async with LifespanManager(app), _client(app) as client:
+        # The first probe has found the CRM up (else the write's kick is held, never tried).
+        await eventually(lambda: _not_suspect(app))
         await crm_control.faults(down=True)
         customer = await _create(client)
         await eventually(lambda: _outbox(client, status="failed"))
