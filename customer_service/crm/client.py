@@ -94,6 +94,25 @@ def _unreachable(exc: BaseException, timeout: float) -> CrmUnreachable:
     return CrmUnreachable(text, HoldKind.CERTIFICATE if certificate else HoldKind.UNREACHABLE)
 
 
+def open_session(settings: Settings, headers: dict[str, str]) -> aiohttp.ClientSession:
+    """The aiohttp session of a CRM client (it belongs to the running loop): the trust of
+    `crm.tls`, kept connections under the servers' keep-alive, CRM_TIMEOUT_SECONDS."""
+    connector = aiohttp.TCPConnector(
+        limit=MAX_CONNECTIONS,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ssl=ssl_context(settings.crm_ca_bundle),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=settings.crm_timeout_seconds),
+        # The CRM authenticates by token: no cookie of its answers is kept.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Proxies are read once (`crm.tls.proxy_for`); no .netrc credentials.
+        trust_env=False,
+    )
+
+
 class CrmClient:
     """The calls of the CRM mock's API, each answered as a `CrmAnswer`.
 
@@ -124,20 +143,7 @@ class CrmClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=MAX_CONNECTIONS,
-                keepalive_timeout=KEEPALIVE_SECONDS,
-                ssl=ssl_context(self._settings.crm_ca_bundle),
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=self._settings.crm_timeout_seconds),
-                # The CRM authenticates by token: no cookie of its answers is kept.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                # Proxies are read once (`crm.tls.proxy_for`); no .netrc credentials.
-                trust_env=False,
-            )
+            self._session = open_session(self._settings, self._headers)
         return self._session
 
     async def aclose(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from customer_service.config import Settings
-from customer_service.crm.client import KEEPALIVE_SECONDS, MAX_CONNECTIONS, CrmUnreachable
+from customer_service.crm.client import CrmUnreachable, open_session
 from customer_service.crm.client import _unreachable as unreachable
 from customer_service.crm.hubspot_answers import (
     DAILY,
@@ -40,7 +40,7 @@ from customer_service.crm.hubspot_answers import (
     redact,
 )
 from customer_service.crm.throttle import CallThrottle, CrmPaused
-from customer_service.crm.tls import proxy_for, ssl_context
+from customer_service.crm.tls import proxy_for
 from customer_service.request_id import HEADER as REQUEST_ID_HEADER
 from customer_service.request_id import current_request_id
 from customer_service.sync.connector import CallObserver
@@ -102,18 +102,7 @@ class HubSpotClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=MAX_CONNECTIONS,
-                keepalive_timeout=KEEPALIVE_SECONDS,
-                ssl=ssl_context(self._settings.crm_ca_bundle),
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=self._settings.crm_timeout_seconds),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
+            self._session = open_session(self._settings, self._headers)
         return self._session
 
     async def aclose(self) -> None:
