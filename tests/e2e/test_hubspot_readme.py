@@ -5,14 +5,11 @@ the CRM mock, a token it accepts); only the ports differ."""
 import asyncio
 import os
 import re
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 from support import eventually, free_port, loopback_client
+from test_readme import pair
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -46,48 +43,11 @@ def make_run_env(crm_port: int) -> dict[str, str]:
     }
 
 
-@asynccontextmanager
-async def pair(workdir: Path, service_port: int, crm_port: int) -> AsyncIterator[None]:
-    env = make_run_env(crm_port)
-    migrate = await asyncio.create_subprocess_exec(
-        BIN / "customer-service", "migrate", cwd=workdir, env=env
-    )
-    assert await migrate.wait() == 0
-    processes = [
-        subprocess.Popen(  # noqa: ASYNC220 - started once, never waited on here
-            [BIN / name, "serve"],
-            cwd=workdir,
-            env={**env, "PORT": str(port)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, port in (("crm-mock", crm_port), ("customer-service", service_port))
-    ]
-    try:
-        async with loopback_client() as http:
-            for port in (crm_port, service_port):
-
-                async def up(port: int = port) -> bool:
-                    assert all(p.poll() is None for p in processes), "a server exited"
-                    try:
-                        return (await http.get(f"http://127.0.0.1:{port}/health")).is_success
-                    except httpx.HTTPError:
-                        return False
-
-                await eventually(up, within=30)
-        yield
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=15)
-
-
 async def test_the_hubspot_walkthrough_works_verbatim(tmp_path: Path) -> None:
     service_port, crm_port = free_port(), free_port()
     outputs: list[str] = []
     async with (
-        pair(tmp_path, service_port, crm_port),
+        pair(tmp_path, service_port, crm_port, make_run_env(crm_port)),
         loopback_client(f"http://127.0.0.1:{service_port}") as http,
     ):
 

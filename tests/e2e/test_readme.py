@@ -33,9 +33,14 @@ def walkthrough(service_port: int, crm_port: int) -> list[str]:
 
 
 @asynccontextmanager
-async def pair(workdir: Path, service_port: int, crm_port: int) -> AsyncIterator[None]:
-    env = {**os.environ, "CRM_BASE_URL": f"http://127.0.0.1:{crm_port}"}
-    env.pop("DATABASE_URL", None)
+async def pair(
+    workdir: Path, service_port: int, crm_port: int, env: dict[str, str] | None = None
+) -> AsyncIterator[None]:
+    """Both apps as `make run` starts them, on these ports; `env` instead of the default
+    settings (the CRM mock's own API at `crm_port`)."""
+    if env is None:
+        env = {**os.environ, "CRM_BASE_URL": f"http://127.0.0.1:{crm_port}"}
+        env.pop("DATABASE_URL", None)
     migrate = await asyncio.create_subprocess_exec(
         BIN / "customer-service", "migrate", cwd=workdir, env=env
     )
