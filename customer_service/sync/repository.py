@@ -93,19 +93,6 @@ async def next_attempt_at(session: AsyncSession) -> datetime | None:
     return due
 
 
-async def queue_of(
-    session: AsyncSession, customer_id: int, limit: int = 100
-) -> list[FailedRequest]:
-    """One customer's requests, oldest first."""
-    query = (
-        select(FailedRequest)
-        .where(FailedRequest.customer_id == customer_id)
-        .order_by(FailedRequest.id)
-        .limit(limit)
-    )
-    return list((await session.scalars(query)).all())
-
-
 # How many of a customer's requests one look reads (a batch is planned from them).
 QUEUE_LIMIT = 100
 
