@@ -168,7 +168,7 @@ def run_one(params: Params, database: Database, workdir: Path) -> dict[str, Any]
                 asyncio.run(database.drop())
             except Exception as error:
                 say(f"could not drop the benchmark database: {error!r}")
-    rows = build_table(metrics)
+    rows = build_table(metrics, database.kind)
     print(f"\n{database.kind}:")
     print_table(rows)
     return {

@@ -143,6 +143,10 @@ class _CutShort(Exception):
     """The batch's CRM calls were cut short by `close`."""
 
 
+class _GroupCutShort(Exception):
+    """The settle group a batch was in was cancelled with its leader: nothing recorded."""
+
+
 OutcomeObserver = Callable[[OutboxRow, Outcome], None]
 
 
@@ -601,11 +605,15 @@ class DeliveryEngine:
                 group, self._settle_queue = self._settle_queue, []
                 try:
                     await self.transaction(partial(self._settle_many, group=group))
-                except Exception as error:
+                except BaseException as error:
+                    # Failed, or the leader cancelled (a pass stopped, shutdown): the
+                    # group's other batches are answered, never left waiting for it. Their
+                    # rows stay; the claims lapse and the customers are delivered again.
+                    failed = error if isinstance(error, Exception) else _GroupCutShort()
                     for other in group:
                         if other is not work and not other.answer.done():
-                            other.answer.set_exception(error)
-                    if work in group:
+                            other.answer.set_exception(failed)
+                    if work in group or not isinstance(error, Exception):
                         raise
                     continue
                 for other in group:
