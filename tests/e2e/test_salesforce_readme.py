@@ -56,10 +56,8 @@ async def test_the_salesforce_walkthrough_works_verbatim(tmp_path: Path) -> None
 
         async def idle() -> bool:
             metrics = (await http.get("/metrics")).text
-            pending = (await http.get("/api/failed-requests", params={"status": "pending"}))
-            return "crm_sync_deliveries_in_flight 0.0\n" in metrics and not pending.json()[
-                "total"
-            ]
+            pending = await http.get("/api/failed-requests", params={"status": "pending"})
+            return "crm_sync_deliveries_in_flight 0.0\n" in metrics and not pending.json()["total"]
 
         for block in walkthrough(service_port, crm_port):
             await eventually(idle)

@@ -195,6 +195,4 @@ def test_salesforce_settings_need_client_credentials_and_default_to_spec_2() -> 
         salesforce_client_secret="s",
         crm_batch_size=201,
     ) == ("invalid settings: CRM_BATCH_SIZE must be at most 200 for CRM_CONNECTOR=salesforce")
-    assert _line(salesforce_api_version="62").startswith(
-        "invalid setting SALESFORCE_API_VERSION:"
-    )
+    assert _line(salesforce_api_version="62").startswith("invalid setting SALESFORCE_API_VERSION:")
