@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 # to CRM_API_TOKEN, which the mock checks when it is set; README, "HubSpot").
 HUBSPOT_RUN_ENV := HUBSPOT_BASE_URL="$${HUBSPOT_BASE_URL:-http://127.0.0.1:8081}" \
 	HUBSPOT_ACCESS_TOKEN="$${HUBSPOT_ACCESS_TOKEN:-$${CRM_API_TOKEN:-pat-local-make-run}}"
-RUN_ENV := $(if $(filter hubspot,$(CRM_CONNECTOR)),$(HUBSPOT_RUN_ENV))
+# `CRM_CONNECTOR=salesforce make run`: the service speaks Salesforce's API to the mock's
+# Salesforce face, which is also its login URL, unless SALESFORCE_LOGIN_URL and the client
+# credentials say otherwise (the secret defaults to CRM_API_TOKEN, which the mock checks
+# when it is set; README, "Salesforce").
+SALESFORCE_RUN_ENV := SALESFORCE_LOGIN_URL="$${SALESFORCE_LOGIN_URL:-http://127.0.0.1:8081}" \
+	SALESFORCE_CLIENT_ID="$${SALESFORCE_CLIENT_ID:-crm-sync-local}" \
+	SALESFORCE_CLIENT_SECRET="$${SALESFORCE_CLIENT_SECRET:-$${CRM_API_TOKEN:-local-make-run}}"
+RUN_ENV := $(if $(filter hubspot,$(CRM_CONNECTOR)),$(HUBSPOT_RUN_ENV))$(if $(filter salesforce,$(CRM_CONNECTOR)),$(SALESFORCE_RUN_ENV))
 run: $(STAMP)
 	$(RUN_ENV) $(BIN)/customer-service migrate
 	@trap 'kill 0' INT TERM; \

@@ -162,6 +162,16 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             ">= 0.8, none dead, <= 1 % refused (issue 17)",
             verdict(hs["ratio"] >= 0.8 and hs["dead"] == 0 and hs["refusedShare"] <= 0.01),
         )
+    if sf := measured("salesforce"):
+        row(
+            f"12 Salesforce drain of {sf['backlog']}, collections of {sf['batchSize']} / one"
+            f" per call ({sf['dead']} dead)",
+            _fmt(sf["perSecond"], "/s"),
+            _fmt(sf["onePerCallPerSecond"], "/s"),
+            sf["ratio"],
+            ">= 3, none dead (issue 18)",
+            verdict(sf["ratio"] >= 3 and sf["dead"] == 0),
+        )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

@@ -19,12 +19,14 @@ class SyncMode(StrEnum):
 class CrmConnector(StrEnum):
     MOCK = "mock"
     HUBSPOT = "hubspot"
+    SALESFORCE = "salesforce"
 
 
 # Records per CRM call: each connector's default and the most its CRM takes.
 BATCH_SIZES: dict[CrmConnector, tuple[int, int]] = {
     CrmConnector.MOCK: (1, 100),
     CrmConnector.HUBSPOT: (100, 100),
+    CrmConnector.SALESFORCE: (200, 200),
 }
 
 
@@ -127,6 +129,15 @@ class Settings(BaseSettings):
     hubspot_access_token: str = Field(default="", repr=False)
     hubspot_base_url: str = Field(default="https://api.hubapi.com", pattern=r"^https?://")
     hubspot_id_property: str = Field(default="crm_sync_id", min_length=1)
+    # Salesforce (CRM_CONNECTOR=salesforce): an external client app's client credentials;
+    # the secret (and the access token it gets) never logged or shown.
+    salesforce_login_url: str = Field(default="https://login.salesforce.com", pattern=r"^https?://")
+    salesforce_client_id: str = ""
+    salesforce_client_secret: str = Field(default="", repr=False)
+    salesforce_api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.\d$")
+    salesforce_external_id_field: str = Field(
+        default="Crm_Sync_Id__c", pattern=r"^[A-Za-z][A-Za-z0-9_]*$"
+    )
     retry_interval_seconds: PositiveSeconds = 60.0
     retry_concurrency: int = Field(default=16, ge=1, le=1000)
     retry_max_attempts: int = Field(default=25, ge=1)
@@ -173,6 +184,12 @@ class Settings(BaseSettings):
     def _connector_ready(self) -> "Settings":
         if self.crm_connector == CrmConnector.HUBSPOT and not self.hubspot_access_token:
             raise ValueError("CRM_CONNECTOR=hubspot needs HUBSPOT_ACCESS_TOKEN")
+        if self.crm_connector == CrmConnector.SALESFORCE and not (
+            self.salesforce_client_id and self.salesforce_client_secret
+        ):
+            raise ValueError(
+                "CRM_CONNECTOR=salesforce needs SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET"
+            )
         default, most = BATCH_SIZES[self.crm_connector]
         if self.crm_batch_size is None:
             self.crm_batch_size = default

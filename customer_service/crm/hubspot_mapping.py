@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from customer_service.config import CUSTOMER_FIELDS
-from customer_service.crm.mapper import snapshot
+from customer_service.crm.mapper import customer_fields, snapshot
 from customer_service.customers.models import Customer
 
 DEFAULT_PROPERTIES: dict[str, str] = {
@@ -48,19 +48,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _legacy(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A row written before payloads were the customer's fields (the mock's record, its
-    address one string): as customer fields, the whole address as the street."""
-    return {
-        "id": payload.get("externalId"),
-        "firstName": payload.get("firstName"),
-        "lastName": payload.get("lastName"),
-        "email": payload.get("email"),
-        "phone": payload.get("phone"),
-        "address.street": payload.get("address") or None,
-    }
-
-
 @dataclass(frozen=True)
 class PropertyMap:
     """Customer field -> HubSpot contact property, the id's included (`id_property`)."""
@@ -82,7 +69,7 @@ class PropertyMap:
     def to_properties(self, payload: Mapping[str, Any]) -> dict[str, str]:
         """An outbox payload as the properties of a batch upsert input (every mapped
         property, "" for a value we do not have, so the contact ends equal to it)."""
-        fields = _legacy(payload) if "externalId" in payload else payload
+        fields = customer_fields(payload)
         properties = {self.properties[f]: _text(fields.get(f)) for f in VALUE_FIELDS}
         properties[self.id_property] = _text(fields.get("id"))
         return properties

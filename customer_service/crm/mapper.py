@@ -9,6 +9,7 @@ Salesforce keep them apart). The keys are those `CRM_FIELD_MAP` names: `firstNam
 already the mock's record, with `externalId`) is sent as it is.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from customer_service.crm.schemas import CrmCustomerRequest
@@ -37,6 +38,22 @@ def snapshot(customer: Customer) -> dict[str, Any]:
         "address.state": customer.state,
         "address.postalCode": customer.postal_code,
         "address.country": customer.country,
+    }
+
+
+def customer_fields(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An outbox payload as customer fields. A row written before payloads were the
+    customer's fields (the mock's record, its address one string) reads with the whole
+    address as the street."""
+    if "externalId" not in payload:
+        return payload
+    return {
+        "id": payload.get("externalId"),
+        "firstName": payload.get("firstName"),
+        "lastName": payload.get("lastName"),
+        "email": payload.get("email"),
+        "phone": payload.get("phone"),
+        "address.street": payload.get("address") or None,
     }
 
 

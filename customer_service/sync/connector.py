@@ -90,6 +90,10 @@ def build_connector(
         from customer_service.sync.connectors.hubspot import HubSpotConnector
 
         return HubSpotConnector(settings, on_call, throttle_for(settings, sessionmaker))
+    if settings.crm_connector == CrmConnector.SALESFORCE:
+        from customer_service.sync.connectors.salesforce import SalesforceConnector
+
+        return SalesforceConnector(settings, on_call, throttle_for(settings, sessionmaker))
     from customer_service.sync.connectors.mock import MockConnector
 
     return MockConnector(settings, on_call, throttle_for(settings, sessionmaker))

@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
     SalesforceExpiredSession,
     SalesforceMalformedRequest,
     SalesforceRefusedRequest,
@@ -289,6 +290,57 @@ async def test_the_official_client_upserts_reads_and_queries(mock: Mock) -> None
     assert by_external["42"]["MailingStreet"] == "12 St James's Square"
     assert by_external["43"]["attributes"]["url"] == f"{DATA}/sobjects/Contact/{results[1]['id']}"
     assert [r["Id"] for r in answer["records"]] == sorted(r["Id"] for r in answer["records"])
+
+
+class OrgSession(requests.Session):
+    """A requests session that takes the org's My Domain host to the mock (the official
+    client builds its token URL from a domain of salesforce.com)."""
+
+    def __init__(self, org: str, url: str) -> None:
+        super().__init__()
+        self.org, self.url = org, url
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        target = url.decode() if isinstance(url, bytes) else url
+        return super().request(method, target.replace(self.org, self.url), *args, **kwargs)
+
+
+async def test_the_official_client_logs_in_with_client_credentials_and_upserts(
+    start: StartMock,
+) -> None:
+    async with start(SECRET) as mock:
+        session = OrgSession("https://mock-org.my.salesforce.com", mock.url)
+        session.verify = str(mock.ca_file)
+        session.trust_env = False
+        mock.sessions.append(session)
+
+        def login(secret: str) -> Salesforce:
+            return Salesforce(
+                consumer_key="3MVG9-mock",
+                consumer_secret=secret,
+                domain="mock-org.my",
+                session=session,
+                version=VERSION[1:],
+            )
+
+        # The client's own token login (client credentials, HTTP Basic), its answer parsed
+        # by the client: a wrong secret is refused in OAuth's words.
+        with pytest.raises(SalesforceAuthenticationFailed, match="invalid_client"):
+            await asyncio.to_thread(login, "not-the-secret")
+        sf = await asyncio.to_thread(login, SECRET)
+        assert sf.sf_instance == mock.url.removeprefix("https://")
+        fields = {k: v for k, v in contact("7").items() if k not in ("attributes", EXTERNAL_ID)}
+
+        created = await asyncio.to_thread(sf.Contact.upsert, f"{EXTERNAL_ID}/7", fields)
+        updated = await asyncio.to_thread(sf.Contact.upsert, f"{EXTERNAL_ID}/7", {"LastName": "B"})
+        answer = await asyncio.to_thread(
+            sf.query_all, f"SELECT Id, LastName, {EXTERNAL_ID} FROM Contact"
+        )
+
+    assert (created, updated) == (201, 204)
+    assert answer["totalSize"] == 1
+    [record] = answer["records"]
+    assert (record["LastName"], record[EXTERNAL_ID]) == ("B", "7")
 
 
 async def test_the_official_client_follows_next_records_url(mock: Mock) -> None:

@@ -1,0 +1,148 @@
+"""The Salesforce client secret and access tokens stay secret: a real `customer-service
+serve` process syncs through a success, a record refused (400), a 503, an expired token,
+REQUEST_LIMIT_EXCEEDED and a refused token, and neither the secret nor any token the
+mock issued is found in its log lines, its requests' `lastError`s, `/metrics`, `/ready`
+or the dashboard."""
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import (
+    CrmControl,
+    LiveServer,
+    eventually,
+    free_port,
+    live,
+    loopback_client,
+    service_process,
+)
+
+from crm_mock.app import create_app as create_crm_app
+from crm_mock.config import CrmSettings
+from crm_mock.salesforce import state_of
+
+SECRET = "sf-5ecret-9d2e4b7a-31c8-4f0e-a6b5-0123456789ab"
+
+
+def _mock(tmp_path: Path, name: str, secret: str) -> tuple[LiveServer, Any]:
+    settings = CrmSettings(
+        _env_file=None,
+        crm_database_url=f"sqlite+aiosqlite:///{tmp_path / name}",
+        crm_api_token=secret,
+    )
+    app = create_crm_app(settings)
+    return LiveServer(lambda: app), app
+
+
+async def _surfaces(http: httpx.AsyncClient) -> list[str]:
+    """Everything an operator reads: every request's lastError, /metrics, /ready, the
+    dashboard."""
+    rows = (await http.get("/api/failed-requests", params={"limit": 100})).json()["items"]
+    return [
+        *[str(row["lastError"]) for row in rows],
+        (await http.get("/metrics")).text,
+        (await http.get("/ready")).text,
+        (await http.get("/dashboard")).text,
+    ]
+
+
+async def _create(http: httpx.AsyncClient, n: int, email: str | None = None) -> int:
+    body = {"firstName": "S", "lastName": "Secret", "email": email or f"s{n}@example.com"}
+    response = await http.post("/api/customers", json=body)
+    assert response.status_code == 201, response.text
+    customer_id: int = response.json()["id"]
+    return customer_id
+
+
+async def _status(http: httpx.AsyncClient, customer_id: int) -> str:
+    status: str = (await http.get(f"/api/customers/{customer_id}")).json()["crm"]["status"]
+    return status
+
+
+async def _synced(http: httpx.AsyncClient, customer_id: int) -> bool:
+    return await _status(http, customer_id) == "synced"
+
+
+async def _error_of(http: httpx.AsyncClient, customer_id: int) -> str | None:
+    rows = (await http.get("/api/failed-requests", params={"customerId": customer_id})).json()
+    errors = [row["lastError"] for row in rows["items"] if row["lastError"]]
+    return errors[0] if errors else None
+
+
+def _env(login_url: str) -> dict[str, Any]:
+    return {
+        "CRM_CONNECTOR": "salesforce",
+        "SALESFORCE_LOGIN_URL": login_url,
+        "SALESFORCE_CLIENT_ID": "crm-sync-secrets",
+        "SALESFORCE_CLIENT_SECRET": SECRET,
+        "LOG_FORMAT": "text",
+    }
+
+
+async def test_the_secret_and_tokens_reach_no_log_error_metric_or_page(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_path = tmp_path / "service.log"
+    monkeypatch.setenv("CRM_SYNC_TEST_SERVICE_LOG", str(log_path))
+    seen: list[str] = []
+    errors: list[str] = []
+    right, right_app = _mock(tmp_path, "right.db", SECRET)
+    other, _ = _mock(tmp_path, "other.db", "someone-else's-secret")
+    async with live(right), live(other):
+        control = CrmControl(right.url)
+        port = free_port()
+        async with (
+            service_process(database_url, right.url, port, **_env(right.url)),
+            loopback_client(f"http://127.0.0.1:{port}", timeout=30) as http,
+        ):
+            ok = await _create(http, 1)
+            await eventually(lambda: _synced(http, ok), within=30)
+            bad = await _create(http, 2, email="bad@example.c")  # a record refused: 400
+            errors.append(await eventually(lambda: _error_of(http, bad), within=30))
+            await control.faults(down=True, statusCode=503)
+            down = await _create(http, 3)
+            errors.append(await eventually(lambda: _error_of(http, down), within=30))
+            seen += await _surfaces(http)
+            await control.faults(down=False)
+            await eventually(lambda: _synced(http, down), within=30)
+            async with loopback_client(right.url) as mock_http:
+                await mock_http.post("/api/crm/_salesforce/expire-tokens")
+            renewed = await _create(http, 4)  # a 401, a new token, sent again
+            await eventually(lambda: _synced(http, renewed), within=30)
+            await control.faults(dailyLimit=1)
+            limited = [await _create(http, n) for n in (5, 6)]
+
+            async def limit() -> str | None:
+                found = [await _error_of(http, c) for c in limited]
+                return next((e for e in found if e and "REQUEST_LIMIT_EXCEEDED" in e), None)
+
+            errors.append(await eventually(limit, within=30))
+            seen += await _surfaces(http)
+            await control.faults(dailyLimit=None)
+        await control.close()
+        port = free_port()
+        async with (
+            service_process(database_url, other.url, port, **_env(other.url)),
+            loopback_client(f"http://127.0.0.1:{port}", timeout=30) as http,
+        ):
+            refused = await _create(http, 7)
+            errors.append(await eventually(lambda: _error_of(http, refused), within=30))
+            seen += await _surfaces(http)
+    state = state_of(right_app)
+    tokens = [*state.tokens, *state.expired]
+    assert len(tokens) == 2  # the first, expired; the one fetched after
+    # The failures happened, and said why.
+    assert any("(INVALID_EMAIL_ADDRESS)" in e for e in errors), errors
+    assert any("503" in e for e in errors), errors
+    assert any("403 REQUEST_LIMIT_EXCEEDED" in e for e in errors), errors
+    assert any("invalid_client" in e for e in errors), errors
+    logged = log_path.read_text(errors="replace")
+    assert "Salesforce" in logged  # the log was captured
+    for text in [logged, *errors, *seen]:
+        assert SECRET not in text
+        assert SECRET[3:19] not in text  # not even a part of it
+        for token in tokens:
+            assert token not in text
+            assert token.split("!")[1][:16] not in text
