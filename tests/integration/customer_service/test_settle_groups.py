@@ -123,7 +123,7 @@ async def test_a_leader_cancelled_inside_its_group_leaves_no_member_waiting(
         engine = DeliveryEngine(app.state.sessionmaker, FakeConnector(answer), settings)
         real_transaction = engine.transaction
 
-        async def slow_groups(work: Any) -> Any:
+        async def slow_groups(work: Any, **kwargs: Any) -> Any:
             # A settle group takes a while before its transaction (outside it: SQLite's
             # one writer would otherwise keep the other batches from claiming meanwhile).
             if getattr(work, "func", None) == engine._settle_many:
@@ -132,7 +132,7 @@ async def test_a_leader_cancelled_inside_its_group_leaves_no_member_waiting(
                 leaders.append(leader)
                 groups.append(len(work.keywords["group"]))
                 await asyncio.sleep(0.5)
-            return await real_transaction(work)
+            return await real_transaction(work, **kwargs)
 
         monkeypatch.setattr(engine, "transaction", slow_groups)
 
