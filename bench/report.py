@@ -157,6 +157,17 @@ def build_table(metrics: dict[str, Any]) -> list[dict[str, str]]:
             ">= 0.8, none dead, <= 1 % refused (issue 17)",
             verdict(hs["ratio"] >= 0.8 and hs["dead"] == 0 and hs["refusedShare"] <= 0.01),
         )
+    if sk := measured("sink"):
+        one = sk["oneCallPerEvent"]["perSecond"]
+        row(
+            f"12 sink: {sk['events']} events to the HubSpot face, batches of {sk['batchSize']}"
+            " / one call per event (mock API)",
+            _fmt(sk["hubspot"]["perSecond"], "/s"),
+            _fmt(one, "/s"),
+            sk["ratio"],
+            ">= 3 (issue 19)",
+            verdict(sk["ratio"] >= 3),
+        )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

@@ -17,12 +17,14 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
 9. the drain of a backlog against a CRM limited to 50 calls a second (`phase_rate_limit`);
 10. the drain with batches of 100 against one call per change, and at 10 calls a second
    (`phase_batch`);
-11. the drain through the CRM mock's HubSpot face at 10 calls a second (`phase_hubspot`).
+11. the drain through the CRM mock's HubSpot face at 10 calls a second (`phase_hubspot`);
+12. `customer-service sink` through the HubSpot face with batches against one call per
+   event (`phase_sink`).
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
 `BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
-bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot).
+bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot, sink).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from phase_latency import CRM_SLOW_MS, latency_and_lag
 from phase_rate_limit import rate_limited_drain
 from phase_recovery import RETRY_INTERVAL_SECONDS, recovery
 from phase_scale import scale_out
+from phase_sink import sink_drain
 from phase_throughput import throughput
 from report import build_table, markdown_table, print_table
 
@@ -90,6 +93,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("rateLimit", lambda: rate_limited_drain(bench)),
         ("batches", lambda: batched_drain(bench, _drain_rate(metrics))),
         ("hubspot", lambda: hubspot_drain(bench)),
+        ("sink", lambda: sink_drain(bench)),
     ]
     try:
         for key, phase in phases:
