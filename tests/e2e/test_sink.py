@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 from kafka_support import Broker, Topics, read_topic
 from support import (
@@ -377,6 +378,29 @@ async def test_a_sink_killed_mid_batch_and_started_again_loses_nothing_and_dupli
             assert before < customers * versions  # mid-stream
             sink.start()
             await eventually(lambda: _all_synced(client, versions, customers), within=90)
+
+            # The same events again (a publish repeated, say): each is recognised by its
+            # eventId and answered with its status again; none reaches the CRM twice.
+            copies = (await read_topic(kafka_broker, topics.events, at_least=customers))[:20]
+            ids_again = [json.loads(m.value)["eventId"] for m in copies]
+            before = await _status_counts(kafka_broker, topics.status, at_least=customers)
+            calls = len(_ours(await crm_control.requests()))
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+            await producer.start()
+            try:
+                for message in copies:
+                    await producer.send_and_wait(
+                        topics.events, key=message.key, value=message.value
+                    )
+            finally:
+                await producer.stop()
+
+            async def answered_again() -> bool:
+                now = await _status_counts(kafka_broker, topics.status, at_least=customers)
+                return all(now[e] > before[e] for e in ids_again)
+
+            await eventually(answered_again, within=30)
+            assert len(_ours(await crm_control.requests())) == calls
         ids = [c["id"] for c in written]
         contacts = await _contacts(crm.url, ids)
         assert sorted(contacts) == sorted(ids)
@@ -390,6 +414,30 @@ async def test_a_sink_killed_mid_batch_and_started_again_loses_nothing_and_dupli
             # In order; a batch cut short by the kill may land once more, never behind.
             assert seen == sorted(seen), (customer_id, seen)
             assert seen[-1] == versions
+
+
+async def _status_counts(broker: Broker, topic: str, at_least: int) -> Counter[str]:
+    """How many status events each eventId has on `topic`: read from the start until
+    `at_least` are found and three polls in a row bring nothing new."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    counts: Counter[str] = Counter()
+    try:
+        quiet = 0
+        while sum(counts.values()) < at_least or quiet < 3:
+            batches = await consumer.getmany(timeout_ms=200)
+            quiet = 0 if batches else quiet + 1
+            for messages in batches.values():
+                counts.update(json.loads(m.value)["eventId"] for m in messages)
+    finally:
+        await consumer.stop()
+    return counts
 
 
 async def test_two_sinks_share_four_partitions(

@@ -55,7 +55,9 @@ def _raw(event_type: str = "UPDATE", version: int = 2, **extra: object) -> bytes
     return json.dumps(body).encode()
 
 
-def _event(customer_id: int, version: int, operation: Operation = Operation.UPDATE) -> CustomerEvent:
+def _event(
+    customer_id: int, version: int, operation: Operation = Operation.UPDATE
+) -> CustomerEvent:
     return CustomerEvent(f"e{customer_id}-{version}", operation, customer_id, version, NOW, {})
 
 
