@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -347,6 +348,49 @@ async def test_a_refused_record_is_dead_lettered_with_its_customers_later_events
         assert log[-1]["body"]["properties"]["email"] == "typo@example.com"
         contact = (await _contacts(crm.url, [typo["id"]]))[typo["id"]]
         assert contact["properties"]["lastname"] == "v2"
+
+
+async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
+    service_url: str,
+    crm: LiveServer,
+    crm_control: CrmControl,
+    kafka_broker: Broker,
+    tmp_path: Path,
+) -> None:
+    topics = Topics.fresh()
+    env = sink_env(kafka_broker, topics, service_url, crm, "hubspot")
+    async with service(service_url, crm, kafka_broker, topics) as client:
+        with sinks(env, tmp_path):
+            first = await _create(client, 0)
+            await eventually(lambda: _synced(client, first["id"], 1), within=30)
+            await crm_control.faults(down=True, statusCode=503)
+            customers = [await _create(client, n) for n in range(1, 4)]
+            await _put(client, customers[0], lastName="v2")
+
+            async def outage(probes: int) -> tuple[int, int] | None:
+                log = await crm_control.requests()
+                refused = sum(1 for e in log if e["path"] == UPSERT and e["status"] == 503)
+                asked = sum(1 for e in log if e["path"] == CONTACTS and e["status"] == 503)
+                return (refused, asked) if refused and asked >= probes else None
+
+            # Held: a probe asks every RECOVERY_PROBE_SECONDS, one read at a time, and no
+            # upsert is tried meanwhile (with backoff alone, from 0.2 s to 1 s, the refused
+            # batch would have gone again several times).
+            refused, _ = await eventually(lambda: outage(3), within=30)
+            assert await eventually(lambda: outage(12), within=30) == (refused, ANY)
+            for customer in customers:
+                assert (await _customer(client, customer["id"]))["crm"]["status"] == "pending"
+            await crm_control.faults(down=False)
+
+            async def all_there() -> bool:
+                return await _synced(client, customers[0]["id"], 2) and all(
+                    [await _synced(client, c["id"], 1) for c in customers[1:]]
+                )
+
+            await eventually(all_there, within=30)
+        contacts = await _contacts(crm.url, [c["id"] for c in customers])
+        assert contacts[customers[0]["id"]]["properties"]["lastname"] == "v2"
+        assert len(contacts) == 3
 
 
 async def test_a_sink_killed_mid_batch_and_started_again_loses_nothing_and_duplicates_nothing(
