@@ -25,7 +25,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from asgi_lifespan import LifespanManager
-from kafka_support import Broker, Topics, read_topic
+from kafka_support import Broker, Topics, read_topic, running_broker
 from support import (
     CrmControl,
     LiveServer,
@@ -391,6 +391,27 @@ async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
         contacts = await _contacts(crm.url, [c["id"] for c in customers])
         assert contacts[customers[0]["id"]]["properties"]["lastname"] == "v2"
         assert len(contacts) == 3
+
+
+async def test_the_sink_carries_on_after_the_broker_restarts_empty(
+    service_url: str, crm: LiveServer, crm_control: CrmControl, tmp_path: Path
+) -> None:
+    topics = Topics.fresh()
+    with running_broker() as broker:
+        env = sink_env(broker, topics, service_url, crm, "hubspot")
+        async with service(service_url, crm, broker, topics) as client:
+            with sinks(env, tmp_path):
+                customer = await _create(client, 1)
+                await eventually(lambda: _synced(client, customer["id"], 1), within=30)
+                broker.kill()
+                broker.start()  # the same port; memory storage: an empty broker
+                await _put(client, customer, lastName="v2")
+                later = await _create(client, 2)
+                await eventually(lambda: _synced(client, customer["id"], 2), within=60)
+                await eventually(lambda: _synced(client, later["id"], 1), within=30)
+    contacts = await _contacts(crm.url, [customer["id"], later["id"]])
+    assert contacts[customer["id"]]["properties"]["lastname"] == "v2"
+    assert len(await crm_control.records()) == 2
 
 
 async def test_a_sink_killed_mid_batch_and_started_again_loses_nothing_and_duplicates_nothing(
