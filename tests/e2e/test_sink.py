@@ -538,3 +538,21 @@ async def test_two_sinks_share_four_partitions(
         assert len(await crm_control.records()) == customers
         delivered = {int(c["id"]): (await _customer(client, c["id"]))["crm"]["id"] for c in written}
         assert delivered == {cid: contacts[cid]["id"] for cid in ids}
+
+
+def test_the_sink_refuses_a_database_that_is_not_migrated(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "customer_service", "sink"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "run 'customer-service migrate' first" in done.stderr
