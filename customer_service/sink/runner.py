@@ -74,6 +74,8 @@ POLL_MS = 200
 FETCH_MAX_WAIT_MS = 50
 # Events read per poll, at most.
 MAX_POLL_RECORDS = 2000
+# Events per batch at least (see `Sink.__init__`).
+MIN_BATCH = 500
 # Events read and not yet settled per partition before it is paused.
 MAX_UNSETTLED = 10_000
 COMMIT_TIMEOUT_SECONDS = 5.0
@@ -119,8 +121,12 @@ class Sink:
         self._next_probe = 0.0
         # Counts the rebalances that took partitions away.
         self._generation = 0
-        # How many events per batch at most: enough for every call in flight.
-        self._batch_limit = max(1, connector.batch_size) * max(1, connector.calls_in_flight)
+        # How many events per batch at most: enough for every call in flight, and with one
+        # event per call a poll's worth (the calls take turns at the in-flight limit), so
+        # a batch's settling (a read, a write, the statuses, a commit) is shared widely.
+        self._batch_limit = max(
+            MIN_BATCH, max(1, connector.batch_size) * max(1, connector.calls_in_flight)
+        )
 
     def stop(self) -> None:
         self._stop.set()
