@@ -350,6 +350,33 @@ async def test_a_refused_record_is_dead_lettered_with_its_customers_later_events
         assert contact["properties"]["lastname"] == "v2"
 
 
+async def test_a_message_that_is_no_event_is_dead_lettered_and_its_partition_goes_on(
+    service_url: str,
+    crm: LiveServer,
+    crm_control: CrmControl,
+    kafka_broker: Broker,
+    tmp_path: Path,
+) -> None:
+    topics = Topics.fresh()
+    env = sink_env(kafka_broker, topics, service_url, crm, "mock")
+    async with service(service_url, crm, kafka_broker, topics) as client:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await producer.start()
+        try:
+            for key in (b"1", b"2", b"3", b"4"):  # keyed as the customers written next
+                await producer.send_and_wait(topics.events, key=key, value=b"{not json")
+        finally:
+            await producer.stop()
+        with sinks(env, tmp_path):
+            customers = [await _create(client, n) for n in range(4)]
+            for customer in customers:
+                await eventually(lambda c=customer: _synced(client, c["id"], 1), within=30)
+        letters = await read_topic(kafka_broker, topics.dlq, at_least=4)
+        assert [m.value for m in letters] == [b"{not json"] * 4
+        assert all(b"invalid event" in dict(m.headers)["error"] for m in letters)
+        assert len(await crm_control.records()) == 4
+
+
 async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
     service_url: str,
     crm: LiveServer,
