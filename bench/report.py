@@ -172,6 +172,17 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             ">= 3, none dead (issue 18)",
             verdict(sf["ratio"] >= 3 and sf["dead"] == 0),
         )
+    if sk := measured("sink"):
+        one = sk["oneCallPerEvent"]["perSecond"]
+        row(
+            f"13 sink: {sk['events']} events to the HubSpot face, batches of {sk['batchSize']}"
+            " / one call per event (mock API)",
+            _fmt(sk["hubspot"]["perSecond"], "/s"),
+            _fmt(one, "/s"),
+            sk["ratio"],
+            ">= 3 (issue 19)",
+            verdict(sk["ratio"] >= 3),
+        )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

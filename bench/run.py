@@ -19,12 +19,14 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
    (`phase_batch`);
 11. the drain through the CRM mock's HubSpot face at 10 calls a second (`phase_hubspot`);
 12. the drain through the CRM mock's Salesforce face against one call per change
-   (`phase_salesforce`).
+   (`phase_salesforce`);
+13. `customer-service sink` through the HubSpot face with batches against one call per
+   event (`phase_sink`).
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
 `BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
-bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot, salesforce).
+bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot, salesforce, sink).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from phase_rate_limit import rate_limited_drain
 from phase_recovery import RETRY_INTERVAL_SECONDS, recovery
 from phase_salesforce import salesforce_drain
 from phase_scale import scale_out
+from phase_sink import sink_drain
 from phase_throughput import throughput
 from report import build_table, markdown_table, print_table
 
@@ -94,6 +97,7 @@ async def run_all(params: Params, servers: Servers, database: Database) -> dict[
         ("batches", lambda: batched_drain(bench, _drain_rate(metrics))),
         ("hubspot", lambda: hubspot_drain(bench)),
         ("salesforce", lambda: salesforce_drain(bench, _drain_rate(metrics))),
+        ("sink", lambda: sink_drain(bench)),
     ]
     try:
         for key, phase in phases:

@@ -1,5 +1,5 @@
-"""The `customer-service` command: serve | migrate | retry | failed list/replay/discard |
-reconcile [--repair]."""
+"""The `customer-service` command: serve | migrate | retry | sink | failed
+list/replay/discard | reconcile [--repair]."""
 
 import argparse
 import asyncio
@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the HTTP API and the retry job")
     commands.add_parser("migrate", help="bring the database schema up to date")
     commands.add_parser("retry", help="run one retry pass now and print what it did")
+    commands.add_parser(
+        "sink", help="deliver KAFKA_TOPIC's customer events to the CRM that CRM_CONNECTOR names"
+    )
     failed = commands.add_parser("failed", help="look at and act on undelivered requests")
     actions = failed.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="list undelivered requests")
@@ -112,6 +115,35 @@ async def _retry(settings: Settings) -> int:
     return 0
 
 
+async def _sink(settings: Settings) -> int:
+    """`customer-service sink`: until SIGINT or SIGTERM (README, "Kafka sink")."""
+    import signal
+
+    from customer_service.db import create_sessionmaker, engine_for
+    from customer_service.migrate import schema_problem
+    from customer_service.sink.runner import Sink
+    from customer_service.sync.connector import build_connector
+
+    problem = await schema_problem(settings.database_url)
+    if problem is not None:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 2
+    engine = engine_for(settings)
+    sessionmaker = create_sessionmaker(engine)
+    connector = build_connector(settings, sessionmaker, crm=True)
+    try:
+        await connector.start(serving=False)
+        sink = Sink(settings, sessionmaker, connector)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, sink.stop)
+        await sink.run()
+    finally:
+        await connector.close()
+        await engine.dispose()
+    return 0
+
+
 async def _reconcile(settings: Settings, repair: bool) -> int:
     """Print the report; 0 when there is no drift or every fix was queued, 1 otherwise."""
     from customer_service.db import create_sessionmaker, engine_for
@@ -194,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "retry":
             return asyncio.run(_retry(settings))
+        if args.command == "sink":
+            return asyncio.run(_sink(settings))
         if args.command == "reconcile":
             return asyncio.run(_reconcile(settings, args.repair))
         return asyncio.run(_failed(settings, args))

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     # Not in the first contract: the status reader's group session. A joining member waits up to
     # this (Tansu: half of it) before it reads; Apache Kafka accepts 6 s and more by default.
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
+    # `customer-service sink` (README, "Kafka sink"): its consumer group (every sink process
+    # of one group shares the partitions) and where it puts what the CRM refuses for good.
+    kafka_sink_group_id: str = Field(default="customer-service-sink", min_length=1)
+    kafka_dlq_topic: str = Field(default="customer-events.dlq", min_length=1)
     # Reconcile with the CRM (and repair the drift) this often; 0 switches it off.
     reconcile_interval_seconds: float = Field(default=0.0, ge=0)
     api_key: str = Field(default="", repr=False)

@@ -71,6 +71,17 @@ def to_mock_record(payload: dict[str, Any]) -> dict[str, Any]:
     ).to_json()
 
 
+def address_parts_of(payload: dict[str, Any] | None) -> dict[str, str | None] | None:
+    """An outbox payload's address, part by part as the API has it (`street`, `city`,
+    `state`, `postalCode`, `country`): what a Kafka event carries besides the mock's record,
+    whose address is one string, so that a consumer writing to a CRM that keeps the parts
+    apart (`customer-service sink`) need not split it. None for a DELETE or a payload
+    written before payloads were snapshots."""
+    if payload is None or "externalId" in payload:
+        return None
+    return {part: payload.get(f"address.{part}") for part in ADDRESS_PARTS}
+
+
 class CustomerMapper:
     """Pure mapping, no I/O."""
 

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from customer_service.config import Settings
 from customer_service.customers import models as _customers  # noqa: F401
 from customer_service.db import Base, create_engine
+from customer_service.sink import models as _sink  # noqa: F401
 from customer_service.sync import models as _sync  # noqa: F401
 
 config = context.config

@@ -79,10 +79,13 @@ def build_connector(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     on_call: CallObserver | None = None,
+    *,
+    crm: bool = False,
 ) -> Connector:
-    """The connector `SYNC_MODE` names (README, "Connectors")."""
+    """The connector `SYNC_MODE` names (README, "Connectors"); `crm`: the CRM's own, the
+    one `CRM_CONNECTOR` names, whatever `SYNC_MODE` says (`customer-service sink`'s)."""
     # Imported here: each connector pulls in its own client library.
-    if settings.sync_mode == SyncMode.KAFKA:
+    if settings.sync_mode == SyncMode.KAFKA and not crm:
         from customer_service.sync.connectors.kafka import KafkaConnector
 
         return KafkaConnector(settings, sessionmaker, on_call)

@@ -27,6 +27,7 @@ APP_OF = {
     "customer-service": Settings,
     "crm-mock": CrmSettings,
     "crm-consumer": CrmSettings,
+    "sink": Settings,
 }
 
 
@@ -49,7 +50,7 @@ def _config(*profiles: str) -> dict[str, Any]:
     return config
 
 
-@pytest.mark.parametrize("profiles", [(), ("kafka",)])
+@pytest.mark.parametrize("profiles", [(), ("kafka",), ("kafka-sink",)])
 def test_compose_file_passes_the_compose_v2_validator(profiles: tuple[str, ...]) -> None:
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
     result = _compose(*flags, "config", "--quiet")
@@ -90,8 +91,20 @@ def test_default_and_kafka_profiles_run_the_right_services() -> None:
         assert kafka[name]["healthcheck"]["test"], name
 
 
+def test_the_kafka_sink_profile_runs_the_sink_instead_of_the_mocks_consumer() -> None:
+    plain = _config()["services"]
+    services = _config("kafka-sink")["services"]
+    assert set(services) == set(plain) | {"kafka", "sink"}
+    sink = services["sink"]
+    assert sink["command"] == ["customer-service", "sink"]
+    assert sink["environment"]["CRM_CONNECTOR"] == "hubspot"
+    assert sink["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert sink["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert "export SYNC_MODE=kafka" in " ".join(services["customer-service"]["command"])
+
+
 def test_every_variable_set_on_our_images_is_a_real_setting() -> None:
-    services = _config("kafka")["services"]
+    services = _config("kafka", "kafka-sink")["services"]
     ours = {n for n, s in services.items() if Path(s.get("build", {}).get("context", "/")) == ROOT}
     assert ours == set(APP_OF)
     for name in ours:

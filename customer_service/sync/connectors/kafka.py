@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.crm.client import CrmClient
-from customer_service.crm.mapper import to_mock_record
+from customer_service.crm.mapper import address_parts_of, to_mock_record
 from customer_service.sync.connector import CallObserver, Change
 from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.kafka_admin import ensure_topics, ms, stop_quietly
@@ -45,7 +45,9 @@ EVENT_TYPE_HEADER = "eventType"
 
 def event_of(row: OutboxRow) -> dict[str, Any]:
     """The event that carries `row` (README: the Kafka alternative); `customer` is null for
-    a DELETE."""
+    a DELETE. `addressParts` (the address part by part, null for a DELETE) is ours, beyond
+    SPEC section 5's fields: `customer-service sink` needs it for CRMs that keep the parts
+    apart; other consumers ignore it."""
     occurred = row.created_at.isoformat().replace("+00:00", "Z")
     return {
         "eventId": row.idempotency_key,
@@ -56,6 +58,7 @@ def event_of(row: OutboxRow) -> dict[str, Any]:
         "customer": None
         if row.operation == Operation.DELETE
         else to_mock_record(row.payload or {}),
+        "addressParts": address_parts_of(row.payload),
     }
 
 

@@ -39,13 +39,39 @@ def test_an_update_becomes_the_event_of_the_contract() -> None:
         "version": 3,
         "occurredAt": "2026-11-24T10:00:00Z",
         "customer": PAYLOAD,
+        "addressParts": None,  # a payload written before snapshots: the record only
     }
     assert json.loads(encode_event(event)) == event
+
+
+def test_an_event_carries_the_address_part_by_part_besides_the_joined_one() -> None:
+    snapshot = {
+        "id": 42,
+        "firstName": "Ada",
+        "lastName": "Lovelace",
+        "email": "ada@example.com",
+        "phone": None,
+        "address.street": "12 St James's Square, Flat 2",
+        "address.city": "London",
+        "address.state": None,
+        "address.postalCode": "SW1Y 4JH",
+        "address.country": "GB",
+    }
+    event = event_of(_row(Operation.UPDATE, snapshot))
+    assert event["customer"]["address"] == "12 St James's Square, Flat 2, London, SW1Y 4JH, GB"
+    assert event["addressParts"] == {
+        "street": "12 St James's Square, Flat 2",
+        "city": "London",
+        "state": None,
+        "postalCode": "SW1Y 4JH",
+        "country": "GB",
+    }
 
 
 def test_a_delete_carries_no_customer() -> None:
     event = event_of(_row(Operation.DELETE, None))
     assert event["eventType"] == "DELETE" and event["customer"] is None
+    assert event["addressParts"] is None
 
 
 def test_status_events_are_read_and_anything_else_is_skipped() -> None:
