@@ -130,16 +130,16 @@ async def _drain(
     bench: Bench, broker: Server, bootstrap: str, connector: str, n: int
 ) -> dict[str, Any]:
     crm = await bench.start_crm(f"p13-crm-{connector}")
-    database = await bench.new_database(f"p12-sink-{connector}")
+    database = await bench.new_database(f"p13-sink-{connector}")
     settings = {
         "DATABASE_URL": database,
         "CRM_CONNECTOR": connector,
         "CRM_BASE_URL": crm.base_url,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_TOPIC": f"p12-{connector}.events",
-        "KAFKA_STATUS_TOPIC": f"p12-{connector}.status",
-        "KAFKA_DLQ_TOPIC": f"p12-{connector}.dlq",
-        "KAFKA_SINK_GROUP_ID": f"p12-{connector}",
+        "KAFKA_TOPIC": f"p13-{connector}.events",
+        "KAFKA_STATUS_TOPIC": f"p13-{connector}.status",
+        "KAFKA_DLQ_TOPIC": f"p13-{connector}.dlq",
+        "KAFKA_SINK_GROUP_ID": f"p13-{connector}",
         "KAFKA_IDEMPOTENT_PRODUCER": "false",
         "KAFKA_SESSION_TIMEOUT_SECONDS": "2",
         "LOG_FORMAT": "text",
@@ -154,7 +154,7 @@ async def _drain(
         settings["CRM_BATCH_SIZE"] = "1"
     spawned = time.monotonic()
     sink = bench.servers.start(
-        f"p12-sink-{connector}", [bench.customer_service, "sink"], clean_env(**settings), 0
+        f"p13-sink-{connector}", [bench.customer_service, "sink"], clean_env(**settings), 0
     )
 
     async def records() -> int:
