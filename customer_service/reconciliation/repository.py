@@ -3,13 +3,14 @@
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.crm.mapper import CustomerMapper
 from customer_service.customers.models import Customer
 from customer_service.reconciliation.compare import Local
-from customer_service.sync.models import FailedRequest
+from customer_service.sync import unconfirmed
+from customer_service.sync.models import FailedRequest, UnconfirmedEvent
 
 
 def mock_record(customer: Customer) -> Mapping[str, Any]:
@@ -29,6 +30,9 @@ async def local_state(
     customers = (await session.scalars(select(Customer).where(Customer.id.in_(ids)))).all()
     queued = select(FailedRequest.customer_id).where(FailedRequest.customer_id.in_(ids))
     busy = set((await session.scalars(queued.distinct())).all())
+    # Kafka mode: a version published and not confirmed is on its way too (published
+    # again if the broker lost it).
+    busy |= await unconfirmed.customers_awaiting(session, list(ids))
     found = {c.id: Local(expected(c), c.id in busy) for c in customers}
     for customer_id in busy - found.keys():
         found[customer_id] = Local(None, True)
@@ -38,7 +42,10 @@ async def local_state(
 async def customers_after(session: AsyncSession, after: int, limit: int) -> list[tuple[int, bool]]:
     """The next `limit` customer ids above `after`, each with whether requests of it wait
     (keyset paging: no offset to skip, whatever the table's size)."""
-    busy = exists().where(FailedRequest.customer_id == Customer.id)
+    busy = or_(
+        exists().where(FailedRequest.customer_id == Customer.id),
+        exists().where(UnconfirmedEvent.customer_id == Customer.id),
+    )
     query = (
         select(Customer.id, busy.label("busy"))
         .where(Customer.id > after)
@@ -50,4 +57,6 @@ async def customers_after(session: AsyncSession, after: int, limit: int) -> list
 
 async def has_requests(session: AsyncSession, customer_id: int) -> bool:
     query = select(FailedRequest.id).where(FailedRequest.customer_id == customer_id).limit(1)
-    return (await session.scalar(query)) is not None
+    if (await session.scalar(query)) is not None:
+        return True
+    return bool(await unconfirmed.customers_awaiting(session, [customer_id]))

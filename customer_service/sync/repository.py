@@ -223,7 +223,8 @@ async def settle(
     if ids and not confirmed:
         # Kafka mode: what each publish carried (the newest row it settles, `plan`) stays
         # the service's until the CRM confirms it (`sync.unconfirmed`).
-        await unconfirmed.keep(connection, [max(one.row_ids) for one in delivered], now)
+        sent = [max(one.row_ids) for one in delivered if one.row_ids]
+        await unconfirmed.keep(connection, sent, now)
     if ids:
         await connection.execute(DELETE_REQUESTS, {"b_ids": ids})
     if confirmed:

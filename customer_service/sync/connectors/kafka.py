@@ -96,7 +96,7 @@ class KafkaConnector:
         self._reader = CrmClient(settings, on_call=on_call)
         self._status = StatusConsumer(settings, sessionmaker)
         # What the broker took stays ours until the CRM confirms it (`sync.republisher`).
-        self._republisher = Republisher(settings, sessionmaker, self.send)
+        self._republisher = Republisher(settings, sessionmaker, self.publish_again)
         self._serving = False
         self._starting_task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -172,6 +172,13 @@ class KafkaConnector:
             failed = _publish_failed(exc)
             return [failed for _ in changes]
         return list(await asyncio.gather(*(self._publish(producer, c) for c in changes)))
+
+    async def publish_again(self, changes: Sequence[Change]) -> list[Outcome]:
+        """`send` for versions the CRM never confirmed (`sync.republisher`): the broker
+        may have lost them by restarting empty, so the topics are looked at first (a
+        publish to a topic such a broker no longer knows would never be consumed)."""
+        self._topics_ready = False
+        return await self.send(changes)
 
     async def _publish(self, producer: AIOKafkaProducer, change: Change) -> Outcome:
         row = change.request  # the CRM's consumer finds the record by externalId
