@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from support import FakeConnector, reset_postgres
 
@@ -18,6 +18,7 @@ from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
 from customer_service.db import create_engine, create_sessionmaker
+from customer_service.reconciliation import repository as reconciliation
 from customer_service.sync import outbox, repository, unconfirmed
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
@@ -368,3 +369,36 @@ async def test_two_replicas_never_publish_one_version_again_twice(
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_reconciliation_in_kafka_mode_counts_a_version_awaiting_the_crm_as_on_its_way(
+    sql_engine: AsyncEngine,
+) -> None:
+    sessionmaker = create_sessionmaker(sql_engine)
+    awaiting, settled = await _customers(sessionmaker, 2)
+    gone = settled + 100  # deleted here; its DELETE not confirmed yet
+    async with sessionmaker() as session, session.begin():
+        await session.execute(delete(FailedRequest))  # both published
+    await _put_unconfirmed(sessionmaker, [(awaiting, 1, utc_now()), (gone, 2, utc_now())])
+    async with sessionmaker() as session:
+        kafka = await reconciliation.local_state(session, [awaiting, settled, gone], awaiting=True)
+        http = await reconciliation.local_state(session, [awaiting, settled, gone])
+        assert {cid: local.busy for cid, local in kafka.items()} == {
+            awaiting: True,
+            settled: False,
+            gone: True,
+        }
+        assert {cid: local.busy for cid, local in http.items()} == {
+            awaiting: False,
+            settled: False,
+        }
+        assert await reconciliation.customers_after(session, 0, 10, awaiting=True) == [
+            (awaiting, True),
+            (settled, False),
+        ]
+        assert await reconciliation.customers_after(session, 0, 10) == [
+            (awaiting, False),
+            (settled, False),
+        ]
+        assert await reconciliation.has_requests(session, gone, awaiting=True)
+        assert not await reconciliation.has_requests(session, gone)
