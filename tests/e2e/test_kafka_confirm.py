@@ -6,6 +6,7 @@ running again, each event published again with its own eventId, and the CRM hold
 record per customer."""
 
 import json
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -15,10 +16,23 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from kafka_support import Broker, Topics, consumers, read_topic, running_broker
-from support import CrmControl, LiveServer, crm_view, eventually, expected_crm_record
+from sqlalchemy import func, select
+from support import (
+    CrmControl,
+    LiveServer,
+    crm_view,
+    eventually,
+    expected_crm_record,
+    free_port,
+    loopback_client,
+    reset_postgres,
+    service_process,
+)
 
 from customer_service.app import create_app
 from customer_service.config import Settings
+from customer_service.db import create_engine
+from customer_service.sync.models import UnconfirmedEvent
 
 CONFIRM_SECONDS = 3.0
 CUSTOMERS = 50
@@ -113,14 +127,7 @@ async def test_a_broker_restarted_empty_with_50_customers_unapplied_loses_nothin
                 converged = time.monotonic() - started
             assert converged <= CONFIRM_SECONDS + 12, converged
 
-            # No duplicate record, each equal to its customer, with the customer's CRM id.
-            records = await crm_control.records()
-            assert sorted(r["externalId"] for r in records) == sorted(str(i) for i in ids)
-            by_external_id = {r["externalId"]: r for r in records}
-            for customer in await _customers(client):
-                record = by_external_id[str(customer["id"])]
-                assert crm_view(record) == expected_crm_record(customer)
-                assert customer["crm"]["id"] == record["id"]
+            await _assert_one_record_each(client, crm_control, ids)
             # What the CRM applied was the events published before, again: same eventIds,
             # each customer's in order.
             applied: dict[int, list[int]] = defaultdict(list)
@@ -138,6 +145,101 @@ async def test_a_broker_restarted_empty_with_50_customers_unapplied_loses_nothin
                 return await _metric(client, "crm_sync_kafka_unconfirmed_events") == 0
 
             await eventually(nothing_awaits)
+
+
+async def _assert_one_record_each(
+    client: httpx.AsyncClient, crm_control: CrmControl, ids: list[int]
+) -> None:
+    """No duplicate CRM record: one per customer, equal to it, with its CRM id."""
+    records = await crm_control.records()
+    assert sorted(r["externalId"] for r in records) == sorted(str(i) for i in ids)
+    by_external_id = {r["externalId"]: r for r in records}
+    for customer in await _customers(client):
+        record = by_external_id[str(customer["id"])]
+        assert crm_view(record) == expected_crm_record(customer)
+        assert customer["crm"]["id"] == record["id"]
+
+
+async def test_two_replicas_one_killed_while_publishing_again_still_lose_nothing(
+    postgres_database: str, crm: LiveServer, crm_control: CrmControl, tmp_path: Path
+) -> None:
+    """Two service processes on one PostgreSQL; after the broker restarted empty, one is
+    SIGKILLed once they have started publishing the lost versions again (its claims, and
+    its share of the status topic, go to the other)."""
+    await reset_postgres(postgres_database)
+    topics = Topics.fresh()
+    with running_broker() as broker:
+        env = {
+            "SYNC_MODE": "kafka",
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "KAFKA_TOPIC": topics.events,
+            "KAFKA_STATUS_TOPIC": topics.status,
+            "KAFKA_IDEMPOTENT_PRODUCER": "false",
+            "KAFKA_SESSION_TIMEOUT_SECONDS": "2",
+            "KAFKA_CONFIRM_SECONDS": str(CONFIRM_SECONDS),
+            "CRM_TIMEOUT_SECONDS": "1",
+            "RETRY_INTERVAL_SECONDS": "1",
+            "RETRY_BACKOFF_BASE_SECONDS": "0.2",
+            "RETRY_BACKOFF_MAX_SECONDS": "1",
+            "RETRY_MAX_ATTEMPTS": "1000",
+        }
+        crm_env = topics.crm_env(broker, f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}")
+        ports = [free_port(), free_port()]
+        database = create_engine(postgres_database)
+        async with (
+            service_process(postgres_database, crm.url, ports[0], **env) as doomed,
+            service_process(postgres_database, crm.url, ports[1], **env),
+            loopback_client(f"http://127.0.0.1:{ports[0]}") as first,
+            loopback_client(f"http://127.0.0.1:{ports[1]}") as survivor,
+        ):
+            ids = []
+            for n in range(CUSTOMERS):
+                client = first if n % 2 else survivor
+                body = {"firstName": "R1", "lastName": "Replica", "email": f"r{n}@example.com"}
+                created = await client.post("/api/customers", json=body)
+                assert created.status_code == 201, created.text
+                ids.append(created.json()["id"])
+                body["firstName"] = "R2"
+                updated = await client.put(f"/api/customers/{ids[-1]}", json=body)
+                assert updated.status_code == 200, updated.text
+
+            async def all_published() -> bool:
+                page = (await survivor.get("/api/failed-requests")).json()
+                return bool(page["total"] == 0)
+
+            await eventually(all_published, within=30)
+            broker.kill()
+            broker.start()  # empty
+
+            async def publishing_again() -> bool:
+                async with database.connect() as connection:
+                    again = select(func.count()).where(UnconfirmedEvent.publications > 1)
+                    return bool(await connection.scalar(again))
+
+            await eventually(publishing_again, within=CONFIRM_SECONDS + 15)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(timeout=10)
+
+            async with consumers(crm_env):
+
+                async def all_synced() -> bool:
+                    customers = await _customers(survivor)
+                    return len(customers) == CUSTOMERS and all(
+                        c["crm"]["status"] == "synced" and c["crm"]["syncedVersion"] == 2
+                        for c in customers
+                    )
+
+                # The killed replica's claims lapse (CLAIM_LEASE_SECONDS 2 in tests) and
+                # its status partitions move over (session 2 s) within the margin.
+                await eventually(all_synced, within=CONFIRM_SECONDS + 20)
+            await _assert_one_record_each(survivor, crm_control, ids)
+            assert (await survivor.get("/api/failed-requests")).json()["total"] == 0
+
+            async def nothing_awaits() -> bool:
+                return await _metric(survivor, "crm_sync_kafka_unconfirmed_events") == 0
+
+            await eventually(nothing_awaits)
+        await database.dispose()
 
 
 def _body(message: Any) -> dict[str, Any]:
