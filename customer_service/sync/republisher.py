@@ -114,8 +114,9 @@ class Republisher:
             try:
                 while not self._stopping.is_set():
                     done = await self.run_pass()
-                    # A full pass may have left more: go on at once; else wait.
-                    if done.customers < PASS_CUSTOMERS or done.failed:
+                    # A full pass that published may have left more: go on at once.
+                    # Else wait (customers held elsewhere are looked at next time).
+                    if done.customers < PASS_CUSTOMERS or done.failed or not done.published:
                         break
             except Exception:
                 log.warning("publishing unconfirmed versions again failed", exc_info=True)

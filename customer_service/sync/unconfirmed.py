@@ -35,46 +35,30 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from customer_service.columns import UTCDateTime
 from customer_service.customers.models import Customer
-from customer_service.sync.models import FailedRequest, QueuedRequest, UnconfirmedEvent
+from customer_service.sync.models import QueuedRequest, UnconfirmedEvent
 
 _events = cast(Table, UnconfirmedEvent.__table__)
-_requests = cast(Table, FailedRequest.__table__)
 _customers = cast(Table, Customer.__table__)
 
-# The outbox rows a batch published, copied before they are deleted.
-_KEEP = _events.insert().from_select(
-    [
-        "id",
-        "customer_id",
-        "operation",
-        "version",
-        "payload",
-        "event_id",
-        "occurred_at",
-        "published_at",
-        "publications",
-    ],
-    select(
-        _requests.c.id,
-        _requests.c.customer_id,
-        _requests.c.operation,
-        _requests.c.version,
-        _requests.c.payload,
-        _requests.c.idempotency_key,
-        _requests.c.created_at,
-        bindparam("b_now", type_=UTCDateTime()),
-        literal(1, Integer),
-    ).where(_requests.c.id.in_(bindparam("b_ids", expanding=True))),
-)
+# The outbox rows a batch published, copied before they are deleted. Plain SQL that both
+# databases speak: a row kept already (two settles of one row, after a lapsed claim) is
+# left as it is instead of failing the whole settle.
+_KEEP = text(
+    "INSERT INTO unconfirmed_events (id, customer_id, operation, version, payload, event_id,"
+    " occurred_at, published_at, publications)"
+    " SELECT id, customer_id, operation, version, payload, idempotency_key, created_at,"
+    " :b_now, 1 FROM failed_requests WHERE id IN :b_ids"
+    " ON CONFLICT (id) DO NOTHING"
+).bindparams(bindparam("b_ids", expanding=True), bindparam("b_now", type_=UTCDateTime()))
 # Run once per status batch, with every status's parameters (executemany).
 _CONFIRM = delete(_events).where(
     _events.c.customer_id == bindparam("b_customer"),

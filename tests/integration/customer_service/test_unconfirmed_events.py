@@ -176,6 +176,22 @@ async def test_a_kafka_batch_keeps_what_each_publish_carried_until_the_crm_repor
     assert {cid: [r.version for r in rows] for cid, rows in left.items()} == {a: [3]}
 
 
+async def test_a_row_kept_twice_is_kept_once_and_fails_no_settle(sql_engine: AsyncEngine) -> None:
+    """Two settles of one published row (a batch whose claim lapsed, and the batch that
+    took the customer over): the second keeps nothing more and raises nothing."""
+    sessionmaker = create_sessionmaker(sql_engine)
+    (a,) = await _customers(sessionmaker, 1)
+    async with sessionmaker() as session:
+        row_id = await session.scalar(select(FailedRequest.id))
+    assert row_id is not None
+    for _ in range(2):
+        async with sessionmaker() as session, session.begin():
+            connection = await session.connection()
+            await unconfirmed.keep(connection, [row_id], utc_now())
+    kept = await _unconfirmed(sessionmaker)
+    assert [(r.id, r.version, r.publications) for r in kept[a]] == [(row_id, 1, 1)]
+
+
 async def test_an_http_batch_keeps_nothing(sql_engine: AsyncEngine, database_url: str) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
     ids = await _customers(sessionmaker, 2, updates=1)
