@@ -160,6 +160,59 @@ async def _assert_one_record_each(
         assert customer["crm"]["id"] == record["id"]
 
 
+async def test_statuses_a_restarted_broker_lost_come_again_from_the_duplicates(
+    database_url: str, crm: LiveServer, crm_control: CrmControl, tmp_path: Path
+) -> None:
+    """The CRM applied every event, but the broker restarted empty before the service read
+    the statuses: the versions go again, the CRM skips them as duplicates (creating
+    nothing twice) and reports them applied again, and every customer is synced."""
+    topics = Topics.fresh()
+    count = 20
+    with running_broker() as broker:
+        env = topics.crm_env(broker, f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}")
+        settings = _settings(database_url, crm, broker, topics)
+        app = create_app(settings)
+        async with LifespanManager(app), _client(app) as client:
+            for n in range(count):
+                body = {"firstName": "S1", "lastName": "Status", "email": f"s{n}@example.com"}
+                assert (await client.post("/api/customers", json=body)).status_code == 201
+
+            async def all_published() -> bool:
+                page = (await client.get("/api/failed-requests")).json()
+                return bool(page["total"] == 0)
+
+            await eventually(all_published, within=30)
+        # The service is stopped: nobody reads the statuses the CRM's consumer now writes.
+        async with consumers(env):
+
+            async def all_applied() -> bool:
+                return len(await crm_control.records()) == count
+
+            await eventually(all_applied, within=30)
+        broker.kill()
+        broker.start()  # the statuses are gone with the events
+
+        app = create_app(settings)
+        async with LifespanManager(app), _client(app) as client:
+            assert all(c["crm"]["status"] == "pending" for c in await _customers(client))
+            async with consumers(env):
+
+                async def all_synced() -> bool:
+                    customers = await _customers(client)
+                    return len(customers) == count and all(
+                        c["crm"]["status"] == "synced" and c["crm"]["syncedVersion"] == 1
+                        for c in customers
+                    )
+
+                await eventually(all_synced, within=CONFIRM_SECONDS + 12)
+            ids = [c["id"] for c in await _customers(client)]
+            await _assert_one_record_each(client, crm_control, ids)
+            log = await crm_control.requests()
+            created = [e["externalId"] for e in log if e["method"] == "POST" and e["status"] == 201]
+            assert sorted(created) == sorted(str(i) for i in ids)  # each created once
+            assert sum(1 for e in log if e["status"] == 409) >= count  # the duplicates
+
+
 async def test_two_replicas_one_killed_while_publishing_again_still_lose_nothing(
     postgres_database: str, crm: LiveServer, crm_control: CrmControl, tmp_path: Path
 ) -> None:
