@@ -19,6 +19,10 @@ State machine of a row of `failed_requests` (one CRM request not yet delivered):
 
 (*) a 409 on CREATE is not a failure: the existing CRM record is adopted.
 
+In Kafka mode "delivered" is the broker's acknowledgement: the rows are deleted all the
+same, and the version the publish carried is kept in `unconfirmed_events` until the CRM
+reports it applied or dead (`sync.unconfirmed`, `sync.republisher`).
+
 A customer's rows are delivered one at a time, oldest first. A row that is not yet
 due, or dead, holds back the newer rows of the same customer, so the CRM never sees an
 older state after a newer one.
