@@ -51,7 +51,12 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         app.state.sessionmaker = sessionmaker
         app.state.delivery = delivery
         app.state.retry_job = retry_job
-        reconciler = Reconciler(sessionmaker, connector.reader(), kick=delivery.kick)
+        reconciler = Reconciler(
+            sessionmaker,
+            connector.reader(),
+            kick=delivery.kick,
+            confirms_later=connector.confirms_later,
+        )
         reconciler.listeners.append(metrics.observe_reconciliation)
         app.state.reconciler = reconciler
         interval = settings.reconcile_interval_seconds if run_scheduler else 0.0

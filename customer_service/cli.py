@@ -154,7 +154,9 @@ async def _reconcile(settings: Settings, repair: bool) -> int:
     sessionmaker = create_sessionmaker(engine)
     connector = build_connector(settings, sessionmaker)
     try:
-        reconciler = Reconciler(sessionmaker, connector.reader())
+        reconciler = Reconciler(
+            sessionmaker, connector.reader(), confirms_later=connector.confirms_later
+        )
         try:
             report = await reconciler.run(repair)
         except CrmReadFailed as exc:

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=4, ge=1, le=1000)
     # Tansu refuses InitProducerId; nothing relies on it, the CRM's consumer drops duplicates.
     kafka_idempotent_producer: bool = True
+    # A version the broker took and the CRM has not reported applied or dead within this
+    # is published again, same eventId (`sync.republisher`).
+    kafka_confirm_seconds: PositiveSeconds = 60.0
     # Not in the first contract: the status reader's group session. A joining member waits up to
     # this (Tansu: half of it) before it reads; Apache Kafka accepts 6 s and more by default.
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)

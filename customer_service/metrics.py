@@ -8,6 +8,9 @@ What an on-call person alerts on (sample rules in `docs/alerts.yml`):
 - `crm_sync_lag_seconds`: from the commit of a change to the CRM's acknowledgment of it;
 - `crm_sync_failed_requests{status}` and `crm_sync_oldest_undelivered_age_seconds`: the
   outbox, read from the database at each scrape;
+- `crm_sync_kafka_unconfirmed_events` and `crm_sync_kafka_oldest_unconfirmed_age_seconds`:
+  Kafka mode's versions published and not yet confirmed by the CRM (`sync.unconfirmed`),
+  read at each scrape; not in `crm_sync_failed_requests` (nothing failed);
 - `crm_sync_crm_up`: 0 while the CRM's last answer was none, a 5xx or a 429;
 - `crm_sync_deliveries_held{reason}`: 1 for the reason deliveries are held now
   (`sync.hold`: unreachable, certificate, credentials, rate_limited, crm_error), else 0;
@@ -80,6 +83,17 @@ class Metrics:
         self.oldest_age = Gauge(
             "crm_sync_oldest_undelivered_age_seconds",
             "Age of the oldest undelivered CRM request (0 when there is none).",
+            registry=r,
+        )
+        self.unconfirmed = Gauge(
+            "crm_sync_kafka_unconfirmed_events",
+            "Kafka mode: versions the broker took that the CRM has not reported applied or"
+            " dead yet (published again after KAFKA_CONFIRM_SECONDS).",
+            registry=r,
+        )
+        self.oldest_unconfirmed_age = Gauge(
+            "crm_sync_kafka_oldest_unconfirmed_age_seconds",
+            "Kafka mode: age of the oldest change awaiting the CRM's confirmation (0: none).",
             registry=r,
         )
         self.in_flight = Gauge(
@@ -171,6 +185,10 @@ class Metrics:
         for status in RequestStatus:
             self.undelivered.labels(status.value).set(counts.get(status.value, 0))
         self.oldest_age.set(oldest_age)
+
+    def set_unconfirmed(self, count: int, oldest_age: float) -> None:
+        self.unconfirmed.set(count)
+        self.oldest_unconfirmed_age.set(oldest_age)
 
     def set_process(self, in_flight: int, crm_suspect: bool, held: HoldReason | None) -> None:
         self.in_flight.set(in_flight)

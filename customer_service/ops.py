@@ -10,7 +10,7 @@ from sqlalchemy import text
 from customer_service.columns import utc_now
 from customer_service.errors import problem
 from customer_service.metrics import Metrics
-from customer_service.sync import repository
+from customer_service.sync import repository, unconfirmed
 
 router = APIRouter(tags=["operations"])
 
@@ -51,9 +51,13 @@ async def metrics(request: Request) -> Response:
     async with state.sessionmaker() as session:
         counts = await repository.count_by_status(session)
         oldest = await repository.oldest_created_at(session)
-    age = 0.0 if oldest is None else max(0.0, (utc_now() - oldest).total_seconds())
+        awaiting, oldest_awaiting = await unconfirmed.count_and_oldest(session)
+    now = utc_now()
+    age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
     registry: Metrics = state.metrics
     registry.set_outbox(counts, age)
+    awaiting_age = 0.0 if oldest_awaiting is None else (now - oldest_awaiting).total_seconds()
+    registry.set_unconfirmed(awaiting, max(0.0, awaiting_age))
     health = state.delivery.health
     registry.set_process(state.delivery.in_flight, health.suspect, health.held_by)
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

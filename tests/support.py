@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 T = TypeVar("T")
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-TABLES = ("customers", "failed_requests", "sync_claims", "sink_customers")
+TABLES = ("customers", "failed_requests", "sync_claims", "sink_customers", "unconfirmed_events")
 
 
 def postgres_url() -> str:

@@ -15,11 +15,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from customer_service.columns import utc_now
+from customer_service.config import SyncMode
 from customer_service.deps import RequestId, SessionDep
 from customer_service.metrics import Metrics
 from customer_service.reconciliation.reconciler import CrmReadFailed, Reconciler
 from customer_service.schemas import INT32_MAX
-from customer_service.sync import repository
+from customer_service.sync import repository, unconfirmed
 from customer_service.sync.models import RequestStatus
 from customer_service.sync.outbox import kick_after_commit
 
@@ -105,6 +106,8 @@ async def page(
     wanted, customer = _status_filter(status), _customer_filter(customer_id)
     counts = await repository.count_by_status(session)
     oldest = await repository.oldest_created_at(session)
+    # Kafka mode: published, not yet confirmed by the CRM; not undelivered requests.
+    awaiting, oldest_awaiting = await unconfirmed.count_and_oldest(session)
     rows, total = await repository.page(session, wanted, customer, PAGE_SIZE, 0)
     metrics: Metrics = state.metrics
     reconciler: Reconciler = state.reconciler
@@ -113,6 +116,11 @@ async def page(
         "counts": {s.value: counts.get(s.value, 0) for s in RequestStatus},
         "undelivered": sum(counts.values()),
         "oldest_age": _age((utc_now() - oldest).total_seconds() if oldest else None),
+        "kafka": state.settings.sync_mode == SyncMode.KAFKA,
+        "awaiting": awaiting,
+        "awaiting_age": _age(
+            (utc_now() - oldest_awaiting).total_seconds() if oldest_awaiting else None
+        ),
         "lag_last": _age(lag.last),
         "lag_mean": _age(lag.mean),
         "lag_count": lag.count,

@@ -79,8 +79,12 @@ class Reconciler:
         client: "CrmClient | CrmRecords",
         page_size: int = DEFAULT_PAGE_SIZE,
         kick: Callable[[Iterable[int]], None] | None = None,
+        confirms_later: bool = False,
     ) -> None:
         self._sessionmaker = sessionmaker
+        # Kafka mode (the connector's `confirms_later`): a customer with a version published
+        # and not yet confirmed by the CRM is on its way, like one with requests queued.
+        self._awaiting = confirms_later
         # Shielded transactions: a run cancelled at shutdown never strands a connection.
         self._db = BackgroundDatabase(sessionmaker, slots=1)
         # The connector's reader: the mock's client is wrapped (`records.MockRecords`).
@@ -147,7 +151,9 @@ class Reconciler:
     async def _local(self, ids: Iterable[int]) -> dict[int, Local]:
         wanted = set(ids)
         expected = self._records.expected
-        return await self._db.run(lambda session: repository.local_state(session, wanted, expected))
+        return await self._db.run(
+            lambda session: repository.local_state(session, wanted, expected, self._awaiting)
+        )
 
     async def _crm_pass(self, run: _Run) -> None:
         cursor: str | None = None
@@ -170,7 +176,12 @@ class Reconciler:
         after = 0
         while True:
             page = await self._db.run(
-                partial(repository.customers_after, after=after, limit=self._page_size)
+                partial(
+                    repository.customers_after,
+                    after=after,
+                    limit=self._page_size,
+                    awaiting=self._awaiting,
+                )
             )
             if not page:
                 return
@@ -214,7 +225,8 @@ class Reconciler:
             target.add(finding.customer_id)
         if not run.repair or finding.customer_id is None:
             return
-        queued, kicks = await self._db.run(partial(_queue_fix_and_kicks, finding=finding))
+        fix = partial(_queue_fix_and_kicks, finding=finding, awaiting=self._awaiting)
+        queued, kicks = await self._db.run(fix)
         if queued:
             run.queued += 1
             run.queued_by_kind[finding.kind.value] = (
@@ -223,18 +235,20 @@ class Reconciler:
             run.kicks.update(kicks)
 
 
-async def _queue_fix_and_kicks(session: AsyncSession, *, finding: Finding) -> tuple[bool, set[int]]:
-    queued = await _queue_fix(session, finding)
+async def _queue_fix_and_kicks(
+    session: AsyncSession, *, finding: Finding, awaiting: bool
+) -> tuple[bool, set[int]]:
+    queued = await _queue_fix(session, finding, awaiting)
     kicks: set[int] = session.info.pop(PENDING_KICKS, set())
     return queued, kicks
 
 
-async def _queue_fix(session: AsyncSession, finding: Finding) -> bool:
+async def _queue_fix(session: AsyncSession, finding: Finding, awaiting: bool) -> bool:
     """Queue the request that fixes `finding`, in the caller's transaction; False when our
     side changed meanwhile (a request of that customer is queued now: it will settle it)."""
     customer_id = finding.customer_id
     assert customer_id is not None
-    if await repository.has_requests(session, customer_id):
+    if await repository.has_requests(session, customer_id, awaiting):
         return False
     customer = await session.get(Customer, customer_id)
     if finding.kind is DriftKind.EXTRA:

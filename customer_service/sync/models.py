@@ -19,6 +19,10 @@ State machine of a row of `failed_requests` (one CRM request not yet delivered):
 
 (*) a 409 on CREATE is not a failure: the existing CRM record is adopted.
 
+In Kafka mode "delivered" is the broker's acknowledgement: the rows are deleted all the
+same, and the version the publish carried is kept in `unconfirmed_events` until the CRM
+reports it applied or dead (`sync.unconfirmed`, `sync.republisher`).
+
 A customer's rows are delivered one at a time, oldest first. A row that is not yet
 due, or dead, holds back the newer rows of the same customer, so the CRM never sees an
 older state after a newer one.
@@ -129,3 +133,30 @@ class CrmPause(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     until_epoch: Mapped[float] = mapped_column(Float)
+
+
+class UnconfirmedEvent(Base):
+    """Kafka mode: a version the broker took that the CRM has not reported applied or
+    dead yet (`sync.unconfirmed`). Still the service's responsibility: one not confirmed
+    within KAFKA_CONFIRM_SECONDS of its last publish is published again, same eventId
+    (`sync.republisher`). Written in the transaction that removes its outbox rows, removed
+    by the status reader's transaction that records its confirmation."""
+
+    __tablename__ = "unconfirmed_events"
+    __table_args__ = (
+        Index("ix_unconfirmed_events_customer_id_version", "customer_id", "version"),
+        Index("ix_unconfirmed_events_published_at", "published_at"),
+    )
+
+    # The id of the outbox row it was published from: orders a customer's events.
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=False)
+    customer_id: Mapped[int] = mapped_column(Integer)
+    operation: Mapped[str] = mapped_column(String(10))
+    version: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The event's eventId (the outbox row's Idempotency-Key) and occurredAt.
+    event_id: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the broker last took it, and how many times it has.
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    publications: Mapped[int] = mapped_column(Integer)

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from customer_service.columns import UTCDateTime
 from customer_service.customers.models import Customer
+from customer_service.sync import unconfirmed
 from customer_service.sync.models import (
     QUEUED_COLUMNS,
     FailedRequest,
@@ -219,6 +220,11 @@ async def settle(
     customer row is gone). A few statements whatever the batch's size."""
     connection = await session.connection()
     ids = [row_id for one in delivered for row_id in one.row_ids]
+    if ids and not confirmed:
+        # Kafka mode: what each publish carried (the newest row it settles, `plan`) stays
+        # the service's until the CRM confirms it (`sync.unconfirmed`).
+        sent = [max(one.row_ids) for one in delivered if one.row_ids]
+        await unconfirmed.keep(connection, sent, now)
     if ids:
         await connection.execute(DELETE_REQUESTS, {"b_ids": ids})
     if confirmed:

@@ -5,7 +5,9 @@ The CRM's consumer publishes `{"eventId", "customerId", "version", "status": "ap
 `applied` records the CRM id and raises `crm_synced_version`; `dead` raises
 `crm_dead_version`, so the customer shows `dead` until a newer version is applied (an
 operator's `crm-mock dlq replay`). Both only ever move forward, so a status read twice,
-or late, changes nothing.
+or late, changes nothing. Either report also confirms the version, and the customer's
+older ones: they leave `unconfirmed_events` and are not published again
+(`sync.unconfirmed`).
 
 Offsets are committed after the batch is recorded: a crash reads it again.
 """
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
+from customer_service.sync import unconfirmed
 from customer_service.sync.dbwork import BackgroundDatabase
 from customer_service.sync.kafka_admin import ensure_topics, rewind_recreated, stop_quietly
 from customer_service.sync.repository import raised_to_version
@@ -94,6 +97,11 @@ async def record_statuses(session: AsyncSession, *, statuses: list[CrmStatus]) -
         await session.execute(_APPLIED, applied)
     if dead:
         await session.execute(_DEAD, dead)
+    # A status read before the settle that keeps its version commits finds nothing to
+    # remove here; the customer row it raised tells the re-publisher that version is
+    # confirmed (`unconfirmed.overdue_of`), and a deleted customer's duplicate is
+    # reported applied again.
+    await unconfirmed.confirm(session, ((s.customer_id, s.version) for s in statuses))
 
 
 class StatusConsumer:

@@ -11,8 +11,11 @@ gone, is a transient failure (`Failed`), recorded and retried by the same engine
 that is down. A delivered publish removes the rows from the outbox, but the customer
 stays `pending` (its `crm_published_version`, noted by the engine when it settles the
 batch, ahead of `crm_synced_version`) until the CRM's status event says the version was
-applied (see `sync.status_consumer`, which this connector runs in the service). A batch's
-events are published at once: the producer packs them into few produce requests.
+applied (see `sync.status_consumer`, which this connector runs in the service). The
+version published stays the service's until then (`sync.unconfirmed`): one the CRM has
+not confirmed within KAFKA_CONFIRM_SECONDS is published again (`sync.republisher`, also
+run here), so a broker that loses an event loses nothing. A batch's events are published
+at once: the producer packs them into few produce requests.
 
 The probe plays the CRM probe's part: while deliveries are failing it asks the broker
 for its metadata every `RECOVERY_PROBE_SECONDS`.
@@ -36,6 +39,7 @@ from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.kafka_admin import ensure_topics, ms, stop_quietly
 from customer_service.sync.models import Operation, OutboxRow
 from customer_service.sync.outcome import Delivered, Failed, Outcome
+from customer_service.sync.republisher import Republisher
 from customer_service.sync.status_consumer import StatusConsumer
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,8 @@ class KafkaConnector:
         # Reconciliation reads the CRM mock's own API (the CRM behind the consumer).
         self._reader = CrmClient(settings, on_call=on_call)
         self._status = StatusConsumer(settings, sessionmaker)
+        # What the broker took stays ours until the CRM confirms it (`sync.republisher`).
+        self._republisher = Republisher(settings, sessionmaker, self.publish_again)
         self._serving = False
         self._starting_task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -111,6 +117,7 @@ class KafkaConnector:
         self._serving = serving
         if serving:
             self._status.start()
+            self._republisher.start()
 
     def reader(self) -> CrmClient:
         return self._reader
@@ -169,6 +176,13 @@ class KafkaConnector:
             return [failed for _ in changes]
         return list(await asyncio.gather(*(self._publish(producer, c) for c in changes)))
 
+    async def publish_again(self, changes: Sequence[Change]) -> list[Outcome]:
+        """`send` for versions the CRM never confirmed (`sync.republisher`): the broker
+        may have lost them by restarting empty, so the topics are looked at first (a
+        publish to a topic such a broker no longer knows would never be consumed)."""
+        self._topics_ready = False
+        return await self.send(changes)
+
     async def _publish(self, producer: AIOKafkaProducer, change: Change) -> Outcome:
         row = change.request  # the CRM's consumer finds the record by externalId
         try:
@@ -211,6 +225,7 @@ class KafkaConnector:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting_task
         if self._serving:
+            await self._republisher.close()
             await self._status.close()
         await self._reader.aclose()
         if self._producer is not None:
