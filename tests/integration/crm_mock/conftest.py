@@ -1,11 +1,11 @@
 """Fixtures that run the CRM mock in-process, on SQLite and again on PostgreSQL.
 
 As for the rest of the suite, PostgreSQL is required: `TEST_DATABASE_URL` (default
-postgresql+asyncpg://postgres@127.0.0.1:5432/test) must answer. Only the mock's own `crm_*`
-tables are dropped there before each test; nothing else in that database is touched.
+postgresql+asyncpg://postgres@127.0.0.1:5432/test) must answer. The tests use the run's own
+database on it (`postgres_database`); only the mock's own `crm_*` tables are dropped there
+before each test.
 """
 
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -19,17 +19,7 @@ from crm_mock import store
 from crm_mock.app import create_app
 from crm_mock.config import CrmSettings
 
-DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
 StartCrm = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
-
-
-def postgres_test_url() -> str:
-    """`TEST_DATABASE_URL` (or the default) as an asyncpg URL."""
-    url = os.environ.get("TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)
-    if url.startswith("postgresql://"):
-        url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
-    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -37,7 +27,9 @@ async def crm_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> st
     """A database URL with no CRM data in it, on each backend."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'crm_mock.db'}"
-    url = postgres_test_url()
+    # This run's own database (the suite's `postgres_database`): two runs at once never
+    # drop each other's tables.
+    url = request.getfixturevalue("postgres_database")
     engine = store.create_engine(url)
     try:
         async with engine.begin() as connection:
