@@ -1,9 +1,11 @@
 """`customer-service sink` on the real broker (Tansu), as real processes, delivering the
 service's Kafka events to the CRM mock's HubSpot and Salesforce faces (and to the mock's
-own API): creates, updates and deletes; a record refused for good dead-lettered with its
-customer's later events behind it; a sink SIGKILLed mid-batch and started again, with no
-duplicate and nothing lost (each on both faces); two sinks sharing four partitions;
-reconciliation in Kafka mode reading the face the sink writes to.
+own API). On both faces: creates, updates and deletes; a record refused for good
+dead-lettered with its customer's later events behind it; a CRM that is down holding the
+sink until a probe finds it back; a sink SIGKILLed mid-batch and started again, with no
+duplicate and nothing lost; two sinks sharing four partitions; reconciliation in Kafka
+mode reading (and repairing) the face the sink writes to. On HubSpot's: the broker
+restarted empty.
 
 The customer service runs in this process with `SYNC_MODE=kafka` (its status reader
 turns the sink's status events into each customer's `crm` block).
@@ -255,6 +257,8 @@ class Face:
     connector: str
     upsert: str
     delete: str
+    # The path of the connector's probe (a read).
+    probe: str
     # Neutral name -> the face's field.
     fields: dict[str, str]
     read: Reader
@@ -283,6 +287,7 @@ HUBSPOT = Face(
     "hubspot",
     UPSERT,
     ARCHIVE,
+    CONTACTS,
     {
         "externalId": "crm_sync_id",
         "lastName": "lastname",
@@ -297,6 +302,7 @@ SALESFORCE = Face(
     "salesforce",
     SF_UPSERT,
     SF_DELETE,
+    SF_QUERY,
     {
         "externalId": "Crm_Sync_Id__c",
         "lastName": "LastName",
@@ -469,7 +475,9 @@ async def test_a_message_that_is_no_event_is_dead_lettered_and_its_partition_goe
         assert len(await crm_control.records()) == 4
 
 
+@both_faces
 async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
+    face: Face,
     service_url: str,
     crm: LiveServer,
     crm_control: CrmControl,
@@ -477,7 +485,7 @@ async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
     tmp_path: Path,
 ) -> None:
     topics = Topics.fresh()
-    env = sink_env(kafka_broker, topics, service_url, crm, "hubspot")
+    env = sink_env(kafka_broker, topics, service_url, crm, face.connector)
     async with service(service_url, crm, kafka_broker, topics) as client:
         with sinks(env, tmp_path):
             first = await _create(client, 0)
@@ -488,8 +496,8 @@ async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
 
             async def outage(probes: int) -> tuple[int, int] | None:
                 log = await crm_control.requests()
-                refused = sum(1 for e in log if e["path"] == UPSERT and e["status"] == 503)
-                asked = sum(1 for e in log if e["path"] == CONTACTS and e["status"] == 503)
+                refused = sum(1 for e in log if e["path"] == face.upsert and e["status"] == 503)
+                asked = sum(1 for e in log if e["path"] == face.probe and e["status"] == 503)
                 return (refused, asked) if refused and asked >= probes else None
 
             # Held: a probe asks every RECOVERY_PROBE_SECONDS, one read at a time, and no
@@ -507,7 +515,7 @@ async def test_a_crm_that_is_down_holds_the_sink_until_a_probe_finds_it_back(
                 )
 
             await eventually(all_there, within=30)
-        contacts = await HUBSPOT.contacts(crm.url, [c["id"] for c in customers])
+        contacts = await face.contacts(crm.url, [c["id"] for c in customers])
         assert contacts[customers[0]["id"]]["lastName"] == "v2"
         assert len(contacts) == 3
 
@@ -629,7 +637,9 @@ async def _status_counts(broker: Broker, topic: str, at_least: int) -> Counter[s
     return counts
 
 
+@both_faces
 async def test_two_sinks_share_four_partitions(
+    face: Face,
     postgres_database: str,
     crm: LiveServer,
     crm_control: CrmControl,
@@ -640,7 +650,7 @@ async def test_two_sinks_share_four_partitions(
     database_url = postgres_database
     await reset_postgres(database_url)
     topics = Topics.fresh()
-    env = sink_env(kafka_broker, topics, database_url, crm, "hubspot")
+    env = sink_env(kafka_broker, topics, database_url, crm, face.connector)
     customers, versions = 100, 5
     async with service(database_url, crm, kafka_broker, topics) as client:
         with sinks(env, tmp_path, count=2) as both:
@@ -657,7 +667,7 @@ async def test_two_sinks_share_four_partitions(
             await eventually(lambda: _all_synced(client, versions, customers), within=120)
             assert [s.stop() for s in both] == [0, 0]
         ids = [c["id"] for c in written]
-        contacts = await HUBSPOT.contacts(crm.url, ids)
+        contacts = await face.contacts(crm.url, ids)
         assert sorted(contacts) == sorted(ids)
         assert len(await crm_control.records()) == customers
         delivered = {int(c["id"]): (await _customer(client, c["id"]))["crm"]["id"] for c in written}
