@@ -72,6 +72,13 @@ class CustomerEvent:
     payload: dict[str, Any] | None
 
     @property
+    def record_delete(self) -> bool:
+        """Reconciliation's DELETE of a CRM record no customer of ours has (version 0, as
+        `sync.outbox.enqueue_record_delete` queues it): never stale, and aimed at the
+        records the CRM holds under the id, not at a record the sink once learnt."""
+        return self.operation == Operation.DELETE and self.version == 0
+
+    @property
     def rank(self) -> int:
         """Order of a customer's events: by version, and a DELETE (which carries the version
         it deleted) after the write of that same version."""

@@ -43,7 +43,9 @@ async def settled_of(session: AsyncSession, customer_ids: Iterable[int]) -> dict
 
 # Plain SQL both databases speak, run once for a whole batch (executemany). A row only
 # ever moves forward: a sink that lost its partitions and still settles an older event
-# (its session expired while it sent) never writes over a newer one.
+# (its session expired while it sent) never writes over a newer one. Another event of the
+# same rank (reconciliation's repair of a missing record) takes the row: its CRM id is
+# the record's now.
 _RECORD = text(
     "INSERT INTO sink_customers"
     " (customer_id, event_rank, event_id, status, crm_id, error, updated_at)"
@@ -52,6 +54,8 @@ _RECORD = text(
     " event_id = excluded.event_id, status = excluded.status, crm_id = excluded.crm_id,"
     " error = excluded.error, updated_at = excluded.updated_at"
     " WHERE sink_customers.event_rank < excluded.event_rank"
+    " OR (sink_customers.event_rank = excluded.event_rank"
+    " AND sink_customers.event_id <> excluded.event_id)"
 ).bindparams(bindparam("updated_at", type_=UTCDateTime()))
 
 

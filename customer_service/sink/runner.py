@@ -292,7 +292,9 @@ class Sink:
                 work.statuses.append((event, repeat.status, repeat.crm_id, repeat.error))
                 work.done.append(entry)
                 continue
-            crm_id = settled.crm_id if settled else None
+            # A record delete finds its records by the external id (the connector looks
+            # them up): the id learnt here may be that of a contact deleted long ago.
+            crm_id = settled.crm_id if settled and not event.record_delete else None
             sending.append((entry, change_of(event, entry.offset, crm_id)))
         outcomes = await self._send([change for _, change in sending])
         now = utc_now()

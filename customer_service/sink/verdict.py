@@ -2,7 +2,11 @@
 
 Before: an event at or below the rank its customer's newest settled event has
 (`ledger.Settled`) is not sent again (`repeat_of`): the same eventId gets the status it
-had, an older one is `applied` (the CRM holds a newer state already).
+had, an older one is `applied` (the CRM holds a newer state already). Two kinds are sent
+all the same, being reconciliation's repairs, not duplicates: another eventId of the very
+rank settled (a CREATE or UPDATE queued again with the customer's current version, for a
+record missing or edited in the CRM), and a DELETE of a record no customer of ours has
+(version 0).
 
 After: `judge` reads the connector's outcome with the service's retry policy
 (`sync.retry.judge_failure`: RETRY_BACKOFF_*, RETRY_MAX_ATTEMPTS, `Retry-After`):
@@ -59,11 +63,14 @@ Verdict = Applied | Dead | Again
 
 
 def repeat_of(event: CustomerEvent, settled: Settled | None) -> Repeat | None:
-    """None when `event` is newer than what its customer had settled, else what to answer."""
+    """None when `event` is to be sent (newer than what its customer had settled, or a
+    repair: module doc), else what to answer."""
     if settled is None or event.rank > settled.rank:
         return None
     if event.event_id == settled.event_id:
         return Repeat(settled.status, settled.crm_id, settled.error)
+    if event.rank == settled.rank or event.record_delete:
+        return None
     return Repeat(APPLIED, settled.crm_id, None)
 
 

@@ -83,7 +83,8 @@ def build_connector(
     crm: bool = False,
 ) -> Connector:
     """The connector `SYNC_MODE` names (README, "Connectors"); `crm`: the CRM's own, the
-    one `CRM_CONNECTOR` names, whatever `SYNC_MODE` says (`customer-service sink`'s)."""
+    one `CRM_CONNECTOR` names, whatever `SYNC_MODE` says (`customer-service sink`'s, and
+    the Kafka connector's reader for reconciliation)."""
     # Imported here: each connector pulls in its own client library.
     if settings.sync_mode == SyncMode.KAFKA and not crm:
         from customer_service.sync.connectors.kafka import KafkaConnector

@@ -98,6 +98,8 @@ def test_the_kafka_sink_profile_runs_the_sink_instead_of_the_mocks_consumer() ->
     sink = services["sink"]
     assert sink["command"] == ["customer-service", "sink"]
     assert sink["environment"]["CRM_CONNECTOR"] == "hubspot"
+    # CRM_CONNECTOR=salesforce finds the mock's Salesforce face as its login URL.
+    assert sink["environment"]["SALESFORCE_LOGIN_URL"] == "http://crm-mock:8081"
     assert sink["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert sink["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert "export SYNC_MODE=kafka" in " ".join(services["customer-service"]["command"])

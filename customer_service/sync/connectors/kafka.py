@@ -19,6 +19,11 @@ at once: the producer packs them into few produce requests.
 
 The probe plays the CRM probe's part: while deliveries are failing it asks the broker
 for its metadata every `RECOVERY_PROBE_SECONDS`.
+
+Reconciliation reads the CRM the events end in, not the broker: the `reader` of the
+connector `CRM_CONNECTOR` names (`build_connector(..., crm=True)`, as `customer-service
+sink` delivers through), so with HubSpot or Salesforce behind the sink it pages their
+contacts, and `CRM_BASE_URL` (the mock's own API) is read only with `CRM_CONNECTOR=mock`.
 """
 
 import asyncio
@@ -34,7 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from customer_service.config import Settings
 from customer_service.crm.client import CrmClient
 from customer_service.crm.mapper import address_parts_of, to_mock_record
-from customer_service.sync.connector import CallObserver, Change
+from customer_service.reconciliation.records import CrmRecords
+from customer_service.sync.connector import CallObserver, Change, Connector, build_connector
 from customer_service.sync.hold import HoldKind, HoldReason
 from customer_service.sync.kafka_admin import ensure_topics, ms, stop_quietly
 from customer_service.sync.models import Operation, OutboxRow
@@ -95,8 +101,10 @@ class KafkaConnector:
         on_call: CallObserver | None = None,
     ) -> None:
         self._settings = settings
-        # Reconciliation reads the CRM mock's own API (the CRM behind the consumer).
-        self._reader = CrmClient(settings, on_call=on_call)
+        # Reconciliation reads the CRM the events reach: the one CRM_CONNECTOR names (the
+        # mock's own API behind `crm-mock consume`, or HubSpot or Salesforce behind
+        # `customer-service sink`), through that connector's reader. It never sends.
+        self._crm: Connector = build_connector(settings, sessionmaker, on_call, crm=True)
         self._status = StatusConsumer(settings, sessionmaker)
         # What the broker took stays ours until the CRM confirms it (`sync.republisher`).
         self._republisher = Republisher(settings, sessionmaker, self.publish_again)
@@ -113,14 +121,15 @@ class KafkaConnector:
     async def start(self, serving: bool) -> None:
         """Topics and producer, in the background (a broker that is down or hung must not
         hold up start-up); `serving`: the reader of the status topic too."""
+        await self._crm.start(serving=False)
         self._starting_task = asyncio.create_task(self.prepare(), name="kafka-start")
         self._serving = serving
         if serving:
             self._status.start()
             self._republisher.start()
 
-    def reader(self) -> CrmClient:
-        return self._reader
+    def reader(self) -> "CrmClient | CrmRecords":
+        return self._crm.reader()
 
     async def prepare(self) -> None:
         """Create the missing topics and start the producer; a broker that is down only
@@ -227,7 +236,7 @@ class KafkaConnector:
         if self._serving:
             await self._republisher.close()
             await self._status.close()
-        await self._reader.aclose()
+        await self._crm.close()
         if self._producer is not None:
             await stop_quietly(self._producer)
             self._producer = None

@@ -40,3 +40,9 @@ async def test_the_newest_settled_event_of_each_customer_is_kept_and_never_lower
         found = await ledger.settled_of(session, [1, 2])
         assert found[1] == Settled(1, 4, "e1b", "applied", "hs-1")
         assert found[2] == Settled(2, 5, "e2b", "applied", "hs-2")
+        # Another event of the same rank (reconciliation's repair of a missing record)
+        # takes the row: the record it made has another CRM id.
+        await ledger.record(session, [Settled(2, 5, "repair", "applied", "hs-3")], NOW)
+    async with sessions() as session, session.begin():
+        found = await ledger.settled_of(session, [2])
+        assert found[2] == Settled(2, 5, "repair", "applied", "hs-3")

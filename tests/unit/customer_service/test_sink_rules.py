@@ -205,6 +205,19 @@ def test_an_event_settled_before_is_not_sent_again() -> None:
     assert repeat_of(event, later) == Repeat("applied", "hs-1", None)
 
 
+def test_reconciliations_repairs_are_sent_though_their_rank_was_settled() -> None:
+    event = _event(1, 3)
+    # The customer's current version queued again (its record missing or edited in the
+    # CRM) under a new eventId: sent, not taken for the settled one.
+    first = Settled(1, event.rank, "the-first-e1-3", "applied", "hs-1")
+    assert repeat_of(event, first) is None
+    # The DELETE of a record no customer of ours has (version 0): never stale.
+    record_delete = _event(1, 0, Operation.DELETE)
+    assert record_delete.record_delete and not _event(1, 3, Operation.DELETE).record_delete
+    assert repeat_of(record_delete, Settled(1, 4 * 2 + 1, "e1-4", "applied", None)) is None
+    assert repeat_of(record_delete, Settled(1, 1, record_delete.event_id, "applied", None))
+
+
 def test_what_an_outcome_makes_of_an_event() -> None:
     event = _event(1, 2)
     assert judge(event, Delivered("hs-2"), "hs-1", None, POLICY, NOW) == Applied("hs-2")
