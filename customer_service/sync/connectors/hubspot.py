@@ -50,7 +50,8 @@ from customer_service.crm.hubspot_answers import (
     results_by,
 )
 from customer_service.crm.hubspot_client import MAX_BATCH, HubSpotAnswer, HubSpotClient
-from customer_service.crm.hubspot_mapping import COMPARED_FIELDS, PropertyMap
+from customer_service.crm.hubspot_mapping import PropertyMap
+from customer_service.crm.record_fields import COMPARED_FIELDS
 from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.models import Customer
 from customer_service.reconciliation.records import CrmReadFailed, RecordPage

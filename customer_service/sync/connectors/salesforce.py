@@ -39,6 +39,7 @@ from typing import Any
 
 from customer_service.config import Settings, load_field_map
 from customer_service.crm.client import CrmUnreachable
+from customer_service.crm.record_fields import COMPARED_FIELDS
 from customer_service.crm.salesforce_answers import (
     GONE,
     LIMIT_EXCEEDED,
@@ -54,7 +55,7 @@ from customer_service.crm.salesforce_client import (
     SalesforceClient,
     TokenRefused,
 )
-from customer_service.crm.salesforce_mapping import COMPARED_FIELDS, FieldMap
+from customer_service.crm.salesforce_mapping import FieldMap
 from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.models import Customer
 from customer_service.reconciliation.records import CrmReadFailed, RecordPage
