@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from support import CrmControl, eventually, read_customer
+from support import CrmControl, eventually, operator_retry, read_customer
 
 from customer_service.app import create_app
 from customer_service.config import Settings
@@ -198,3 +198,41 @@ async def assert_each_made_once(crm: CrmControl, written: list[dict[str, Any]]) 
     for customer in written:
         statuses = [e["status"] for e in await crm.requests(customer["id"])]
         assert statuses[0] == 201 and 200 in statuses[1:], statuses  # made once, found again
+
+
+async def credentials_hold_then_sync(wrong: Settings, right: Settings, detail: str) -> None:
+    """Three customers written while the CRM refuses our credentials: deliveries held as
+    `credentials` (the hold's detail names `detail`), none dead however often an operator
+    retries; with `right`, a retry syncs them."""
+    async with service(wrong) as (_, client):
+        ids = [(await create_nth(client, n))["id"] for n in range(3)]
+        held = await eventually(lambda: held_deliveries(client))
+        assert held["reason"] == "credentials"
+        assert detail in held["detail"]
+        await operator_retry(client)
+        await operator_retry(client)
+        assert set((await crm_statuses(client, ids)).values()) == {"failed"}
+        assert not await requests_in(client, "dead")
+        assert "credentials" in (await client.get("/dashboard")).text
+    async with service(right) as (_, client):
+        await operator_retry(client)
+        assert set((await crm_statuses(client, ids)).values()) == {"synced"}
+
+
+async def through_a_refusal_and_an_outage(
+    http: httpx.AsyncClient, control: CrmControl, errors: list[str]
+) -> list[str]:
+    """One customer synced, one refused (a bad email: 400), one failed while the CRM is
+    down (503) and synced once it is back; the two failures' `lastError`s appended to
+    `errors`; what an operator read during the outage returned."""
+    ok = await create_secret_customer(http, 1)
+    await eventually(lambda: is_synced(http, ok), within=30)
+    bad = await create_secret_customer(http, 2, email="bad@example.c")
+    errors.append(await eventually(lambda: first_error(http, bad), within=30))
+    await control.faults(down=True, statusCode=503)
+    down = await create_secret_customer(http, 3)
+    errors.append(await eventually(lambda: first_error(http, down), within=30))
+    seen = await operator_surfaces(http)
+    await control.faults(down=False)
+    await eventually(lambda: is_synced(http, down), within=30)
+    return seen

@@ -31,7 +31,7 @@ from typing import Any
 from yarl import URL
 
 from customer_service.config import Settings
-from customer_service.crm.exchange import CrmSession
+from customer_service.crm.exchange import Answer, CrmSession
 
 # Raised by every CRM client; its home is the exchange, its name here as ever.
 from customer_service.crm.exchange import CrmUnreachable as CrmUnreachable
@@ -42,16 +42,9 @@ CUSTOMERS = "/api/crm/customers"
 
 
 @dataclass(frozen=True)
-class CrmAnswer:
-    status: int
-    body: Any
-    retry_after: str | None
+class CrmAnswer(Answer):
     # The answer's media type when its body was not JSON (an HTML error page), else None.
     not_json: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
     def describe(self) -> str:
         """The answer as an operator reads it in `lastError`: the status and the CRM's own

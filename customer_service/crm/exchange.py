@@ -80,14 +80,24 @@ def open_session(settings: Settings, headers: dict[str, str]) -> aiohttp.ClientS
 
 
 @dataclass(frozen=True)
-class Exchanged:
-    """What came back: the status, the body read as JSON (None when empty), the
-    Retry-After, the media type when the body was not JSON, every header, and the
-    wall-clock second the call left in (for `CallThrottle.answered`)."""
+class Answer:
+    """What every CRM client's answer holds (each client's adds what its CRM says)."""
 
     status: int
+    # The body read as JSON (None when empty or not JSON).
     body: Any
     retry_after: str | None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class Exchanged(Answer):
+    """What came back: the answer, the media type when the body was not JSON, every
+    header, and the wall-clock second the call left in (for `CallThrottle.answered`)."""
+
     not_json: str | None
     headers: Mapping[str, str]
     sent: int

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from customer_service.config import Settings
-from customer_service.crm.exchange import CrmSession
+from customer_service.crm.exchange import Answer, CrmSession
 from customer_service.crm.hubspot_answers import (
     DAILY,
     RateHeaders,
@@ -45,17 +45,10 @@ MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
-class HubSpotAnswer:
-    status: int
-    body: Any
-    retry_after: str | None
+class HubSpotAnswer(Answer):
     rate: RateHeaders
     # The media type when the body was not JSON (a proxy's HTML page), else None.
     not_json: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
     @property
     def policy(self) -> str | None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from customer_service.config import Settings
-from customer_service.crm.exchange import CrmSession
+from customer_service.crm.exchange import Answer, CrmSession
 from customer_service.crm.salesforce_answers import describe, error_code, redact
 from customer_service.crm.throttle import CallThrottle
 from customer_service.crm.tls import proxy_for
@@ -52,18 +52,11 @@ KEPT_TOKENS = 16
 
 
 @dataclass(frozen=True)
-class SalesforceAnswer:
-    status: int
-    body: Any
-    retry_after: str | None
+class SalesforceAnswer(Answer):
     # The media type when the body was not JSON (a proxy's HTML page), else None.
     not_json: str | None = None
     # Who answered, as `describe` names it.
     what: str = "Salesforce"
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
     @property
     def code(self) -> str | None:

@@ -9,19 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from crm_faces import (
-    ADDRESS,
-    backlog,
-    create_nth,
-    crm_statuses,
-    held_deliveries,
-    put_changes,
-    reconcile,
-    reconciled_clean,
-    requests_in,
-    service,
-    synced_at,
-)
+import crm_faces as faces
 from support import (
     CrmControl,
     LiveServer,
@@ -70,8 +58,8 @@ async def _contact(crm_url: str, customer_id: int) -> dict[str, Any] | None:
 async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with service(_hubspot(make_settings, crm.url)) as (_, client):
-        customer = await create_nth(client, 1)
+    async with faces.service(_hubspot(make_settings, crm.url)) as (_, client):
+        customer = await faces.create_nth(client, 1)
         cid = customer["id"]
 
         async def synced(version: int) -> dict[str, Any] | None:
@@ -90,7 +78,9 @@ async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
             "zip": "SW1Y 4JH",
             "country": "GB",
         }
-        await put_changes(client, first, lastName="v2", address={**ADDRESS, "city": "Bath"})
+        await faces.put_changes(
+            client, first, lastName="v2", address={**faces.ADDRESS, "city": "Bath"}
+        )
         await eventually(lambda: synced(2))
         contact = await _contact(crm.url, cid)
         assert contact is not None
@@ -98,7 +88,9 @@ async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
         assert (await client.delete(f"/api/customers/{cid}")).status_code == 204
 
         async def gone() -> bool:
-            return await _contact(crm.url, cid) is None and not await requests_in(client, "pending")
+            return await _contact(crm.url, cid) is None and not await faces.requests_in(
+                client, "pending"
+            )
 
         await eventually(gone)
         log = [e for e in await crm_control.requests(cid) if e["path"] != READ]  # ours
@@ -115,13 +107,15 @@ async def test_a_coalesced_run_of_updates_is_one_upsert_and_a_delete_without_id_
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    async with service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        customer = await create_nth(client, 1)
+    async with faces.service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
+        customer = await faces.create_nth(client, 1)
         for version in range(2, 6):
-            await put_changes(client, customer, lastName=f"v{version}")
+            await faces.put_changes(client, customer, lastName=f"v{version}")
         # Another one, whose create is discarded, but whose contact HubSpot has anyway.
-        other = await create_nth(client, 2)
-        [row] = [r for r in await requests_in(client, "pending") if r["customerId"] == other["id"]]
+        other = await faces.create_nth(client, 2)
+        [row] = [
+            r for r in await faces.requests_in(client, "pending") if r["customerId"] == other["id"]
+        ]
         assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
         assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
     async with loopback_client(crm.url, timeout=30) as http:
@@ -138,7 +132,7 @@ async def test_a_coalesced_run_of_updates_is_one_upsert_and_a_delete_without_id_
             },
         )
         assert made.status_code == 200, made.text
-    async with service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
 
         async def done() -> bool:
@@ -168,9 +162,9 @@ async def test_crm_field_map_overrides_the_id_property_and_a_field(
     swapped = '"address.street": "city", "address.city": "address"'
     field_map.write_text('{"id": "shop_customer_id", ' + swapped + "}")
     settings = _hubspot(make_settings, crm.url, crm_field_map=str(field_map))
-    async with service(settings) as (_, client):
-        customer = await create_nth(client, 1, address={"street": "Rue X", "city": "Paris"})
-        await eventually(lambda: synced_at(client, customer["id"], 1))
+    async with faces.service(settings) as (_, client):
+        customer = await faces.create_nth(client, 1, address={"street": "Rue X", "city": "Paris"})
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
     [upsert] = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
     assert upsert["body"]["idProperty"] == "shop_customer_id"
     assert upsert["body"]["properties"]["shop_customer_id"] == str(customer["id"])
@@ -182,19 +176,19 @@ async def test_a_207_settles_only_the_records_it_names(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    ids = await backlog(settings, 20)
+    ids = await faces.backlog(settings, 20)
     # Each record draws: a drawn one is refused on its own, for good (a 400).
     await crm_control.faults(errorRate=0.3, statusCode=400)
-    async with service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
         await crm_control.faults(errorRate=0.0)
         log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
         refused = {int(e["externalId"]) for e in log if e["status"] == 400}
         assert refused and refused != set(ids), "the draws refused none, or all"
-        statuses = await crm_statuses(client, ids)
+        statuses = await faces.crm_statuses(client, ids)
         assert {i for i, s in statuses.items() if s == "dead"} == refused
         assert {i for i, s in statuses.items() if s == "synced"} == set(ids) - refused
-        dead = await requests_in(client, "dead")
+        dead = await faces.requests_in(client, "dead")
         assert all("HubSpot refused this record (400" in r["lastError"] for r in dead)
         # One record's refusal says nothing of HubSpot as a whole: nothing is held.
         ready = (await client.get("/ready")).json()
@@ -205,14 +199,14 @@ async def test_a_batch_refused_whole_for_one_input_is_split_until_it_is_alone(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    ids = await backlog(settings, 9)
+    ids = await faces.backlog(settings, 9)
     # Our API takes this address; HubSpot (the face) refuses it, and the whole batch.
-    [bad] = await backlog(settings, 1, email="bad@example.c")
-    async with service(settings) as (_, client):
+    [bad] = await faces.backlog(settings, 1, email="bad@example.c")
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
-        statuses = await crm_statuses(client, [*ids, bad])
+        statuses = await faces.crm_statuses(client, [*ids, bad])
         assert statuses == {**dict.fromkeys(ids, "synced"), bad: "dead"}
-        [dead] = await requests_in(client, "dead")
+        [dead] = await faces.requests_in(client, "dead")
         assert dead["customerId"] == bad
         assert "HubSpot answered 400 VALIDATION_ERROR" in dead["lastError"]
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
@@ -226,9 +220,9 @@ async def test_the_ten_secondly_429_pauses_every_call_for_the_window(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url, crm_batch_size=2)
-    ids = await backlog(settings, 24)
+    ids = await faces.backlog(settings, 24)
     await crm_control.faults(rateLimitPerSecond=50)
-    async with service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         # A first answer states 50 a second; then HubSpot lowers the limit to 2, and the
         # calls already paced at 50 meet it: some are 429.
         assert (await client.post("/api/reconciliation")).status_code == 200  # a read first
@@ -237,10 +231,10 @@ async def test_the_ten_secondly_429_pauses_every_call_for_the_window(
 
         async def all_synced() -> bool:
             await client.post("/api/failed-requests/retry")
-            return set((await crm_statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced, within=60, interval=0.5)
-        assert not await requests_in(client, "dead")
+        assert not await faces.requests_in(client, "dead")
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     limited = [e for e in log if e["status"] == 429]
     assert limited, "no 429: the test covers nothing"
@@ -260,14 +254,16 @@ async def test_rate_limit_headers_pace_calls_before_any_429(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     await crm_control.faults(rateLimitPerSecond=3)
-    async with service(_hubspot(make_settings, crm.url)) as (_, client):
-        first = await create_nth(client, 0)
+    async with faces.service(_hubspot(make_settings, crm.url)) as (_, client):
+        first = await faces.create_nth(client, 0)
         # The first answer's headers told the limit: what follows keeps under it.
-        await eventually(lambda: synced_at(client, first["id"], 1))
-        ids = [(await create_nth(client, n))["id"] for n in range(1, 16)]
+        await eventually(lambda: faces.synced_at(client, first["id"], 1))
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(1, 16)]
 
         async def synced() -> bool:
-            return set((await crm_statuses(client, [first["id"], *ids])).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, [first["id"], *ids])).values()) == {
+                "synced"
+            }
 
         await eventually(synced, within=30)
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
@@ -277,17 +273,17 @@ async def test_rate_limit_headers_pace_calls_before_any_429(
 async def test_the_daily_429_holds_deliveries_until_the_reset_and_shows_it(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with service(_hubspot(make_settings, crm.url)) as (app, client):
-        customer = await create_nth(client, 1)
-        await eventually(lambda: synced_at(client, customer["id"], 1))
+    async with faces.service(_hubspot(make_settings, crm.url)) as (app, client):
+        customer = await faces.create_nth(client, 1)
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
         await crm_control.faults(dailyLimit=1)  # one more call today
-        await put_changes(client, customer, lastName="v2")
-        await eventually(lambda: synced_at(client, customer["id"], 2))
-        await put_changes(client, customer, lastName="v3")
-        held = await eventually(lambda: held_deliveries(client))
+        await faces.put_changes(client, customer, lastName="v2")
+        await eventually(lambda: faces.synced_at(client, customer["id"], 2))
+        await faces.put_changes(client, customer, lastName="v3")
+        held = await eventually(lambda: faces.held_deliveries(client))
         assert held["reason"] == "rate_limited"
         assert "DAILY" in held["detail"] and "deliveries held until" in held["detail"]
-        [row] = await eventually(lambda: requests_in(client, "failed"))
+        [row] = await eventually(lambda: faces.requests_in(client, "failed"))
         assert "DAILY" in row["lastError"]
         # Not due again before the reset (HubSpot's Retry-After: the next midnight).
         due = datetime.fromisoformat(row["nextAttemptAt"])
@@ -299,13 +295,13 @@ async def test_the_daily_429_holds_deliveries_until_the_reset_and_shows_it(
         calls = len(await crm_control.requests())
         # Held: a write, a probe and an operator's retry call HubSpot no more today.
         await crm_control.faults(dailyLimit=None)
-        await put_changes(client, customer, lastName="v4")
+        await faces.put_changes(client, customer, lastName="v4")
         await client.post("/api/failed-requests/retry")
         probe = await app.state.delivery.connector.probe()
         assert probe is not None and probe.kind == "rate_limited"
         assert len(await crm_control.requests()) == calls
         assert (await read_customer(client, customer["id"]))["crm"]["status"] == "failed"
-        assert not await requests_in(client, "dead")
+        assert not await faces.requests_in(client, "dead")
 
 
 async def test_a_401_holds_deliveries_with_none_dead_until_the_token_is_right(
@@ -318,20 +314,8 @@ async def test_a_401_holds_deliveries_with_none_dead_until_the_token_is_right(
     )
     async with live(LiveServer(lambda: create_crm_app(mock_settings))) as mock:
         wrong = _hubspot(make_settings, mock.url, hubspot_access_token="pat-na1-wrong")
-        async with service(wrong) as (_, client):
-            ids = [(await create_nth(client, n))["id"] for n in range(3)]
-            held = await eventually(lambda: held_deliveries(client))
-            assert held["reason"] == "credentials"
-            assert "401 INVALID_AUTHENTICATION" in held["detail"]
-            await operator_retry(client)
-            await operator_retry(client)
-            assert set((await crm_statuses(client, ids)).values()) == {"failed"}
-            assert not await requests_in(client, "dead")
-            assert "credentials" in (await client.get("/dashboard")).text
         right = wrong.model_copy(update={"hubspot_access_token": "pat-na1-right"})
-        async with service(right) as (_, client):
-            await operator_retry(client)
-            assert set((await crm_statuses(client, ids)).values()) == {"synced"}
+        await faces.credentials_hold_then_sync(wrong, right, "401 INVALID_AUTHENTICATION")
 
 
 async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
@@ -341,11 +325,11 @@ async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
     database_url: str,
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    async with service(settings) as (_, client):
-        ids = [(await create_nth(client, n))["id"] for n in range(5)]
+    async with faces.service(settings) as (_, client):
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(5)]
 
         async def all_synced() -> bool:
-            return set((await crm_statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced)
         changed, lost = ids[1], ids[3]
@@ -363,13 +347,13 @@ async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
             archived = await http.post(ARCHIVE, json={"inputs": [{"id": lost_id}]})
             assert archived.status_code == 204
         # Two contacts a page: the run must follow HubSpot's `after` cursor to see all.
-        report = await reconcile(settings, database_url)
+        report = await faces.reconcile(settings, database_url)
         assert (report.missing, report.extra, report.different) == ([lost], ["900001"], [changed])
         assert report.checked == 5
         repaired = (await client.post("/api/reconciliation", params={"repair": "true"})).json()
         assert repaired["queued"] == 3
 
-        await eventually(lambda: reconciled_clean(client), within=30, interval=0.3)
+        await eventually(lambda: faces.reconciled_clean(client), within=30, interval=0.3)
     contact = await _contact(crm.url, changed)
     assert contact is not None and contact["properties"]["city"] == "London"
     assert await _contact(crm.url, lost) is not None

@@ -9,8 +9,8 @@ import pytest
 from crm_faces import (
     create_secret_customer,
     first_error,
-    is_synced,
     operator_surfaces,
+    through_a_refusal_and_an_outage,
 )
 from support import (
     CrmControl,
@@ -59,17 +59,8 @@ async def test_the_token_reaches_no_log_error_metric_or_page(
             service_process(database_url, right.url, port, HUBSPOT_BASE_URL=right.url, **env),
             loopback_client(f"http://127.0.0.1:{port}", timeout=30) as http,
         ):
-            ok = await create_secret_customer(http, 1)
-            await eventually(lambda: is_synced(http, ok), within=30)
-            # HubSpot refuses: 400
-            bad = await create_secret_customer(http, 2, email="bad@example.c")
-            errors.append(await eventually(lambda: first_error(http, bad), within=30))
-            await control.faults(down=True, statusCode=503)
-            down = await create_secret_customer(http, 3)
-            errors.append(await eventually(lambda: first_error(http, down), within=30))
-            seen += await operator_surfaces(http)
-            await control.faults(down=False)
-            await eventually(lambda: is_synced(http, down), within=30)
+            # HubSpot refuses: 400; a 503
+            seen += await through_a_refusal_and_an_outage(http, control, errors)
             await control.faults(dailyLimit=1)
             limited = [await create_secret_customer(http, n) for n in (4, 5)]
 

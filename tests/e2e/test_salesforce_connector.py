@@ -10,19 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from crm_faces import (
-    ADDRESS,
-    backlog,
-    create_nth,
-    crm_statuses,
-    held_deliveries,
-    put_changes,
-    reconcile,
-    reconciled_clean,
-    requests_in,
-    service,
-    synced_at,
-)
+import crm_faces as faces
 from fastapi import FastAPI
 from support import (
     CrmControl,
@@ -101,10 +89,10 @@ async def _upsert(crm_url: str, records: list[dict[str, Any]]) -> list[dict[str,
 async def test_creates_updates_and_deletes_reach_salesforce_by_the_external_id(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with service(_salesforce(make_settings, crm.url)) as (app, client):
-        customer = await create_nth(client, 1)
+    async with faces.service(_salesforce(make_settings, crm.url)) as (app, client):
+        customer = await faces.create_nth(client, 1)
         cid = customer["id"]
-        await eventually(lambda: synced_at(client, cid, 1))
+        await eventually(lambda: faces.synced_at(client, cid, 1))
         first = await read_customer(client, cid)
         contact = await _contact(crm.url, cid)
         assert contact is not None
@@ -115,15 +103,19 @@ async def test_creates_updates_and_deletes_reach_salesforce_by_the_external_id(
             "MailingCity": "London",
         }
         assert contact["MailingPostalCode"] == "SW1Y 4JH"
-        await put_changes(client, first, lastName="v2", address={**ADDRESS, "city": "Bath"})
-        await eventually(lambda: synced_at(client, cid, 2))
+        await faces.put_changes(
+            client, first, lastName="v2", address={**faces.ADDRESS, "city": "Bath"}
+        )
+        await eventually(lambda: faces.synced_at(client, cid, 2))
         contact = await _contact(crm.url, cid)
         assert contact is not None
         assert (contact["LastName"], contact["MailingCity"]) == ("v2", "Bath")
         assert (await client.delete(f"/api/customers/{cid}")).status_code == 204
 
         async def gone() -> bool:
-            return await _contact(crm.url, cid) is None and not await requests_in(client, "pending")
+            return await _contact(crm.url, cid) is None and not await faces.requests_in(
+                client, "pending"
+            )
 
         await eventually(gone)
         # One token served every call.
@@ -143,16 +135,16 @@ async def test_creates_updates_and_deletes_reach_salesforce_by_the_external_id(
 async def test_an_expired_token_is_fetched_again_once_and_the_call_sent_again(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with service(_salesforce(make_settings, crm.url)) as (app, client):
-        customer = await create_nth(client, 1)
-        await eventually(lambda: synced_at(client, customer["id"], 1))
+    async with faces.service(_salesforce(make_settings, crm.url)) as (app, client):
+        customer = await faces.create_nth(client, 1)
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
         async with loopback_client(crm.url) as http:
             expired = await http.post("/api/crm/_salesforce/expire-tokens")
         assert expired.json() == {"expired": 1}
-        await put_changes(client, customer, lastName="v2")
-        await eventually(lambda: synced_at(client, customer["id"], 2))
+        await faces.put_changes(client, customer, lastName="v2")
+        await eventually(lambda: faces.synced_at(client, customer["id"], 2))
         assert _connector(app).client.tokens_fetched == 2
-        assert not await requests_in(client, "failed")
+        assert not await faces.requests_in(client, "failed")
     log = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
     assert [e["status"] for e in log] == [201, 401, 200]
     assert len([e for e in await crm_control.requests() if e["path"] == TOKEN]) == 2
@@ -162,19 +154,21 @@ async def test_a_coalesced_run_is_one_record_and_a_delete_without_id_looks_it_up
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    async with service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        customer = await create_nth(client, 1)
+    async with faces.service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
+        customer = await faces.create_nth(client, 1)
         for version in range(2, 6):
-            await put_changes(client, customer, lastName=f"v{version}")
+            await faces.put_changes(client, customer, lastName=f"v{version}")
         # Another one, whose create is discarded, but whose Contact Salesforce has anyway.
-        other = await create_nth(client, 2)
-        [row] = [r for r in await requests_in(client, "pending") if r["customerId"] == other["id"]]
+        other = await faces.create_nth(client, 2)
+        [row] = [
+            r for r in await faces.requests_in(client, "pending") if r["customerId"] == other["id"]
+        ]
         assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
         assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
     await _upsert(crm.url, [{"Crm_Sync_Id__c": str(other["id"]), "LastName": "Someone"}])
-    async with service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
-        await eventually(lambda: synced_at(client, customer["id"], 5))
+        await eventually(lambda: faces.synced_at(client, customer["id"], 5))
         await eventually(lambda: _gone(crm.url, other["id"]))
     upserts = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
     # The create, then its four updates coalesced into one record of the latest.
@@ -198,9 +192,9 @@ async def test_crm_field_map_overrides_the_external_id_field_and_a_field(
     field_map = tmp_path / "fields.json"
     field_map.write_text('{"id": "Shop_Id__c", "phone": "MailingState", "address.state": "Phone"}')
     settings = _salesforce(make_settings, crm.url, crm_field_map=str(field_map))
-    async with service(settings) as (_, client):
-        customer = await create_nth(client, 1, phone="+44 20 7946 0000")
-        await eventually(lambda: synced_at(client, customer["id"], 1))
+    async with faces.service(settings) as (_, client):
+        customer = await faces.create_nth(client, 1, phone="+44 20 7946 0000")
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
     [upsert] = [e for e in await crm_control.requests(customer["id"]) if e["method"] == "PATCH"]
     assert upsert["path"] == f"{DATA}/composite/sobjects/Contact/Shop_Id__c"
     assert upsert["body"]["Shop_Id__c"] == str(customer["id"])
@@ -212,19 +206,19 @@ async def test_a_record_refused_in_a_collection_is_dead_alone_the_others_deliver
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    ids = await backlog(settings, 8)
+    ids = await faces.backlog(settings, 8)
     # Our API takes both; Salesforce refuses a last name over 80 and this address.
-    [too_long] = await backlog(settings, 1, first=100, lastName="L" * 90)
-    [bad_email] = await backlog(settings, 1, email="bad@example.c")
-    async with service(settings) as (_, client):
+    [too_long] = await faces.backlog(settings, 1, first=100, lastName="L" * 90)
+    [bad_email] = await faces.backlog(settings, 1, email="bad@example.c")
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
-        statuses = await crm_statuses(client, [*ids, too_long, bad_email])
+        statuses = await faces.crm_statuses(client, [*ids, too_long, bad_email])
         assert statuses == {**dict.fromkeys(ids, "synced"), too_long: "dead", bad_email: "dead"}
-        dead = {r["customerId"]: r["lastError"] for r in await requests_in(client, "dead")}
+        dead = {r["customerId"]: r["lastError"] for r in await faces.requests_in(client, "dead")}
         assert "Salesforce refused this record (STRING_TOO_LONG) [LastName]" in dead[too_long]
         assert "(INVALID_EMAIL_ADDRESS) [Email]" in dead[bad_email]
         # One record's refusal says nothing of Salesforce as a whole: nothing is held.
-        assert await held_deliveries(client) is None
+        assert await faces.held_deliveries(client) is None
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     # All ten in one collection, each record answered on its own.
     assert len(log) == 10 and len({e["receivedAt"] for e in log}) == 1
@@ -235,23 +229,23 @@ async def test_a_row_lock_error_is_retried_until_delivered(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url, retry_backoff_base_seconds=0.1)
-    ids = await backlog(settings, 4)
-    async with service(settings) as (app, client):
+    ids = await faces.backlog(settings, 4)
+    async with faces.service(settings) as (app, client):
         assert await _connector(app).probe() is None  # a token first, while nothing fails
         await crm_control.faults(errorRate=1.0, statusCode=503)  # every record: a row lock
         await operator_retry(client)
-        failed = await requests_in(client, "failed")
+        failed = await faces.requests_in(client, "failed")
         assert {r["customerId"] for r in failed} == set(ids)
         assert all("(UNABLE_TO_LOCK_ROW)" in r["lastError"] for r in failed)
-        assert await held_deliveries(client) is None
+        assert await faces.held_deliveries(client) is None
         await crm_control.faults(errorRate=0.0)
 
         async def all_synced() -> bool:
             await client.post("/api/failed-requests/retry")
-            return set((await crm_statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced)
-        assert not await requests_in(client, "dead")
+        assert not await faces.requests_in(client, "dead")
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     assert [e["status"] for e in log].count(503) == 4  # each locked once, then delivered
 
@@ -261,26 +255,26 @@ async def test_request_limit_exceeded_holds_deliveries_then_they_resume(
 ) -> None:
     settings = _salesforce(make_settings, crm.url, crm_batch_size=1, recovery_probe_seconds=0.2)
     # With the scheduler: its probe finds Salesforce back once the hold lapses.
-    async with service(settings, run_scheduler=True) as (app, client):
+    async with faces.service(settings, run_scheduler=True) as (app, client):
         assert await _connector(app).probe() is None  # the token
         await crm_control.faults(rateLimitPerSecond=1, retryAfterSeconds=3)
-        ids = [(await create_nth(client, n))["id"] for n in range(4)]
-        held = await eventually(lambda: held_deliveries(client), interval=0.05)
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(4)]
+        held = await eventually(lambda: faces.held_deliveries(client), interval=0.05)
         assert held["reason"] == "rate_limited"
         assert "403 REQUEST_LIMIT_EXCEEDED" in held["detail"]
         assert "deliveries held until" in held["detail"]
-        rows = await requests_in(client, "failed")
+        rows = await faces.requests_in(client, "failed")
         assert rows and all("REQUEST_LIMIT_EXCEEDED" in r["lastError"] for r in rows)
         metrics = (await client.get("/metrics")).text
         assert 'crm_sync_deliveries_held{reason="rate_limited"} 1.0' in metrics
         await crm_control.faults(rateLimitPerSecond=None)
 
         async def all_synced() -> bool:
-            return set((await crm_statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced, within=20)
-        assert await held_deliveries(client) is None
-        assert not await requests_in(client, "dead")
+        assert await faces.held_deliveries(client) is None
+        assert not await faces.requests_in(client, "dead")
     log = [e for e in await crm_control.requests() if e["path"].startswith("/services/")]
     refused = [datetime.fromisoformat(e["receivedAt"]) for e in log if e["status"] == 403]
     assert refused, "no REQUEST_LIMIT_EXCEEDED: the test covers nothing"
@@ -308,20 +302,8 @@ async def test_a_refused_token_holds_deliveries_with_none_dead_until_the_secret_
     )
     async with live(LiveServer(lambda: create_crm_app(mock_settings))) as mock:
         wrong = _salesforce(make_settings, mock.url, salesforce_client_secret="a-wrong-one")
-        async with service(wrong) as (_, client):
-            ids = [(await create_nth(client, n))["id"] for n in range(3)]
-            held = await eventually(lambda: held_deliveries(client))
-            assert held["reason"] == "credentials"
-            assert "400 invalid_client" in held["detail"]
-            await operator_retry(client)
-            await operator_retry(client)
-            assert set((await crm_statuses(client, ids)).values()) == {"failed"}
-            assert not await requests_in(client, "dead")
-            assert "credentials" in (await client.get("/dashboard")).text
         right = wrong.model_copy(update={"salesforce_client_secret": "the-right-secret"})
-        async with service(right) as (_, client):
-            await operator_retry(client)
-            assert set((await crm_statuses(client, ids)).values()) == {"synced"}
+        await faces.credentials_hold_then_sync(wrong, right, "400 invalid_client")
 
 
 def _change(customer_id: int, payload: dict[str, Any]) -> Change:
@@ -371,11 +353,11 @@ async def test_reconciliation_follows_next_records_url_and_repairs_the_drift(
     database_url: str,
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    async with service(settings) as (_, client):
-        ids = [(await create_nth(client, n))["id"] for n in range(5)]
+    async with faces.service(settings) as (_, client):
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(5)]
 
         async def all_synced() -> bool:
-            return set((await crm_statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced)
         changed, lost = ids[1], ids[3]
@@ -387,7 +369,7 @@ async def test_reconciliation_follows_next_records_url_and_repairs_the_drift(
         async with loopback_client(crm.url, timeout=30) as http:
             deleted = await http.delete(DELETE, params={"ids": lost_id, "allOrNone": "false"})
             assert deleted.json()[0]["success"] is True
-        report = await reconcile(settings, database_url)
+        report = await faces.reconcile(settings, database_url)
         assert (report.missing, report.different) == ([lost], [changed])
         assert sorted(report.extra) == sorted(extra)
         assert report.checked == 5
@@ -396,7 +378,7 @@ async def test_reconciliation_follows_next_records_url_and_repairs_the_drift(
         repaired = (await client.post("/api/reconciliation", params={"repair": "true"})).json()
         assert repaired["queued"] == 202
 
-        await eventually(lambda: reconciled_clean(client), within=30, interval=0.3)
+        await eventually(lambda: faces.reconciled_clean(client), within=30, interval=0.3)
     contact = await _contact(crm.url, changed)
     assert contact is not None and contact["MailingCity"] == "London"
     assert await _contact(crm.url, lost) is not None

@@ -13,6 +13,7 @@ from crm_faces import (
     first_error,
     is_synced,
     operator_surfaces,
+    through_a_refusal_and_an_outage,
 )
 from support import (
     CrmControl,
@@ -67,17 +68,8 @@ async def test_the_secret_and_tokens_reach_no_log_error_metric_or_page(
             service_process(database_url, right.url, port, **_env(right.url)),
             loopback_client(f"http://127.0.0.1:{port}", timeout=30) as http,
         ):
-            ok = await create_secret_customer(http, 1)
-            await eventually(lambda: is_synced(http, ok), within=30)
-            # a record refused: 400
-            bad = await create_secret_customer(http, 2, email="bad@example.c")
-            errors.append(await eventually(lambda: first_error(http, bad), within=30))
-            await control.faults(down=True, statusCode=503)
-            down = await create_secret_customer(http, 3)
-            errors.append(await eventually(lambda: first_error(http, down), within=30))
-            seen += await operator_surfaces(http)
-            await control.faults(down=False)
-            await eventually(lambda: is_synced(http, down), within=30)
+            # a record refused: 400; a 503
+            seen += await through_a_refusal_and_an_outage(http, control, errors)
             async with loopback_client(right.url) as mock_http:
                 await mock_http.post("/api/crm/_salesforce/expire-tokens")
             renewed = await create_secret_customer(http, 4)  # a 401, a new token, sent again
