@@ -236,3 +236,29 @@ async def through_a_refusal_and_an_outage(
     await control.faults(down=False)
     await eventually(lambda: is_synced(http, down), within=30)
     return seen
+
+
+async def coalesced_run_and_a_lost_create(
+    settings: Settings,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Written by an API-only process: customer 1 created and updated four times (a run of
+    five to coalesce), and customer 2 created, then deleted with its create's request
+    discarded (as if its answer had been lost: the CRM may hold its record, with no Id
+    of it known to us)."""
+    async with service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
+        customer = await create_nth(client, 1)
+        for version in range(2, 6):
+            await put_changes(client, customer, lastName=f"v{version}")
+        other = await create_nth(client, 2)
+        [row] = [r for r in await requests_in(client, "pending") if r["customerId"] == other["id"]]
+        assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
+        assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
+    return customer, other
+
+
+async def an_error_saying(
+    http: httpx.AsyncClient, customer_ids: list[int], mark: str
+) -> str | None:
+    """The first `lastError` of these customers that says `mark`, if any yet."""
+    found = [await first_error(http, c) for c in customer_ids]
+    return next((e for e in found if e and mark in e), None)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from crm_faces import (
+    an_error_saying,
     create_secret_customer,
     first_error,
     operator_surfaces,
@@ -63,12 +64,8 @@ async def test_the_token_reaches_no_log_error_metric_or_page(
             seen += await through_a_refusal_and_an_outage(http, control, errors)
             await control.faults(dailyLimit=1)
             limited = [await create_secret_customer(http, n) for n in (4, 5)]
-
-            async def daily() -> str | None:
-                found = [await first_error(http, c) for c in limited]
-                return next((e for e in found if e and "429" in e), None)
-
-            errors.append(await eventually(daily, within=30))
+            limit_error = await eventually(lambda: an_error_saying(http, limited, "429"), within=30)
+            errors.append(limit_error)
             seen += await operator_surfaces(http)
             await control.faults(dailyLimit=None)
         await control.close()

@@ -154,17 +154,9 @@ async def test_a_coalesced_run_is_one_record_and_a_delete_without_id_looks_it_up
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    async with faces.service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        customer = await faces.create_nth(client, 1)
-        for version in range(2, 6):
-            await faces.put_changes(client, customer, lastName=f"v{version}")
-        # Another one, whose create is discarded, but whose Contact Salesforce has anyway.
-        other = await faces.create_nth(client, 2)
-        [row] = [
-            r for r in await faces.requests_in(client, "pending") if r["customerId"] == other["id"]
-        ]
-        assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
-        assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
+    # A run of five, and another customer whose create is discarded, but whose Contact
+    # Salesforce has anyway (made below).
+    customer, other = await faces.coalesced_run_and_a_lost_create(settings)
     await _upsert(crm.url, [{"Crm_Sync_Id__c": str(other["id"]), "LastName": "Someone"}])
     async with faces.service(settings) as (_, client):
         await operator_retry(client)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from crm_faces import (
+    an_error_saying,
     create_secret_customer,
     first_error,
     is_synced,
@@ -76,12 +77,10 @@ async def test_the_secret_and_tokens_reach_no_log_error_metric_or_page(
             await eventually(lambda: is_synced(http, renewed), within=30)
             await control.faults(dailyLimit=1)
             limited = [await create_secret_customer(http, n) for n in (5, 6)]
-
-            async def limit() -> str | None:
-                found = [await first_error(http, c) for c in limited]
-                return next((e for e in found if e and "REQUEST_LIMIT_EXCEEDED" in e), None)
-
-            errors.append(await eventually(limit, within=30))
+            limit_error = await eventually(
+                lambda: an_error_saying(http, limited, "REQUEST_LIMIT_EXCEEDED"), within=30
+            )
+            errors.append(limit_error)
             seen += await operator_surfaces(http)
             await control.faults(dailyLimit=None)
         await control.close()
