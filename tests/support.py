@@ -252,6 +252,20 @@ async def service_process(
 
 
 ADA = {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"}
+# Ada as an outbox row's payload (the customer's own fields, the address's flattened), as
+# the CRM mappings take it.
+ADA_PAYLOAD = {
+    "id": 42,
+    "firstName": "Ada",
+    "lastName": "Lovelace",
+    "email": "ada@example.com",
+    "phone": None,
+    "address.street": "12 St James's Square",
+    "address.city": "London",
+    "address.state": None,
+    "address.postalCode": "SW1Y 4JH",
+    "address.country": "GB",
+}
 
 
 async def create_customer(

@@ -21,17 +21,12 @@ The endpoints (our words; HubSpot's reference pages):
 """
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from json import loads
 from typing import Any
 
-import aiohttp
-
 from customer_service.config import Settings
-from customer_service.crm.client import CrmUnreachable, open_session
-from customer_service.crm.client import _unreachable as unreachable
+from customer_service.crm.exchange import Answer, CrmSession
 from customer_service.crm.hubspot_answers import (
     DAILY,
     RateHeaders,
@@ -39,12 +34,9 @@ from customer_service.crm.hubspot_answers import (
     policy_of,
     redact,
 )
-from customer_service.crm.throttle import CallThrottle, CrmPaused
+from customer_service.crm.throttle import CallThrottle
 from customer_service.crm.tls import proxy_for
-from customer_service.request_id import HEADER as REQUEST_ID_HEADER
-from customer_service.request_id import current_request_id
 from customer_service.sync.connector import CallObserver
-from customer_service.sync.hold import HoldKind
 
 CONTACTS = "/crm/v3/objects/contacts"
 # HubSpot's most records per batch call, and per page of the contacts list.
@@ -53,17 +45,10 @@ MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
-class HubSpotAnswer:
-    status: int
-    body: Any
-    retry_after: str | None
+class HubSpotAnswer(Answer):
     rate: RateHeaders
     # The media type when the body was not JSON (a proxy's HTML page), else None.
     not_json: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
     @property
     def policy(self) -> str | None:
@@ -84,7 +69,6 @@ class HubSpotClient:
         on_call: CallObserver | None = None,
         throttle: CallThrottle | None = None,
     ) -> None:
-        self._settings = settings
         self._base = settings.hubspot_base_url.rstrip("/")
         self._proxy = proxy_for(self._base)
         self._secrets = (settings.hubspot_access_token,)
@@ -92,23 +76,14 @@ class HubSpotClient:
             "Accept": "application/json",
             "Authorization": f"Bearer {settings.hubspot_access_token}",
         }
-        self._session: aiohttp.ClientSession | None = None
         self.throttle = throttle or CallThrottle()
-        self._patience = settings.crm_timeout_seconds
-        self._on_call = on_call
+        self._exchange = CrmSession(settings, self._headers, self.throttle, on_call, self.redact)
 
     def redact(self, text: str) -> str:
         return redact(text, self._secrets)
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = open_session(self._settings, self._headers)
-        return self._session
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._exchange.aclose()
 
     async def _call(
         self,
@@ -117,52 +92,19 @@ class HubSpotClient:
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
     ) -> HubSpotAnswer:
-        headers: dict[str, str] = {}
-        request_id = current_request_id.get()
-        if request_id is not None:
-            headers[REQUEST_ID_HEADER] = request_id
-        try:
-            sent = await self.throttle.wait_turn(patience=self._patience)
-        except CrmPaused as exc:
-            raise CrmUnreachable(str(exc), HoldKind.RATE_LIMITED) from exc
-        session = self._open()
-        url = self._base + path
-        start = time.perf_counter()
-        for last_try in (False, True):
-            try:
-                async with session.request(
-                    method, url, json=json, params=params, headers=headers, proxy=self._proxy
-                ) as response:
-                    content = await response.read()
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    rate = RateHeaders.of(response.headers)
-                    media = response.content_type
-                break
-            except aiohttp.ServerDisconnectedError as exc:
-                # A kept connection closed under us before any answer: once more, fresh.
-                # (Upserts by the id property and archives are safe to repeat.)
-                if last_try:
-                    self._observe(method, None, start)
-                    raise self._unreachable(exc) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._observe(method, None, start)
-                raise self._unreachable(exc) from None
-        self._observe(method, status, start)
-        body: Any = None
-        not_json: str | None = None
-        if content:
-            try:
-                body = loads(content)
-            except ValueError:
-                not_json = media or "no media type"
-        answer = HubSpotAnswer(status, body, retry_after, rate, not_json)
-        self._tell_throttle(answer, sent)
+        # (Upserts by the id property and archives are safe to repeat.)
+        exchanged = await self._exchange.send(
+            method, self._base + path, proxy=self._proxy, json=json, params=params
+        )
+        answer = HubSpotAnswer(
+            exchanged.status,
+            exchanged.body,
+            exchanged.retry_after,
+            RateHeaders.of(exchanged.headers),
+            exchanged.not_json,
+        )
+        self._tell_throttle(answer, exchanged.sent)
         return answer
-
-    def _unreachable(self, exc: BaseException) -> CrmUnreachable:
-        found = unreachable(exc, self._patience)
-        return CrmUnreachable(self.redact(str(found)), found.kind)
 
     def _tell_throttle(self, answer: HubSpotAnswer, sent: int) -> None:
         rate = answer.rate
@@ -178,10 +120,6 @@ class HubSpotClient:
             if wait is None and rate.interval_seconds:
                 wait = str(math.ceil(rate.interval_seconds))
             self.throttle.answered(429, wait, sent)
-
-    def _observe(self, method: str, status: int | None, start: float) -> None:
-        if self._on_call is not None:
-            self._on_call(method, status, time.perf_counter() - start)
 
     async def upsert(self, inputs: list[dict[str, Any]]) -> HubSpotAnswer:
         return await self._call("POST", f"{CONTACTS}/batch/upsert", json={"inputs": inputs})

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from customer_service.config import CUSTOMER_FIELDS
 from customer_service.crm.mapper import customer_fields, snapshot
+from customer_service.crm.record_fields import VALUE_FIELDS, choose_names
 from customer_service.customers.models import Customer
 
 DEFAULT_PROPERTIES: dict[str, str] = {
@@ -35,10 +35,6 @@ DEFAULT_PROPERTIES: dict[str, str] = {
     "address.postalCode": "zip",
     "address.country": "country",
 }
-# The customer fields that make a contact, in SPEC order (the id apart).
-VALUE_FIELDS = tuple(field for field in CUSTOMER_FIELDS if field != "id")
-# What reconciliation compares, in neutral names: `externalId` is the id property's value.
-COMPARED_FIELDS = ("externalId", *VALUE_FIELDS)
 
 
 def _text(value: Any) -> str:
@@ -58,9 +54,7 @@ class PropertyMap:
     @classmethod
     def of(cls, id_property: str, overrides: Mapping[str, str] | None = None) -> "PropertyMap":
         """The default mapping with HUBSPOT_ID_PROPERTY, then `CRM_FIELD_MAP` on top."""
-        chosen = {**DEFAULT_PROPERTIES, "id": id_property, **(overrides or {})}
-        id_name = chosen.pop("id")
-        return cls(chosen, id_name)
+        return cls(*choose_names(DEFAULT_PROPERTIES, id_property, overrides))
 
     def names(self) -> list[str]:
         """Every property we write and read, the id property's included."""

@@ -21,7 +21,7 @@
 
 Every call, the token's included, waits its turn at the process's `CallThrottle` and
 is sent on one aiohttp session with the CRM client's trust and proxy settings
-(`crm.client.open_session`). A kept connection closed under us before any answer is sent
+(`crm.exchange.CrmSession`). A kept connection closed under us before any answer is sent
 once more, fresh: an upsert by external id and a delete of Ids are safe to repeat.
 
 Secrets: the client secret is only in the token request's form, each access token only
@@ -30,25 +30,17 @@ the secret and of every token it was given (`redact`).
 """
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from json import loads
 from typing import Any
 
-import aiohttp
-
 from customer_service.config import Settings
-from customer_service.crm.client import CrmUnreachable, open_session
-from customer_service.crm.client import _unreachable as unreachable
+from customer_service.crm.exchange import Answer, CrmSession
 from customer_service.crm.salesforce_answers import describe, error_code, redact
-from customer_service.crm.throttle import CallThrottle, CrmPaused
+from customer_service.crm.throttle import CallThrottle
 from customer_service.crm.tls import proxy_for
-from customer_service.request_id import HEADER as REQUEST_ID_HEADER
-from customer_service.request_id import current_request_id
 from customer_service.sync.connector import CallObserver
-from customer_service.sync.hold import HoldKind
 
 TOKEN_PATH = "/services/oauth2/token"
 SOBJECT = "Contact"
@@ -60,18 +52,11 @@ KEPT_TOKENS = 16
 
 
 @dataclass(frozen=True)
-class SalesforceAnswer:
-    status: int
-    body: Any
-    retry_after: str | None
+class SalesforceAnswer(Answer):
     # The media type when the body was not JSON (a proxy's HTML page), else None.
     not_json: str | None = None
     # Who answered, as `describe` names it.
     what: str = "Salesforce"
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
     @property
     def code(self) -> str | None:
@@ -101,7 +86,6 @@ class SalesforceClient:
         on_call: CallObserver | None = None,
         throttle: CallThrottle | None = None,
     ) -> None:
-        self._settings = settings
         self._login = settings.salesforce_login_url.rstrip("/")
         self._client_id = settings.salesforce_client_id
         self._client_secret = settings.salesforce_client_secret
@@ -111,25 +95,18 @@ class SalesforceClient:
         self._instance: str | None = None
         self._token_lock: asyncio.Lock | None = None
         self._proxies: dict[str, str | None] = {}
-        self._session: aiohttp.ClientSession | None = None
         self.throttle = throttle or CallThrottle()
-        self._patience = settings.crm_timeout_seconds
-        self._on_call = on_call
+        self._exchange = CrmSession(
+            settings, {"Accept": "application/json"}, self.throttle, on_call, self.redact
+        )
         # Tokens fetched since start (a test reads it: one per expiry, not one per call).
         self.tokens_fetched = 0
 
     def redact(self, text: str) -> str:
         return redact(text, (self._client_secret, *self._tokens))
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = open_session(self._settings, {"Accept": "application/json"})
-        return self._session
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._exchange.aclose()
 
     def _proxy(self, url: str) -> str | None:
         origin = url.split("/", 3)
@@ -155,56 +132,19 @@ class SalesforceClient:
         sent_headers = dict(headers or {})
         if token is not None:
             sent_headers["Authorization"] = f"Bearer {token}"
-        request_id = current_request_id.get()
-        if request_id is not None:
-            sent_headers[REQUEST_ID_HEADER] = request_id
-        try:
-            sent = await self.throttle.wait_turn(patience=self._patience)
-        except CrmPaused as exc:
-            raise CrmUnreachable(str(exc), HoldKind.RATE_LIMITED) from exc
-        session = self._open()
-        start = time.perf_counter()
-        for last_try in (False, True):
-            try:
-                async with session.request(
-                    method,
-                    url,
-                    json=json,
-                    params=params,
-                    data=form,
-                    headers=sent_headers,
-                    proxy=self._proxy(url),
-                ) as response:
-                    content = await response.read()
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    media = response.content_type
-                break
-            except aiohttp.ServerDisconnectedError as exc:
-                if last_try:
-                    self._observe(method, None, start)
-                    raise self._unreachable(exc) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._observe(method, None, start)
-                raise self._unreachable(exc) from None
-        self._observe(method, status, start)
-        self.throttle.answered(status, retry_after, sent)
-        body: Any = None
-        not_json: str | None = None
-        if content:
-            try:
-                body = loads(content)
-            except ValueError:
-                not_json = media or "no media type"
-        return SalesforceAnswer(status, body, retry_after, not_json, what)
-
-    def _unreachable(self, exc: BaseException) -> CrmUnreachable:
-        found = unreachable(exc, self._patience)
-        return CrmUnreachable(self.redact(str(found)), found.kind)
-
-    def _observe(self, method: str, status: int | None, start: float) -> None:
-        if self._on_call is not None:
-            self._on_call(method, status, time.perf_counter() - start)
+        exchanged = await self._exchange.send(
+            method,
+            url,
+            proxy=self._proxy(url),
+            headers=sent_headers,
+            json=json,
+            params=params,
+            data=form,
+        )
+        self.throttle.answered(exchanged.status, exchanged.retry_after, exchanged.sent)
+        return SalesforceAnswer(
+            exchanged.status, exchanged.body, exchanged.retry_after, exchanged.not_json, what
+        )
 
     # -- the token ----------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from customer_service.config import CUSTOMER_FIELDS
 from customer_service.crm.mapper import customer_fields, snapshot
+from customer_service.crm.record_fields import VALUE_FIELDS, choose_names
 from customer_service.customers.models import Customer
 
 SOBJECT = "Contact"
@@ -35,9 +35,6 @@ DEFAULT_FIELDS: dict[str, str] = {
     "address.country": "MailingCountry",
 }
 REQUIRED_FIELD = "LastName"
-VALUE_FIELDS = tuple(field for field in CUSTOMER_FIELDS if field != "id")
-# What reconciliation compares, in neutral names: `externalId` is the external id field's.
-COMPARED_FIELDS = ("externalId", *VALUE_FIELDS)
 
 
 def _value(value: Any) -> str | None:
@@ -66,9 +63,7 @@ class FieldMap:
     @classmethod
     def of(cls, external_id_field: str, overrides: Mapping[str, str] | None = None) -> "FieldMap":
         """The default mapping with SALESFORCE_EXTERNAL_ID_FIELD, then `CRM_FIELD_MAP`."""
-        chosen = {**DEFAULT_FIELDS, "id": external_id_field, **(overrides or {})}
-        id_field = chosen.pop("id")
-        return cls(chosen, id_field)
+        return cls(*choose_names(DEFAULT_FIELDS, external_id_field, overrides))
 
     def names(self) -> list[str]:
         """Every Contact field we write and read, the external id field's included."""

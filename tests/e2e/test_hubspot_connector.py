@@ -4,15 +4,12 @@ endpoints; a 207 settles only the records it names; a batch refused whole for on
 split until only that input's request is dead; both 429s; a 401 holds deliveries with
 none dead; reconciliation pages contacts by the `after` cursor and repairs the drift."""
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
+import crm_faces as faces
 from support import (
     CrmControl,
     LiveServer,
@@ -25,24 +22,13 @@ from support import (
 
 from crm_mock.app import create_app as create_crm_app
 from crm_mock.config import CrmSettings
-from customer_service.app import create_app
 from customer_service.config import Settings
-from customer_service.db import create_engine, create_sessionmaker
-from customer_service.reconciliation.reconciler import Reconciler
-from customer_service.sync.connector import build_connector
 
 TOKEN = "pat-na1-test-0000"
 CONTACTS = "/crm/v3/objects/contacts"
 UPSERT = f"{CONTACTS}/batch/upsert"
 ARCHIVE = f"{CONTACTS}/batch/archive"
 READ = f"{CONTACTS}/batch/read"
-ADDRESS = {
-    "street": "12 St James's Square",
-    "city": "London",
-    "state": None,
-    "postalCode": "SW1Y 4JH",
-    "country": "GB",
-}
 
 
 def _hubspot(make_settings: Callable[..., Settings], url: str, **overrides: Any) -> Settings:
@@ -52,35 +38,6 @@ def _hubspot(make_settings: Callable[..., Settings], url: str, **overrides: Any)
         "hubspot_base_url": url,
     }
     return make_settings(**{**values, **overrides})
-
-
-@asynccontextmanager
-async def _service(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings, run_scheduler=False)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-            yield app, client
-
-
-async def _create(client: httpx.AsyncClient, n: int, **changes: Any) -> dict[str, Any]:
-    body = {
-        "firstName": "Ada",
-        "lastName": "v1",
-        "email": f"ada{n}@example.com",
-        "address": ADDRESS,
-        **changes,
-    }
-    response = await client.post("/api/customers", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-async def _put(client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any) -> None:
-    body = {key: customer[key] for key in ("firstName", "lastName", "email", "phone", "address")}
-    response = await client.put(f"/api/customers/{customer['id']}", json={**body, **changes})
-    assert response.status_code == 200, response.text
 
 
 async def _contact(crm_url: str, customer_id: int) -> dict[str, Any] | None:
@@ -98,27 +55,11 @@ async def _contact(crm_url: str, customer_id: int) -> dict[str, Any] | None:
     return results[0] if results else None
 
 
-async def _statuses(client: httpx.AsyncClient, ids: list[int]) -> dict[int, str]:
-    return {i: (await read_customer(client, i))["crm"]["status"] for i in ids}
-
-
-async def _requests(client: httpx.AsyncClient, status: str) -> list[dict[str, Any]]:
-    answer = await client.get("/api/failed-requests", params={"status": status, "limit": 100})
-    items: list[dict[str, Any]] = answer.json()["items"]
-    return items
-
-
-async def _backlog(settings: Settings, count: int, **changes: Any) -> list[int]:
-    """`count` customers written by an API-only process: their requests wait for a pass."""
-    async with _service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        return [(await _create(client, n, **changes))["id"] for n in range(count)]
-
-
 async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with _service(_hubspot(make_settings, crm.url)) as (_, client):
-        customer = await _create(client, 1)
+    async with faces.service(_hubspot(make_settings, crm.url)) as (_, client):
+        customer = await faces.create_nth(client, 1)
         cid = customer["id"]
 
         async def synced(version: int) -> dict[str, Any] | None:
@@ -137,7 +78,9 @@ async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
             "zip": "SW1Y 4JH",
             "country": "GB",
         }
-        await _put(client, first, lastName="v2", address={**ADDRESS, "city": "Bath"})
+        await faces.put_changes(
+            client, first, lastName="v2", address={**faces.ADDRESS, "city": "Bath"}
+        )
         await eventually(lambda: synced(2))
         contact = await _contact(crm.url, cid)
         assert contact is not None
@@ -145,7 +88,9 @@ async def test_creates_updates_and_deletes_reach_hubspot_by_the_id_property(
         assert (await client.delete(f"/api/customers/{cid}")).status_code == 204
 
         async def gone() -> bool:
-            return await _contact(crm.url, cid) is None and not await _requests(client, "pending")
+            return await _contact(crm.url, cid) is None and not await faces.requests_in(
+                client, "pending"
+            )
 
         await eventually(gone)
         log = [e for e in await crm_control.requests(cid) if e["path"] != READ]  # ours
@@ -162,15 +107,9 @@ async def test_a_coalesced_run_of_updates_is_one_upsert_and_a_delete_without_id_
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    async with _service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        customer = await _create(client, 1)
-        for version in range(2, 6):
-            await _put(client, customer, lastName=f"v{version}")
-        # Another one, whose create is discarded, but whose contact HubSpot has anyway.
-        other = await _create(client, 2)
-        [row] = [r for r in await _requests(client, "pending") if r["customerId"] == other["id"]]
-        assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
-        assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
+    # A run of five, and another customer whose create is discarded, but whose contact
+    # HubSpot has anyway (made below).
+    customer, other = await faces.coalesced_run_and_a_lost_create(settings)
     async with loopback_client(crm.url, timeout=30) as http:
         made = await http.post(
             UPSERT,
@@ -185,7 +124,7 @@ async def test_a_coalesced_run_of_updates_is_one_upsert_and_a_delete_without_id_
             },
         )
         assert made.status_code == 200, made.text
-    async with _service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
 
         async def done() -> bool:
@@ -215,9 +154,9 @@ async def test_crm_field_map_overrides_the_id_property_and_a_field(
     swapped = '"address.street": "city", "address.city": "address"'
     field_map.write_text('{"id": "shop_customer_id", ' + swapped + "}")
     settings = _hubspot(make_settings, crm.url, crm_field_map=str(field_map))
-    async with _service(settings) as (_, client):
-        customer = await _create(client, 1, address={"street": "Rue X", "city": "Paris"})
-        await eventually(lambda: _synced(client, customer["id"], 1))
+    async with faces.service(settings) as (_, client):
+        customer = await faces.create_nth(client, 1, address={"street": "Rue X", "city": "Paris"})
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
     [upsert] = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
     assert upsert["body"]["idProperty"] == "shop_customer_id"
     assert upsert["body"]["properties"]["shop_customer_id"] == str(customer["id"])
@@ -229,19 +168,19 @@ async def test_a_207_settles_only_the_records_it_names(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    ids = await _backlog(settings, 20)
+    ids = await faces.backlog(settings, 20)
     # Each record draws: a drawn one is refused on its own, for good (a 400).
     await crm_control.faults(errorRate=0.3, statusCode=400)
-    async with _service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
         await crm_control.faults(errorRate=0.0)
         log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
         refused = {int(e["externalId"]) for e in log if e["status"] == 400}
         assert refused and refused != set(ids), "the draws refused none, or all"
-        statuses = await _statuses(client, ids)
+        statuses = await faces.crm_statuses(client, ids)
         assert {i for i, s in statuses.items() if s == "dead"} == refused
         assert {i for i, s in statuses.items() if s == "synced"} == set(ids) - refused
-        dead = await _requests(client, "dead")
+        dead = await faces.requests_in(client, "dead")
         assert all("HubSpot refused this record (400" in r["lastError"] for r in dead)
         # One record's refusal says nothing of HubSpot as a whole: nothing is held.
         ready = (await client.get("/ready")).json()
@@ -252,14 +191,14 @@ async def test_a_batch_refused_whole_for_one_input_is_split_until_it_is_alone(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    ids = await _backlog(settings, 9)
+    ids = await faces.backlog(settings, 9)
     # Our API takes this address; HubSpot (the face) refuses it, and the whole batch.
-    [bad] = await _backlog(settings, 1, email="bad@example.c")
-    async with _service(settings) as (_, client):
+    [bad] = await faces.backlog(settings, 1, email="bad@example.c")
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
-        statuses = await _statuses(client, [*ids, bad])
+        statuses = await faces.crm_statuses(client, [*ids, bad])
         assert statuses == {**dict.fromkeys(ids, "synced"), bad: "dead"}
-        [dead] = await _requests(client, "dead")
+        [dead] = await faces.requests_in(client, "dead")
         assert dead["customerId"] == bad
         assert "HubSpot answered 400 VALIDATION_ERROR" in dead["lastError"]
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
@@ -273,9 +212,9 @@ async def test_the_ten_secondly_429_pauses_every_call_for_the_window(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _hubspot(make_settings, crm.url, crm_batch_size=2)
-    ids = await _backlog(settings, 24)
+    ids = await faces.backlog(settings, 24)
     await crm_control.faults(rateLimitPerSecond=50)
-    async with _service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         # A first answer states 50 a second; then HubSpot lowers the limit to 2, and the
         # calls already paced at 50 meet it: some are 429.
         assert (await client.post("/api/reconciliation")).status_code == 200  # a read first
@@ -284,10 +223,10 @@ async def test_the_ten_secondly_429_pauses_every_call_for_the_window(
 
         async def all_synced() -> bool:
             await client.post("/api/failed-requests/retry")
-            return set((await _statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced, within=60, interval=0.5)
-        assert not await _requests(client, "dead")
+        assert not await faces.requests_in(client, "dead")
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     limited = [e for e in log if e["status"] == 429]
     assert limited, "no 429: the test covers nothing"
@@ -307,39 +246,36 @@ async def test_rate_limit_headers_pace_calls_before_any_429(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     await crm_control.faults(rateLimitPerSecond=3)
-    async with _service(_hubspot(make_settings, crm.url)) as (_, client):
-        first = await _create(client, 0)
+    async with faces.service(_hubspot(make_settings, crm.url)) as (_, client):
+        first = await faces.create_nth(client, 0)
         # The first answer's headers told the limit: what follows keeps under it.
-        await eventually(lambda: _synced(client, first["id"], 1))
-        ids = [(await _create(client, n))["id"] for n in range(1, 16)]
+        await eventually(lambda: faces.synced_at(client, first["id"], 1))
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(1, 16)]
 
         async def synced() -> bool:
-            return set((await _statuses(client, [first["id"], *ids])).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, [first["id"], *ids])).values()) == {
+                "synced"
+            }
 
         await eventually(synced, within=30)
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     assert 429 not in [e["status"] for e in log], [(e["status"], e["receivedAt"]) for e in log]
 
 
-async def _held(client: httpx.AsyncClient) -> dict[str, Any] | None:
-    deliveries: dict[str, Any] = (await client.get("/ready")).json()["deliveries"]
-    return deliveries if deliveries["held"] else None
-
-
 async def test_the_daily_429_holds_deliveries_until_the_reset_and_shows_it(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with _service(_hubspot(make_settings, crm.url)) as (app, client):
-        customer = await _create(client, 1)
-        await eventually(lambda: _synced(client, customer["id"], 1))
+    async with faces.service(_hubspot(make_settings, crm.url)) as (app, client):
+        customer = await faces.create_nth(client, 1)
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
         await crm_control.faults(dailyLimit=1)  # one more call today
-        await _put(client, customer, lastName="v2")
-        await eventually(lambda: _synced(client, customer["id"], 2))
-        await _put(client, customer, lastName="v3")
-        held = await eventually(lambda: _held(client))
+        await faces.put_changes(client, customer, lastName="v2")
+        await eventually(lambda: faces.synced_at(client, customer["id"], 2))
+        await faces.put_changes(client, customer, lastName="v3")
+        held = await eventually(lambda: faces.held_deliveries(client))
         assert held["reason"] == "rate_limited"
         assert "DAILY" in held["detail"] and "deliveries held until" in held["detail"]
-        [row] = await eventually(lambda: _requests(client, "failed"))
+        [row] = await eventually(lambda: faces.requests_in(client, "failed"))
         assert "DAILY" in row["lastError"]
         # Not due again before the reset (HubSpot's Retry-After: the next midnight).
         due = datetime.fromisoformat(row["nextAttemptAt"])
@@ -351,18 +287,13 @@ async def test_the_daily_429_holds_deliveries_until_the_reset_and_shows_it(
         calls = len(await crm_control.requests())
         # Held: a write, a probe and an operator's retry call HubSpot no more today.
         await crm_control.faults(dailyLimit=None)
-        await _put(client, customer, lastName="v4")
+        await faces.put_changes(client, customer, lastName="v4")
         await client.post("/api/failed-requests/retry")
         probe = await app.state.delivery.connector.probe()
         assert probe is not None and probe.kind == "rate_limited"
         assert len(await crm_control.requests()) == calls
         assert (await read_customer(client, customer["id"]))["crm"]["status"] == "failed"
-        assert not await _requests(client, "dead")
-
-
-async def _synced(client: httpx.AsyncClient, customer_id: int, version: int) -> bool:
-    crm_state = (await read_customer(client, customer_id))["crm"]
-    return bool(crm_state["status"] == "synced" and crm_state["syncedVersion"] == version)
+        assert not await faces.requests_in(client, "dead")
 
 
 async def test_a_401_holds_deliveries_with_none_dead_until_the_token_is_right(
@@ -375,20 +306,8 @@ async def test_a_401_holds_deliveries_with_none_dead_until_the_token_is_right(
     )
     async with live(LiveServer(lambda: create_crm_app(mock_settings))) as mock:
         wrong = _hubspot(make_settings, mock.url, hubspot_access_token="pat-na1-wrong")
-        async with _service(wrong) as (_, client):
-            ids = [(await _create(client, n))["id"] for n in range(3)]
-            held = await eventually(lambda: _held(client))
-            assert held["reason"] == "credentials"
-            assert "401 INVALID_AUTHENTICATION" in held["detail"]
-            await operator_retry(client)
-            await operator_retry(client)
-            assert set((await _statuses(client, ids)).values()) == {"failed"}
-            assert not await _requests(client, "dead")
-            assert "credentials" in (await client.get("/dashboard")).text
         right = wrong.model_copy(update={"hubspot_access_token": "pat-na1-right"})
-        async with _service(right) as (_, client):
-            await operator_retry(client)
-            assert set((await _statuses(client, ids)).values()) == {"synced"}
+        await faces.credentials_hold_then_sync(wrong, right, "401 INVALID_AUTHENTICATION")
 
 
 async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
@@ -398,11 +317,11 @@ async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
     database_url: str,
 ) -> None:
     settings = _hubspot(make_settings, crm.url)
-    async with _service(settings) as (_, client):
-        ids = [(await _create(client, n))["id"] for n in range(5)]
+    async with faces.service(settings) as (_, client):
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(5)]
 
         async def all_synced() -> bool:
-            return set((await _statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced)
         changed, lost = ids[1], ids[3]
@@ -420,26 +339,13 @@ async def test_reconciliation_pages_contacts_by_cursor_and_repairs_the_drift(
             archived = await http.post(ARCHIVE, json={"inputs": [{"id": lost_id}]})
             assert archived.status_code == 204
         # Two contacts a page: the run must follow HubSpot's `after` cursor to see all.
-        engine = create_engine(database_url)
-        connector = build_connector(settings, create_sessionmaker(engine))
-        try:
-            reconciler = Reconciler(create_sessionmaker(engine), connector.reader(), page_size=2)
-            report = await reconciler.run(repair=False)
-        finally:
-            await connector.close()
-            await engine.dispose()
+        report = await faces.reconcile(settings, database_url)
         assert (report.missing, report.extra, report.different) == ([lost], ["900001"], [changed])
         assert report.checked == 5
         repaired = (await client.post("/api/reconciliation", params={"repair": "true"})).json()
         assert repaired["queued"] == 3
 
-        async def clean() -> bool:
-            if (await client.get("/api/failed-requests")).json()["total"]:
-                return False  # fixes still on their way
-            again = (await client.post("/api/reconciliation")).json()
-            return not (again["missing"] or again["extra"] or again["different"])
-
-        await eventually(clean, within=30, interval=0.3)
+        await eventually(lambda: faces.reconciled_clean(client), within=30, interval=0.3)
     contact = await _contact(crm.url, changed)
     assert contact is not None and contact["properties"]["city"] == "London"
     assert await _contact(crm.url, lost) is not None

@@ -2,9 +2,9 @@
 flight: the process that follows sends the batch again, and the upsert by the id property
 finds the contacts the first call made. No contact is lost, none is made twice."""
 
-import signal
 from typing import Any
 
+from crm_faces import assert_each_made_once, assert_one_record_each, kill_while_sending
 from support import CrmControl, LiveServer, eventually, free_port, loopback_client, service_process
 
 HUBSPOT = {"CRM_CONNECTOR": "hubspot", "HUBSPOT_ACCESS_TOKEN": "pat-na1-crash"}
@@ -30,15 +30,7 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
             assert response.status_code == 201
             written.append(response.json())
         await crm_control.faults(down=False, latencyMs=2000)
-
-        async def sending() -> bool:
-            return "crm_sync_deliveries_in_flight 0.0\n" not in (await http.get("/metrics")).text
-
-        await eventually(sending)
-        # Nothing recorded as delivered: the answer is two seconds away.
-        assert (await http.get("/api/failed-requests")).json()["total"] == 5
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        await kill_while_sending(http, process, len(written))
 
     async def landed() -> bool:
         return len(await crm_control.records()) == 5
@@ -56,13 +48,6 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
             return True
 
         await eventually(all_synced, within=30)
-        for customer in written:
-            current = (await http.get(f"/api/customers/{customer['id']}")).json()
-            records = await crm_control.records(customer["id"])
-            assert len(records) == 1, records
-            assert current["crm"]["id"] == records[0]["id"]
-            assert records[0]["firstName"] == customer["firstName"]
+        await assert_one_record_each(http, crm_control, written)
     assert len(await crm_control.records()) == 5
-    for customer in written:
-        statuses = [e["status"] for e in await crm_control.requests(customer["id"])]
-        assert statuses[0] == 201 and 200 in statuses[1:], statuses  # made once, found again
+    await assert_each_made_once(crm_control, written)

@@ -5,14 +5,12 @@ record refused in a collection is dead alone; a row lock is retried; REQUEST_LIM
 and a refused token hold deliveries with none dead; a customer without a last name is
 dead without a call; reconciliation follows `nextRecordsUrl` and repairs the drift."""
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-from asgi_lifespan import LifespanManager
+import crm_faces as faces
 from fastapi import FastAPI
 from support import (
     CrmControl,
@@ -26,11 +24,8 @@ from support import (
 
 from crm_mock.app import create_app as create_crm_app
 from crm_mock.config import CrmSettings
-from customer_service.app import create_app
 from customer_service.config import Settings
-from customer_service.db import create_engine, create_sessionmaker
-from customer_service.reconciliation.reconciler import Reconciler
-from customer_service.sync.connector import Change, build_connector
+from customer_service.sync.connector import Change
 from customer_service.sync.connectors.salesforce import SalesforceConnector
 from customer_service.sync.models import Operation, QueuedRequest
 from customer_service.sync.outcome import Delivered, Failed
@@ -42,13 +37,6 @@ DELETE = f"{DATA}/composite/sobjects"
 QUERY = f"{DATA}/query"
 TOKEN = "/services/oauth2/token"
 FIELDS = "Id, FirstName, LastName, Email, MailingStreet, MailingCity, MailingPostalCode"
-ADDRESS = {
-    "street": "12 St James's Square",
-    "city": "London",
-    "state": None,
-    "postalCode": "SW1Y 4JH",
-    "country": "GB",
-}
 
 
 def _salesforce(make_settings: Callable[..., Settings], url: str, **overrides: Any) -> Settings:
@@ -61,41 +49,10 @@ def _salesforce(make_settings: Callable[..., Settings], url: str, **overrides: A
     return make_settings(**{**values, **overrides})
 
 
-@asynccontextmanager
-async def _service(
-    settings: Settings, run_scheduler: bool = False
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings, run_scheduler=run_scheduler)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-            yield app, client
-
-
 def _connector(app: FastAPI) -> SalesforceConnector:
     connector = app.state.delivery.connector
     assert isinstance(connector, SalesforceConnector)
     return connector
-
-
-async def _create(client: httpx.AsyncClient, n: int, **changes: Any) -> dict[str, Any]:
-    body = {
-        "firstName": "Ada",
-        "lastName": "v1",
-        "email": f"ada{n}@example.com",
-        "address": ADDRESS,
-        **changes,
-    }
-    response = await client.post("/api/customers", json=body)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
-
-
-async def _put(client: httpx.AsyncClient, customer: dict[str, Any], **changes: Any) -> None:
-    body = {key: customer[key] for key in ("firstName", "lastName", "email", "phone", "address")}
-    response = await client.put(f"/api/customers/{customer['id']}", json={**body, **changes})
-    assert response.status_code == 200, response.text
 
 
 async def _soql(crm_url: str, soql: str) -> list[dict[str, Any]]:
@@ -129,39 +86,13 @@ async def _upsert(crm_url: str, records: list[dict[str, Any]]) -> list[dict[str,
     return results
 
 
-async def _statuses(client: httpx.AsyncClient, ids: list[int]) -> dict[int, str]:
-    return {i: (await read_customer(client, i))["crm"]["status"] for i in ids}
-
-
-async def _requests(client: httpx.AsyncClient, status: str) -> list[dict[str, Any]]:
-    answer = await client.get("/api/failed-requests", params={"status": status, "limit": 100})
-    items: list[dict[str, Any]] = answer.json()["items"]
-    return items
-
-
-async def _synced(client: httpx.AsyncClient, customer_id: int, version: int) -> bool:
-    crm_state = (await read_customer(client, customer_id))["crm"]
-    return bool(crm_state["status"] == "synced" and crm_state["syncedVersion"] == version)
-
-
-async def _held(client: httpx.AsyncClient) -> dict[str, Any] | None:
-    deliveries: dict[str, Any] = (await client.get("/ready")).json()["deliveries"]
-    return deliveries if deliveries["held"] else None
-
-
-async def _backlog(settings: Settings, count: int, first: int = 0, **changes: Any) -> list[int]:
-    """`count` customers written by an API-only process: their requests wait for a pass."""
-    async with _service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        return [(await _create(client, n, **changes))["id"] for n in range(first, first + count)]
-
-
 async def test_creates_updates_and_deletes_reach_salesforce_by_the_external_id(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with _service(_salesforce(make_settings, crm.url)) as (app, client):
-        customer = await _create(client, 1)
+    async with faces.service(_salesforce(make_settings, crm.url)) as (app, client):
+        customer = await faces.create_nth(client, 1)
         cid = customer["id"]
-        await eventually(lambda: _synced(client, cid, 1))
+        await eventually(lambda: faces.synced_at(client, cid, 1))
         first = await read_customer(client, cid)
         contact = await _contact(crm.url, cid)
         assert contact is not None
@@ -172,15 +103,19 @@ async def test_creates_updates_and_deletes_reach_salesforce_by_the_external_id(
             "MailingCity": "London",
         }
         assert contact["MailingPostalCode"] == "SW1Y 4JH"
-        await _put(client, first, lastName="v2", address={**ADDRESS, "city": "Bath"})
-        await eventually(lambda: _synced(client, cid, 2))
+        await faces.put_changes(
+            client, first, lastName="v2", address={**faces.ADDRESS, "city": "Bath"}
+        )
+        await eventually(lambda: faces.synced_at(client, cid, 2))
         contact = await _contact(crm.url, cid)
         assert contact is not None
         assert (contact["LastName"], contact["MailingCity"]) == ("v2", "Bath")
         assert (await client.delete(f"/api/customers/{cid}")).status_code == 204
 
         async def gone() -> bool:
-            return await _contact(crm.url, cid) is None and not await _requests(client, "pending")
+            return await _contact(crm.url, cid) is None and not await faces.requests_in(
+                client, "pending"
+            )
 
         await eventually(gone)
         # One token served every call.
@@ -200,16 +135,16 @@ async def test_creates_updates_and_deletes_reach_salesforce_by_the_external_id(
 async def test_an_expired_token_is_fetched_again_once_and_the_call_sent_again(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
-    async with _service(_salesforce(make_settings, crm.url)) as (app, client):
-        customer = await _create(client, 1)
-        await eventually(lambda: _synced(client, customer["id"], 1))
+    async with faces.service(_salesforce(make_settings, crm.url)) as (app, client):
+        customer = await faces.create_nth(client, 1)
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
         async with loopback_client(crm.url) as http:
             expired = await http.post("/api/crm/_salesforce/expire-tokens")
         assert expired.json() == {"expired": 1}
-        await _put(client, customer, lastName="v2")
-        await eventually(lambda: _synced(client, customer["id"], 2))
+        await faces.put_changes(client, customer, lastName="v2")
+        await eventually(lambda: faces.synced_at(client, customer["id"], 2))
         assert _connector(app).client.tokens_fetched == 2
-        assert not await _requests(client, "failed")
+        assert not await faces.requests_in(client, "failed")
     log = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
     assert [e["status"] for e in log] == [201, 401, 200]
     assert len([e for e in await crm_control.requests() if e["path"] == TOKEN]) == 2
@@ -219,19 +154,13 @@ async def test_a_coalesced_run_is_one_record_and_a_delete_without_id_looks_it_up
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    async with _service(settings.model_copy(update={"sync_enabled": False})) as (_, client):
-        customer = await _create(client, 1)
-        for version in range(2, 6):
-            await _put(client, customer, lastName=f"v{version}")
-        # Another one, whose create is discarded, but whose Contact Salesforce has anyway.
-        other = await _create(client, 2)
-        [row] = [r for r in await _requests(client, "pending") if r["customerId"] == other["id"]]
-        assert (await client.delete(f"/api/failed-requests/{row['id']}")).status_code == 204
-        assert (await client.delete(f"/api/customers/{other['id']}")).status_code == 204
+    # A run of five, and another customer whose create is discarded, but whose Contact
+    # Salesforce has anyway (made below).
+    customer, other = await faces.coalesced_run_and_a_lost_create(settings)
     await _upsert(crm.url, [{"Crm_Sync_Id__c": str(other["id"]), "LastName": "Someone"}])
-    async with _service(settings) as (_, client):
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
-        await eventually(lambda: _synced(client, customer["id"], 5))
+        await eventually(lambda: faces.synced_at(client, customer["id"], 5))
         await eventually(lambda: _gone(crm.url, other["id"]))
     upserts = [e for e in await crm_control.requests(customer["id"]) if e["path"] == UPSERT]
     # The create, then its four updates coalesced into one record of the latest.
@@ -255,9 +184,9 @@ async def test_crm_field_map_overrides_the_external_id_field_and_a_field(
     field_map = tmp_path / "fields.json"
     field_map.write_text('{"id": "Shop_Id__c", "phone": "MailingState", "address.state": "Phone"}')
     settings = _salesforce(make_settings, crm.url, crm_field_map=str(field_map))
-    async with _service(settings) as (_, client):
-        customer = await _create(client, 1, phone="+44 20 7946 0000")
-        await eventually(lambda: _synced(client, customer["id"], 1))
+    async with faces.service(settings) as (_, client):
+        customer = await faces.create_nth(client, 1, phone="+44 20 7946 0000")
+        await eventually(lambda: faces.synced_at(client, customer["id"], 1))
     [upsert] = [e for e in await crm_control.requests(customer["id"]) if e["method"] == "PATCH"]
     assert upsert["path"] == f"{DATA}/composite/sobjects/Contact/Shop_Id__c"
     assert upsert["body"]["Shop_Id__c"] == str(customer["id"])
@@ -269,19 +198,19 @@ async def test_a_record_refused_in_a_collection_is_dead_alone_the_others_deliver
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    ids = await _backlog(settings, 8)
+    ids = await faces.backlog(settings, 8)
     # Our API takes both; Salesforce refuses a last name over 80 and this address.
-    [too_long] = await _backlog(settings, 1, first=100, lastName="L" * 90)
-    [bad_email] = await _backlog(settings, 1, email="bad@example.c")
-    async with _service(settings) as (_, client):
+    [too_long] = await faces.backlog(settings, 1, first=100, lastName="L" * 90)
+    [bad_email] = await faces.backlog(settings, 1, email="bad@example.c")
+    async with faces.service(settings) as (_, client):
         await operator_retry(client)
-        statuses = await _statuses(client, [*ids, too_long, bad_email])
+        statuses = await faces.crm_statuses(client, [*ids, too_long, bad_email])
         assert statuses == {**dict.fromkeys(ids, "synced"), too_long: "dead", bad_email: "dead"}
-        dead = {r["customerId"]: r["lastError"] for r in await _requests(client, "dead")}
+        dead = {r["customerId"]: r["lastError"] for r in await faces.requests_in(client, "dead")}
         assert "Salesforce refused this record (STRING_TOO_LONG) [LastName]" in dead[too_long]
         assert "(INVALID_EMAIL_ADDRESS) [Email]" in dead[bad_email]
         # One record's refusal says nothing of Salesforce as a whole: nothing is held.
-        assert await _held(client) is None
+        assert await faces.held_deliveries(client) is None
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     # All ten in one collection, each record answered on its own.
     assert len(log) == 10 and len({e["receivedAt"] for e in log}) == 1
@@ -292,23 +221,23 @@ async def test_a_row_lock_error_is_retried_until_delivered(
     make_settings: Callable[..., Settings], crm: LiveServer, crm_control: CrmControl
 ) -> None:
     settings = _salesforce(make_settings, crm.url, retry_backoff_base_seconds=0.1)
-    ids = await _backlog(settings, 4)
-    async with _service(settings) as (app, client):
+    ids = await faces.backlog(settings, 4)
+    async with faces.service(settings) as (app, client):
         assert await _connector(app).probe() is None  # a token first, while nothing fails
         await crm_control.faults(errorRate=1.0, statusCode=503)  # every record: a row lock
         await operator_retry(client)
-        failed = await _requests(client, "failed")
+        failed = await faces.requests_in(client, "failed")
         assert {r["customerId"] for r in failed} == set(ids)
         assert all("(UNABLE_TO_LOCK_ROW)" in r["lastError"] for r in failed)
-        assert await _held(client) is None
+        assert await faces.held_deliveries(client) is None
         await crm_control.faults(errorRate=0.0)
 
         async def all_synced() -> bool:
             await client.post("/api/failed-requests/retry")
-            return set((await _statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced)
-        assert not await _requests(client, "dead")
+        assert not await faces.requests_in(client, "dead")
     log = [e for e in await crm_control.requests() if e["path"] == UPSERT]
     assert [e["status"] for e in log].count(503) == 4  # each locked once, then delivered
 
@@ -318,26 +247,26 @@ async def test_request_limit_exceeded_holds_deliveries_then_they_resume(
 ) -> None:
     settings = _salesforce(make_settings, crm.url, crm_batch_size=1, recovery_probe_seconds=0.2)
     # With the scheduler: its probe finds Salesforce back once the hold lapses.
-    async with _service(settings, run_scheduler=True) as (app, client):
+    async with faces.service(settings, run_scheduler=True) as (app, client):
         assert await _connector(app).probe() is None  # the token
         await crm_control.faults(rateLimitPerSecond=1, retryAfterSeconds=3)
-        ids = [(await _create(client, n))["id"] for n in range(4)]
-        held = await eventually(lambda: _held(client), interval=0.05)
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(4)]
+        held = await eventually(lambda: faces.held_deliveries(client), interval=0.05)
         assert held["reason"] == "rate_limited"
         assert "403 REQUEST_LIMIT_EXCEEDED" in held["detail"]
         assert "deliveries held until" in held["detail"]
-        rows = await _requests(client, "failed")
+        rows = await faces.requests_in(client, "failed")
         assert rows and all("REQUEST_LIMIT_EXCEEDED" in r["lastError"] for r in rows)
         metrics = (await client.get("/metrics")).text
         assert 'crm_sync_deliveries_held{reason="rate_limited"} 1.0' in metrics
         await crm_control.faults(rateLimitPerSecond=None)
 
         async def all_synced() -> bool:
-            return set((await _statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced, within=20)
-        assert await _held(client) is None
-        assert not await _requests(client, "dead")
+        assert await faces.held_deliveries(client) is None
+        assert not await faces.requests_in(client, "dead")
     log = [e for e in await crm_control.requests() if e["path"].startswith("/services/")]
     refused = [datetime.fromisoformat(e["receivedAt"]) for e in log if e["status"] == 403]
     assert refused, "no REQUEST_LIMIT_EXCEEDED: the test covers nothing"
@@ -365,20 +294,8 @@ async def test_a_refused_token_holds_deliveries_with_none_dead_until_the_secret_
     )
     async with live(LiveServer(lambda: create_crm_app(mock_settings))) as mock:
         wrong = _salesforce(make_settings, mock.url, salesforce_client_secret="a-wrong-one")
-        async with _service(wrong) as (_, client):
-            ids = [(await _create(client, n))["id"] for n in range(3)]
-            held = await eventually(lambda: _held(client))
-            assert held["reason"] == "credentials"
-            assert "400 invalid_client" in held["detail"]
-            await operator_retry(client)
-            await operator_retry(client)
-            assert set((await _statuses(client, ids)).values()) == {"failed"}
-            assert not await _requests(client, "dead")
-            assert "credentials" in (await client.get("/dashboard")).text
         right = wrong.model_copy(update={"salesforce_client_secret": "the-right-secret"})
-        async with _service(right) as (_, client):
-            await operator_retry(client)
-            assert set((await _statuses(client, ids)).values()) == {"synced"}
+        await faces.credentials_hold_then_sync(wrong, right, "400 invalid_client")
 
 
 def _change(customer_id: int, payload: dict[str, Any]) -> Change:
@@ -428,11 +345,11 @@ async def test_reconciliation_follows_next_records_url_and_repairs_the_drift(
     database_url: str,
 ) -> None:
     settings = _salesforce(make_settings, crm.url)
-    async with _service(settings) as (_, client):
-        ids = [(await _create(client, n))["id"] for n in range(5)]
+    async with faces.service(settings) as (_, client):
+        ids = [(await faces.create_nth(client, n))["id"] for n in range(5)]
 
         async def all_synced() -> bool:
-            return set((await _statuses(client, ids)).values()) == {"synced"}
+            return set((await faces.crm_statuses(client, ids)).values()) == {"synced"}
 
         await eventually(all_synced)
         changed, lost = ids[1], ids[3]
@@ -444,14 +361,7 @@ async def test_reconciliation_follows_next_records_url_and_repairs_the_drift(
         async with loopback_client(crm.url, timeout=30) as http:
             deleted = await http.delete(DELETE, params={"ids": lost_id, "allOrNone": "false"})
             assert deleted.json()[0]["success"] is True
-        engine = create_engine(database_url)
-        connector = build_connector(settings, create_sessionmaker(engine))
-        try:
-            reconciler = Reconciler(create_sessionmaker(engine), connector.reader(), page_size=2)
-            report = await reconciler.run(repair=False)
-        finally:
-            await connector.close()
-            await engine.dispose()
+        report = await faces.reconcile(settings, database_url)
         assert (report.missing, report.different) == ([lost], [changed])
         assert sorted(report.extra) == sorted(extra)
         assert report.checked == 5
@@ -460,13 +370,7 @@ async def test_reconciliation_follows_next_records_url_and_repairs_the_drift(
         repaired = (await client.post("/api/reconciliation", params={"repair": "true"})).json()
         assert repaired["queued"] == 202
 
-        async def clean() -> bool:
-            if (await client.get("/api/failed-requests")).json()["total"]:
-                return False  # fixes still on their way
-            again = (await client.post("/api/reconciliation")).json()
-            return not (again["missing"] or again["extra"] or again["different"])
-
-        await eventually(clean, within=30, interval=0.3)
+        await eventually(lambda: faces.reconciled_clean(client), within=30, interval=0.3)
     contact = await _contact(crm.url, changed)
     assert contact is not None and contact["MailingCity"] == "London"
     assert await _contact(crm.url, lost) is not None

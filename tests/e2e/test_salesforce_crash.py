@@ -3,9 +3,9 @@ is in flight: the process that follows sends the records again, and the upsert b
 external id finds the Contacts the first call made. No Contact is lost, none is made
 twice."""
 
-import signal
 from typing import Any
 
+from crm_faces import assert_each_made_once, assert_one_record_each, is_synced, kill_while_sending
 from support import CrmControl, LiveServer, eventually, free_port, loopback_client, service_process
 
 
@@ -16,11 +16,6 @@ def _salesforce(crm_url: str) -> dict[str, str]:
         "SALESFORCE_CLIENT_ID": "crm-sync-crash",
         "SALESFORCE_CLIENT_SECRET": "crash-secret",
     }
-
-
-async def _status(http: Any, customer_id: int) -> str:
-    status: str = (await http.get(f"/api/customers/{customer_id}")).json()["crm"]["status"]
-    return status
 
 
 async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
@@ -37,7 +32,7 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
         # A first Contact, so the token is had before the face slows down.
         body = {"firstName": "K", "lastName": "First", "email": "first@example.com"}
         first = (await http.post("/api/customers", json=body)).json()
-        await eventually(lambda: _is_synced(http, first["id"]), within=30)
+        await eventually(lambda: is_synced(http, first["id"]), within=30)
         # The face down while the five are written: their deliveries are held, and go
         # together in one collection when it answers again (slowly), whatever the
         # machine's timing (a first call alone could leave the others unsent).
@@ -48,15 +43,7 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
             assert response.status_code == 201
             written.append(response.json())
         await crm_control.faults(down=False, latencyMs=2000)
-
-        async def sending() -> bool:
-            return "crm_sync_deliveries_in_flight 0.0\n" not in (await http.get("/metrics")).text
-
-        await eventually(sending)
-        # Nothing recorded as delivered: the answer is two seconds away.
-        assert (await http.get("/api/failed-requests")).json()["total"] == 5
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+        await kill_while_sending(http, process, len(written))
 
     async def landed() -> bool:
         return len(await crm_control.records()) == 6
@@ -67,21 +54,9 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
     async with service_process(database_url, crm.url, port, **env), loopback_client(url) as http:
 
         async def all_synced() -> bool:
-            return all([await _is_synced(http, c["id"]) for c in written])
+            return all([await is_synced(http, c["id"]) for c in written])
 
         await eventually(all_synced, within=30)
-        for customer in written:
-            current = (await http.get(f"/api/customers/{customer['id']}")).json()
-            records = await crm_control.records(customer["id"])
-            assert len(records) == 1, records
-            assert current["crm"]["id"] == records[0]["id"]
-            assert records[0]["firstName"] == customer["firstName"]
+        await assert_one_record_each(http, crm_control, written)
     assert len(await crm_control.records()) == 6
-    for customer in written:
-        statuses = [e["status"] for e in await crm_control.requests(customer["id"])]
-        answered = [status for status in statuses if status < 300]  # the face was down first
-        assert answered[0] == 201 and 200 in answered[1:], statuses  # made once, found again
-
-
-async def _is_synced(http: Any, customer_id: int) -> bool:
-    return await _status(http, customer_id) == "synced"
+    await assert_each_made_once(crm_control, written)

@@ -2,30 +2,15 @@
 `CRM_CONNECTOR=salesforce make run` starts it (the Makefile's defaults: the CRM mock as
 SALESFORCE_LOGIN_URL, client credentials it accepts); only the ports differ."""
 
-import asyncio
 import os
-import re
 import sys
 from pathlib import Path
 
-from support import eventually, free_port, loopback_client
+from support import free_port, loopback_client
 from test_readme import pair
+from walkthrough import ROOT, run_blocks, section_blocks
 
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def walkthrough(service_port: int, crm_port: int) -> list[str]:
-    """The shell blocks of the section "Salesforce", ports swapped."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("\n## Salesforce\n")
-    section = readme[start : readme.index("\n## ", start + 1)]
-    return [
-        block.replace("localhost:8080", f"localhost:{service_port}").replace(
-            "localhost:8081", f"localhost:{crm_port}"
-        )
-        for block in re.findall(r"```sh\n(.*?)```", section, re.S)
-    ]
 
 
 def make_run_env(crm_port: int) -> dict[str, str]:
@@ -48,7 +33,6 @@ def make_run_env(crm_port: int) -> dict[str, str]:
 
 async def test_the_salesforce_walkthrough_works_verbatim(tmp_path: Path) -> None:
     service_port, crm_port = free_port(), free_port()
-    outputs: list[str] = []
     async with (
         pair(tmp_path, service_port, crm_port, make_run_env(crm_port)),
         loopback_client(f"http://127.0.0.1:{service_port}") as http,
@@ -59,20 +43,8 @@ async def test_the_salesforce_walkthrough_works_verbatim(tmp_path: Path) -> None
             pending = await http.get("/api/failed-requests", params={"status": "pending"})
             return "crm_sync_deliveries_in_flight 0.0\n" in metrics and not pending.json()["total"]
 
-        for block in walkthrough(service_port, crm_port):
-            await eventually(idle)
-            process = await asyncio.create_subprocess_exec(
-                "bash",
-                "-euo",
-                "pipefail",
-                "-c",
-                block,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            out, _ = await asyncio.wait_for(process.communicate(), 60)
-            outputs.append(out.decode())
-            assert process.returncode == 0, f"{block}\n---\n{outputs[-1]}"
+        blocks = section_blocks("Salesforce", service_port, crm_port)
+        outputs = await run_blocks(blocks, idle)
     assert len(outputs) == 8, outputs
     created, synced, updated, listed, _, dead, deleted, gone = outputs
     assert '"status":"pending"' in created

@@ -7,8 +7,15 @@ or the dashboard."""
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from crm_faces import (
+    an_error_saying,
+    create_secret_customer,
+    first_error,
+    is_synced,
+    operator_surfaces,
+    through_a_refusal_and_an_outage,
+)
 from support import (
     CrmControl,
     LiveServer,
@@ -34,41 +41,6 @@ def _mock(tmp_path: Path, name: str, secret: str) -> tuple[LiveServer, Any]:
     )
     app = create_crm_app(settings)
     return LiveServer(lambda: app), app
-
-
-async def _surfaces(http: httpx.AsyncClient) -> list[str]:
-    """Everything an operator reads: every request's lastError, /metrics, /ready, the
-    dashboard."""
-    rows = (await http.get("/api/failed-requests", params={"limit": 100})).json()["items"]
-    return [
-        *[str(row["lastError"]) for row in rows],
-        (await http.get("/metrics")).text,
-        (await http.get("/ready")).text,
-        (await http.get("/dashboard")).text,
-    ]
-
-
-async def _create(http: httpx.AsyncClient, n: int, email: str | None = None) -> int:
-    body = {"firstName": "S", "lastName": "Secret", "email": email or f"s{n}@example.com"}
-    response = await http.post("/api/customers", json=body)
-    assert response.status_code == 201, response.text
-    customer_id: int = response.json()["id"]
-    return customer_id
-
-
-async def _status(http: httpx.AsyncClient, customer_id: int) -> str:
-    status: str = (await http.get(f"/api/customers/{customer_id}")).json()["crm"]["status"]
-    return status
-
-
-async def _synced(http: httpx.AsyncClient, customer_id: int) -> bool:
-    return await _status(http, customer_id) == "synced"
-
-
-async def _error_of(http: httpx.AsyncClient, customer_id: int) -> str | None:
-    rows = (await http.get("/api/failed-requests", params={"customerId": customer_id})).json()
-    errors = [row["lastError"] for row in rows["items"] if row["lastError"]]
-    return errors[0] if errors else None
 
 
 def _env(login_url: str) -> dict[str, Any]:
@@ -97,29 +69,19 @@ async def test_the_secret_and_tokens_reach_no_log_error_metric_or_page(
             service_process(database_url, right.url, port, **_env(right.url)),
             loopback_client(f"http://127.0.0.1:{port}", timeout=30) as http,
         ):
-            ok = await _create(http, 1)
-            await eventually(lambda: _synced(http, ok), within=30)
-            bad = await _create(http, 2, email="bad@example.c")  # a record refused: 400
-            errors.append(await eventually(lambda: _error_of(http, bad), within=30))
-            await control.faults(down=True, statusCode=503)
-            down = await _create(http, 3)
-            errors.append(await eventually(lambda: _error_of(http, down), within=30))
-            seen += await _surfaces(http)
-            await control.faults(down=False)
-            await eventually(lambda: _synced(http, down), within=30)
+            # a record refused: 400; a 503
+            seen += await through_a_refusal_and_an_outage(http, control, errors)
             async with loopback_client(right.url) as mock_http:
                 await mock_http.post("/api/crm/_salesforce/expire-tokens")
-            renewed = await _create(http, 4)  # a 401, a new token, sent again
-            await eventually(lambda: _synced(http, renewed), within=30)
+            renewed = await create_secret_customer(http, 4)  # a 401, a new token, sent again
+            await eventually(lambda: is_synced(http, renewed), within=30)
             await control.faults(dailyLimit=1)
-            limited = [await _create(http, n) for n in (5, 6)]
-
-            async def limit() -> str | None:
-                found = [await _error_of(http, c) for c in limited]
-                return next((e for e in found if e and "REQUEST_LIMIT_EXCEEDED" in e), None)
-
-            errors.append(await eventually(limit, within=30))
-            seen += await _surfaces(http)
+            limited = [await create_secret_customer(http, n) for n in (5, 6)]
+            limit_error = await eventually(
+                lambda: an_error_saying(http, limited, "REQUEST_LIMIT_EXCEEDED"), within=30
+            )
+            errors.append(limit_error)
+            seen += await operator_surfaces(http)
             await control.faults(dailyLimit=None)
         await control.close()
         port = free_port()
@@ -127,9 +89,9 @@ async def test_the_secret_and_tokens_reach_no_log_error_metric_or_page(
             service_process(database_url, other.url, port, **_env(other.url)),
             loopback_client(f"http://127.0.0.1:{port}", timeout=30) as http,
         ):
-            refused = await _create(http, 7)
-            errors.append(await eventually(lambda: _error_of(http, refused), within=30))
-            seen += await _surfaces(http)
+            refused = await create_secret_customer(http, 7)
+            errors.append(await eventually(lambda: first_error(http, refused), within=30))
+            seen += await operator_surfaces(http)
     state = state_of(right_app)
     tokens = [*state.tokens, *state.expired]
     assert len(tokens) == 2  # the first, expired; the one fetched after

@@ -37,7 +37,7 @@ HubSpot's CRM v3 batch endpoints, every answer read as HubSpot gives it.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from customer_service.config import Settings, load_field_map
@@ -50,11 +50,14 @@ from customer_service.crm.hubspot_answers import (
     results_by,
 )
 from customer_service.crm.hubspot_client import MAX_BATCH, HubSpotAnswer, HubSpotClient
-from customer_service.crm.hubspot_mapping import COMPARED_FIELDS, PropertyMap
+from customer_service.crm.hubspot_mapping import PropertyMap
+from customer_service.crm.record_fields import COMPARED_FIELDS
 from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.models import Customer
 from customer_service.reconciliation.records import CrmReadFailed, RecordPage
 from customer_service.sync.connector import CallObserver, Change
+from customer_service.sync.connectors.batch_calls import Outcomes, fail_all, guarded
+from customer_service.sync.connectors.quota_hold import QuotaHold
 from customer_service.sync.hold import HoldKind, HoldReason, hold_kind
 from customer_service.sync.models import Operation
 from customer_service.sync.outcome import Delivered, Failed, Outcome
@@ -67,7 +70,6 @@ CALLS_IN_FLIGHT = 64
 READ_ATTEMPTS = 3
 
 T = TypeVar("T")
-Outcomes = dict[int, Outcome]
 
 
 class HubSpotConnector:
@@ -87,9 +89,8 @@ class HubSpotConnector:
         self.mapping = PropertyMap.of(settings.hubspot_id_property, overrides)
         self.batch_size = min(settings.crm_batch_size or MAX_BATCH, MAX_BATCH)
         self.calls_in_flight = CALLS_IN_FLIGHT
-        # The daily limit: loop time until which no call is made, and why.
-        self._daily_until = 0.0
-        self.daily_detail = ""
+        # The daily limit: no call at all until it resets.
+        self.quota = QuotaHold("HubSpot's daily API limit", self.client.redact, log)
 
     async def start(self, serving: bool) -> None:
         del serving  # the session opens on the first call
@@ -102,26 +103,13 @@ class HubSpotConnector:
 
     # -- the daily limit ------------------------------------------------------------------
 
-    def daily_left(self) -> float:
-        return self._daily_until - asyncio.get_running_loop().time()
-
-    def _daily_failure(self) -> Failed:
-        left = max(1, round(self.daily_left()))
-        return Failed(self.daily_detail, 429, str(left))
-
     def limited(self, answer: HubSpotAnswer) -> Failed:
         """A 429's failure; a `DAILY` one starts the daily hold."""
         if answer.policy != DAILY:
             return self._failed(answer)
         now = datetime.now(UTC)
         seconds = daily_reset_seconds(answer.retry_after, now)
-        self._daily_until = asyncio.get_running_loop().time() + seconds
-        until = (now + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.daily_detail = self.client.redact(
-            f"{answer.describe()} (HubSpot's daily API limit): deliveries held until {until}"
-        )
-        log.warning("HubSpot's daily API limit is reached: no calls until %s", until)
-        return self._daily_failure()
+        return self.quota.start(seconds, now, answer.describe())
 
     def _key(self, result: dict[str, Any]) -> str:
         """The customer id a result of a batch names (its id property's value)."""
@@ -136,8 +124,8 @@ class HubSpotConnector:
     async def send(self, changes: Sequence[Change]) -> list[Outcome]:
         """Upserts in one call, deletes in another (after a lookup of those whose HubSpot
         id was never learnt); one outcome per change, in order."""
-        if self.daily_left() > 0:
-            held = self._daily_failure()
+        if self.quota.left() > 0:
+            held = self.quota.failure()
             return [held for _ in changes]
         upserts = [c for c in changes if c.request.operation != Operation.DELETE]
         deletes = [c for c in changes if c.request.operation == Operation.DELETE]
@@ -153,16 +141,7 @@ class HubSpotConnector:
 
     async def _guarded(self, changes: list[Change], call: Awaitable[Outcomes]) -> Outcomes:
         """A call's outcomes by change; whatever it raises fails them all."""
-        try:
-            return await call
-        except CrmUnreachable as exc:
-            failed = Failed(self.client.redact(f"HubSpot unreachable: {exc}"), unanswered=exc.kind)
-        except Exception as exc:
-            log.warning(
-                "HubSpot call raised %s", self.client.redact(f"{type(exc).__name__}: {exc}")
-            )
-            failed = Failed(self.client.redact(f"HubSpot call failed: {type(exc).__name__}"))
-        return {id(change): failed for change in changes}
+        return await guarded("HubSpot", changes, call, self.client.redact, log)
 
     async def _split(
         self,
@@ -177,7 +156,7 @@ class HubSpotConnector:
     def _whole(self, changes: Sequence[Change], answer: HubSpotAnswer) -> Outcomes:
         """Every change of a call failed by its answer as a whole."""
         failed = self.limited(answer) if answer.status == 429 else self._failed(answer)
-        return {id(change): failed for change in changes}
+        return fail_all(changes, failed)
 
     async def _upsert(self, changes: list[Change]) -> Outcomes:
         inputs = [
@@ -272,8 +251,8 @@ class HubSpotConnector:
     async def probe(self) -> HoldReason | None:
         """A one-contact read: None when HubSpot takes calls, else why not. While the
         daily limit is reached, no call is made until its reset."""
-        if self.daily_left() > 0:
-            return HoldReason(HoldKind.RATE_LIMITED, self.daily_detail)
+        if self.quota.left() > 0:
+            return HoldReason(HoldKind.RATE_LIMITED, self.quota.detail)
         try:
             answer = await self.client.page(None, 1, [self.mapping.id_property])
         except CrmUnreachable as exc:
@@ -311,8 +290,8 @@ class HubSpotRecords:
     async def _read(self, call: Callable[[], Awaitable[HubSpotAnswer]]) -> HubSpotAnswer:
         """An answer HubSpot gave (2xx, 207 included), else `CrmReadFailed`; a 429 of the
         ten-second window is asked again after the throttle's pause."""
-        if self._connector.daily_left() > 0:
-            raise CrmReadFailed(f"HubSpot cannot be read: {self._connector.daily_detail}")
+        if self._connector.quota.left() > 0:
+            raise CrmReadFailed(f"HubSpot cannot be read: {self._connector.quota.detail}")
         for attempt in range(READ_ATTEMPTS):
             try:
                 answer = await call()

@@ -34,11 +34,12 @@ Salesforce's REST API, every answer read as Salesforce gives it.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from customer_service.config import Settings, load_field_map
 from customer_service.crm.client import CrmUnreachable
+from customer_service.crm.record_fields import COMPARED_FIELDS
 from customer_service.crm.salesforce_answers import (
     GONE,
     LIMIT_EXCEEDED,
@@ -54,11 +55,13 @@ from customer_service.crm.salesforce_client import (
     SalesforceClient,
     TokenRefused,
 )
-from customer_service.crm.salesforce_mapping import COMPARED_FIELDS, FieldMap
+from customer_service.crm.salesforce_mapping import FieldMap
 from customer_service.crm.throttle import CallThrottle
 from customer_service.customers.models import Customer
 from customer_service.reconciliation.records import CrmReadFailed, RecordPage
 from customer_service.sync.connector import CallObserver, Change
+from customer_service.sync.connectors.batch_calls import Outcomes, fail_all, guarded
+from customer_service.sync.connectors.quota_hold import QuotaHold
 from customer_service.sync.hold import HoldKind, HoldReason, hold_kind
 from customer_service.sync.models import Operation
 from customer_service.sync.outcome import Delivered, Failed, Outcome
@@ -69,8 +72,6 @@ log = logging.getLogger(__name__)
 CALLS_IN_FLIGHT = 64
 # The Ids one lookup query names (a SOQL `IN` list; the query string stays short).
 LOOKUP_BATCH = 200
-
-Outcomes = dict[int, Outcome]
 
 
 class SalesforceConnector:
@@ -88,9 +89,9 @@ class SalesforceConnector:
         self.mapping = FieldMap.of(settings.salesforce_external_id_field, overrides)
         self.batch_size = min(settings.crm_batch_size or MAX_BATCH, MAX_BATCH)
         self.calls_in_flight = CALLS_IN_FLIGHT
-        # REQUEST_LIMIT_EXCEEDED: loop time until which no call is made, and why.
-        self._limit_until = 0.0
-        self.limit_detail = ""
+        # REQUEST_LIMIT_EXCEEDED: no call at all until it lapses (a sooner end never
+        # shortens a hold running).
+        self.quota = QuotaHold("Salesforce's API limit", self.client.redact, log, keep_later=True)
 
     async def start(self, serving: bool) -> None:
         del serving  # the session opens, and the token is fetched, on the first call
@@ -103,26 +104,11 @@ class SalesforceConnector:
 
     # -- the API limit ----------------------------------------------------------------------
 
-    def limit_left(self) -> float:
-        return self._limit_until - asyncio.get_running_loop().time()
-
-    def _limit_failure(self) -> Failed:
-        left = max(1, round(self.limit_left()))
-        return Failed(self.limit_detail, 429, str(left))
-
     def limited(self, answer: SalesforceAnswer) -> Failed:
         """`REQUEST_LIMIT_EXCEEDED`: deliveries held until its Retry-After, or a while."""
         now = datetime.now(UTC)
         seconds = limit_hold_seconds(answer.retry_after, now)
-        until_loop = asyncio.get_running_loop().time() + seconds
-        if until_loop > self._limit_until:
-            self._limit_until = until_loop
-            until = (now + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self.limit_detail = self.client.redact(
-                f"{answer.describe()} (Salesforce's API limit): deliveries held until {until}"
-            )
-            log.warning("Salesforce's API limit is reached: no calls until %s", until)
-        return self._limit_failure()
+        return self.quota.start(seconds, now, answer.describe())
 
     def answer_failure(self, answer: SalesforceAnswer) -> Failed:
         """A whole call's failure by its answer."""
@@ -145,8 +131,8 @@ class SalesforceConnector:
     async def send(self, changes: Sequence[Change]) -> list[Outcome]:
         """Upserts in one call, deletes in another (after a lookup of those whose Id was
         never learnt); one outcome per change, in order."""
-        if self.limit_left() > 0:
-            held = self._limit_failure()
+        if self.quota.left() > 0:
+            held = self.quota.failure()
             return [held for _ in changes]
         outcomes: Outcomes = {}
         upserts: list[Change] = []
@@ -169,24 +155,15 @@ class SalesforceConnector:
         return [outcomes[id(change)] for change in changes]
 
     async def _guarded(self, changes: list[Change], call: Awaitable[Outcomes]) -> Outcomes:
-        """A call's outcomes by change; whatever it raises fails them all."""
-        try:
-            return await call
-        except CrmUnreachable as exc:
-            text = self.client.redact(f"Salesforce unreachable: {exc}")
-            failed = Failed(text, unanswered=exc.kind)
-        except TokenRefused as refused:
-            failed = self.token_failure(refused)
-        except Exception as exc:
-            log.warning(
-                "Salesforce call raised %s", self.client.redact(f"{type(exc).__name__}: {exc}")
-            )
-            failed = Failed(self.client.redact(f"Salesforce call failed: {type(exc).__name__}"))
-        return {id(change): failed for change in changes}
+        """A call's outcomes by change; whatever it raises fails them all (no token as
+        `token_failure` says)."""
+        return await guarded("Salesforce", changes, call, self.client.redact, log, self._refusal)
+
+    def _refusal(self, exc: Exception) -> Failed | None:
+        return self.token_failure(exc) if isinstance(exc, TokenRefused) else None
 
     def _whole(self, changes: Sequence[Change], answer: SalesforceAnswer) -> Outcomes:
-        failed = self.answer_failure(answer)
-        return {id(change): failed for change in changes}
+        return fail_all(changes, self.answer_failure(answer))
 
     def _results(self, answer: SalesforceAnswer, count: int) -> list[Any] | None:
         body = answer.body
@@ -203,8 +180,7 @@ class SalesforceConnector:
             return self._whole(changes, answer)
         results = self._results(answer, len(changes))
         if results is None:
-            failed = self._no_result(answer)
-            return {id(change): failed for change in changes}
+            return fail_all(changes, self._no_result(answer))
         outcomes: Outcomes = {}
         for change, result in zip(changes, results, strict=True):
             error = record_error(result)
@@ -247,7 +223,7 @@ class SalesforceConnector:
         soql = f"SELECT Id, {field} FROM {SOBJECT} WHERE {field} IN ({values})"
         contacts, failed = await self._query_all(soql)
         if failed is not None:
-            return [], {id(change): failed for change in changes}
+            return [], fail_all(changes, failed)
         ids_by_customer: dict[str, list[str]] = {}
         for contact in contacts:
             record = self.mapping.record(contact)
@@ -282,8 +258,7 @@ class SalesforceConnector:
             return self._whole([change for change, _ in targets], answer)
         results = self._results(answer, len(targets))
         if results is None:
-            failed = self._no_result(answer)
-            return {id(change): failed for change, _ in targets}
+            return fail_all((change for change, _ in targets), self._no_result(answer))
         outcomes: Outcomes = {}
         for (change, _), result in zip(targets, results, strict=True):
             error = record_error(result)
@@ -300,8 +275,8 @@ class SalesforceConnector:
     async def probe(self) -> HoldReason | None:
         """A one-record query: None when Salesforce takes calls, else why not. While the
         API limit holds, no call is made until it lapses."""
-        if self.limit_left() > 0:
-            return HoldReason(HoldKind.RATE_LIMITED, self.limit_detail)
+        if self.quota.left() > 0:
+            return HoldReason(HoldKind.RATE_LIMITED, self.quota.detail)
         try:
             answer = await self.client.query(f"SELECT Id FROM {SOBJECT} LIMIT 1")
         except CrmUnreachable as exc:
@@ -332,8 +307,8 @@ class SalesforceRecords:
 
     async def _read(self, call: Callable[[], Awaitable[SalesforceAnswer]]) -> dict[str, Any]:
         """The body of a query's page, else `CrmReadFailed`."""
-        if self._connector.limit_left() > 0:
-            raise CrmReadFailed(f"Salesforce cannot be read: {self._connector.limit_detail}")
+        if self._connector.quota.left() > 0:
+            raise CrmReadFailed(f"Salesforce cannot be read: {self._connector.quota.detail}")
         try:
             answer = await call()
         except CrmUnreachable as exc:

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from support import ADA_PAYLOAD
 
 from customer_service.crm.hubspot_answers import (
     RateHeaders,
@@ -19,24 +20,11 @@ from customer_service.crm.hubspot_answers import (
 from customer_service.crm.hubspot_mapping import PropertyMap
 from customer_service.crm.throttle import CallThrottle
 
-PAYLOAD = {
-    "id": 42,
-    "firstName": "Ada",
-    "lastName": "Lovelace",
-    "email": "ada@example.com",
-    "phone": None,
-    "address.street": "12 St James's Square",
-    "address.city": "London",
-    "address.state": None,
-    "address.postalCode": "SW1Y 4JH",
-    "address.country": "GB",
-}
-
 
 def test_the_default_mapping_is_spec_4b_with_parts_apart_and_blanks_cleared() -> None:
     mapping = PropertyMap.of("crm_sync_id")
 
-    assert mapping.to_properties(PAYLOAD) == {
+    assert mapping.to_properties(ADA_PAYLOAD) == {
         "firstname": "Ada",
         "lastname": "Lovelace",
         "email": "ada@example.com",
@@ -53,7 +41,7 @@ def test_the_default_mapping_is_spec_4b_with_parts_apart_and_blanks_cleared() ->
 def test_crm_field_map_overrides_field_by_field_the_id_included() -> None:
     mapping = PropertyMap.of("crm_sync_id", {"address.postalCode": "postcode", "id": "shop_id"})
 
-    properties = mapping.to_properties(PAYLOAD)
+    properties = mapping.to_properties(ADA_PAYLOAD)
 
     assert properties["postcode"] == "SW1Y 4JH" and "zip" not in properties
     assert properties["shop_id"] == "42" and "crm_sync_id" not in properties
@@ -72,13 +60,16 @@ def test_a_legacy_payload_of_the_mock_record_still_maps() -> None:
 
 def test_a_contact_reads_back_as_a_neutral_record() -> None:
     mapping = PropertyMap.of("crm_sync_id")
-    contact = {"id": "901", "properties": {**mapping.to_properties(PAYLOAD), "hs_object_id": "9"}}
+    contact = {
+        "id": "901",
+        "properties": {**mapping.to_properties(ADA_PAYLOAD), "hs_object_id": "9"},
+    }
 
     record = mapping.record(contact)
 
     assert record["id"] == "901" and record["externalId"] == "42"
     assert record["address.city"] == "London" and record["phone"] is None
-    expected = {k: v for k, v in PAYLOAD.items() if k != "id"} | {"externalId": "42"}
+    expected = {k: v for k, v in ADA_PAYLOAD.items() if k != "id"} | {"externalId": "42"}
     assert {k: record[k] for k in expected} == expected
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
+from support import ADA_PAYLOAD
 
 from customer_service.config import Settings, describe_error
 from customer_service.crm.salesforce_answers import (
@@ -20,24 +21,11 @@ from customer_service.crm.salesforce_answers import (
 from customer_service.crm.salesforce_mapping import FieldMap
 from customer_service.sync.retry import is_permanent
 
-PAYLOAD = {
-    "id": 42,
-    "firstName": "Ada",
-    "lastName": "Lovelace",
-    "email": "ada@example.com",
-    "phone": None,
-    "address.street": "12 St James's Square",
-    "address.city": "London",
-    "address.state": None,
-    "address.postalCode": "SW1Y 4JH",
-    "address.country": "GB",
-}
-
 
 def test_the_default_mapping_is_spec_4b_with_mailing_parts_and_nulls() -> None:
     mapping = FieldMap.of("Crm_Sync_Id__c")
 
-    assert mapping.to_record(PAYLOAD) == {
+    assert mapping.to_record(ADA_PAYLOAD) == {
         "attributes": {"type": "Contact"},
         "FirstName": "Ada",
         "LastName": "Lovelace",
@@ -55,7 +43,7 @@ def test_the_default_mapping_is_spec_4b_with_mailing_parts_and_nulls() -> None:
 def test_crm_field_map_overrides_field_by_field_the_external_id_included() -> None:
     mapping = FieldMap.of("Crm_Sync_Id__c", {"address.postalCode": "Zip__c", "id": "Shop__c"})
 
-    record = mapping.to_record(PAYLOAD)
+    record = mapping.to_record(ADA_PAYLOAD)
 
     assert record["Zip__c"] == "SW1Y 4JH" and "MailingPostalCode" not in record
     assert record["Shop__c"] == "42" and "Crm_Sync_Id__c" not in record
@@ -74,13 +62,13 @@ def test_a_legacy_payload_of_the_mock_record_still_maps() -> None:
 def test_a_payload_without_a_last_name_is_named_before_any_call() -> None:
     mapping = FieldMap.of("Crm_Sync_Id__c")
 
-    assert mapping.missing_last_name(PAYLOAD) is None
-    why = mapping.missing_last_name({**PAYLOAD, "lastName": ""})
+    assert mapping.missing_last_name(ADA_PAYLOAD) is None
+    why = mapping.missing_last_name({**ADA_PAYLOAD, "lastName": ""})
     assert why is not None and "LastName" in why and "lastName" in why
     # Mapped elsewhere: the customer field now behind LastName is the one required.
     moved = FieldMap.of("Crm_Sync_Id__c", {"lastName": "Description", "firstName": "LastName"})
-    assert moved.missing_last_name({**PAYLOAD, "lastName": None}) is None
-    assert moved.missing_last_name({**PAYLOAD, "firstName": None}) is not None
+    assert moved.missing_last_name({**ADA_PAYLOAD, "lastName": None}) is None
+    assert moved.missing_last_name({**ADA_PAYLOAD, "firstName": None}) is not None
 
 
 def test_a_contact_reads_back_as_a_neutral_record_whatever_the_case_of_its_fields() -> None:
