@@ -22,7 +22,7 @@ from customer_service.customers.models import Customer
 from customer_service.sync import repository
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
-from customer_service.sync.models import FailedRequest
+from customer_service.sync.models import FailedRequest, SyncClaim
 from customer_service.sync.outcome import Delivered, Outcome
 from customer_service.sync.retry import Urgency
 
@@ -155,3 +155,36 @@ async def test_a_leader_cancelled_inside_its_group_leaves_no_member_waiting(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_claims_taken_before_a_failed_queue_read_are_given_back(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a batch claims in autocommit mode: its claims are committed before its
+    queues are read. When the read fails, the claims are given back at once, not left to
+    hold the customers for a whole lease."""
+    settings = make_settings(sync_enabled=False, claim_lease_seconds=60)
+    app = create_app(settings, run_scheduler=False)
+
+    async def broken_read(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the queue read failed")
+
+    async def answer(change: Change) -> Outcome:
+        return Delivered(f"crm-{change.customer_id}")
+
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+            ids = (await _seed(client, 7))[:3]
+        engine = DeliveryEngine(app.state.sessionmaker, FakeConnector(answer), settings)
+        monkeypatch.setattr(repository, "queues_and_crm_ids", broken_read)
+        with pytest.raises(RuntimeError):
+            await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
+        async with app.state.sessionmaker() as session:
+            claims = await session.scalar(select(func.count()).select_from(SyncClaim))
+        assert claims == 0
+        monkeypatch.undo()
+        # The customers are free: the next batch delivers them.
+        result = await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
+        assert result.counts.delivered == len(ids)
+        await engine.close()
