@@ -24,6 +24,9 @@ from harness import BenchError, parse_time, ratio, rss_kib, say, wait_healthy
 from seed import seed_backlog
 
 RETRY_CONCURRENCY = 16
+# How often the drain asks whether the backlog is empty: the end is known within this
+# (0.5 s before 2026-12-06 added 0.25 s on average to a drain of about 15 s: 1.7 %).
+DRAIN_POLL_SECONDS = 0.05
 
 
 async def drain(bench: Bench, n: int, tag: str, *, crm_max: bool) -> dict[str, Any]:
@@ -88,7 +91,7 @@ async def drain(bench: Bench, n: int, tag: str, *, crm_max: bool) -> dict[str, A
                 done = n - left
                 say(f"  drain: {done}/{n} delivered, {done / (now - spawned):.0f}/s so far")
                 last_report = now
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
         drained_after = time.monotonic() - spawned
         hwm_kib = rss_kib(service.pid).get("VmHWM", 0)
     finally:

@@ -1,5 +1,5 @@
 import sys
 
-from customer_service.cli import main
+from customer_service.launch import main
 
 sys.exit(main())

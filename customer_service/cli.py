@@ -202,6 +202,7 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc.enable()  # off during start-up (`launch`)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -211,6 +212,8 @@ def _first_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        gc.enable()  # off while `launch` imported the service; `serve` turns it on later
     try:
         settings = Settings()
     except ValidationError as exc:
