@@ -1,7 +1,9 @@
 """What a request handler needs from the running app, as `Annotated` dependencies."""
 
 import random
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -30,6 +32,26 @@ class CrmRuntime:
     idempotency_locks: KeyedLocks = field(default_factory=KeyedLocks)
     rng: random.Random = field(default_factory=random.Random)
     rate_window: RateWindow = field(default_factory=RateWindow)
+    # Calls being answered now (received whole, no answer sent yet), of the mock's own API
+    # and of its faces alike, by method and path: `GET /api/crm/_calls`; and how many, for
+    # a trace's journal group.
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    calls_in_flight: int = 0
+
+    @contextmanager
+    def answering(self, method: str, path: str) -> Iterator[None]:
+        """Count a call as in flight while it is being answered."""
+        route = (method, path)
+        self.calls[route] += 1
+        self.calls_in_flight += 1
+        try:
+            yield
+        finally:
+            self.calls_in_flight -= 1
+            self.calls[route] -= 1
+            if not self.calls[route]:
+                del self.calls[route]
+
     # Request-log entries and idempotent answers, written in groups (`journal` module).
     journal: Journal = field(init=False)
 

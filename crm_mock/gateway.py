@@ -229,8 +229,6 @@ class CustomerCallsGateway:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # Calls being answered now: with others under way, a trace joins the journal's group.
-        self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_customer_call(scope["path"]):
@@ -250,11 +248,8 @@ class CustomerCallsGateway:
             subjects = [Subject(external_id, call.body)]
         else:
             subjects = await self._batch_subjects(runtime, call)
-        self._in_flight += 1
-        try:
+        with runtime.answering(call.method, call.path):
             answer = await self._answer(runtime, call, scope, receive, subjects)
-        finally:
-            self._in_flight -= 1
         await send(
             {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
         )
@@ -356,7 +351,7 @@ class CustomerCallsGateway:
                 await session.rollback()
                 return answer, Ran.YES
             # Under load the journal's groups are cheaper than a trace per transaction.
-            inline = self._in_flight == 1 and not runtime.journal.busy
+            inline = runtime.calls_in_flight == 1 and not runtime.journal.busy
             try:
                 if inline:
                     entries, kept = trace_of(call, answer, subjects, kept_for=key)
@@ -638,7 +633,8 @@ class FaceCallsGateway(CustomerCallsGateway):
             return
         call = Call.from_scope(scope, raw_body, received_at)
         subjects = await face.subjects(runtime, call)
-        answer, ran = await self._face_answer(runtime, face, call, scope, receive)
+        with runtime.answering(call.method, call.path):
+            answer, ran = await self._face_answer(runtime, face, call, scope, receive)
         answer = face.finish(runtime, call, answer, self._usage(runtime, face))
         entries = face_log_entries(call, answer, subjects, ran=ran)
         try:

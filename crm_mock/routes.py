@@ -13,6 +13,8 @@ from crm_mock import batch, ledger, store
 from crm_mock.deps import RuntimeDep, SessionDep, report_record_statuses
 from crm_mock.faults import FaultSettings, FaultUpdate, apply_fault_update
 from crm_mock.schemas import (
+    CallInFlight,
+    CallsRead,
     CrmBatchDeleteError,
     CrmBatchError,
     CrmCustomer,
@@ -279,6 +281,17 @@ async def update_faults(update: FaultUpdate, runtime: RuntimeDep) -> FaultSettin
     # The Kafka consumer runs in another process: it reads the switch from the database.
     await ledger.share_faults(runtime.sessionmaker, runtime.faults)
     return runtime.faults
+
+
+@admin_router.get("/_calls", response_model=CallsRead)
+async def calls_in_flight(runtime: RuntimeDep) -> CallsRead:
+    """How many calls to `/api/crm/customers*` and the faces are being answered now: a test
+    can tell that a call is on its way (held by `latencyMs`) before its log entry exists."""
+    calls = [
+        CallInFlight(method=method, path=path, count=count)
+        for (method, path), count in sorted(runtime.calls.items())
+    ]
+    return CallsRead(in_flight=runtime.calls_in_flight, calls=calls)
 
 
 @admin_router.get("/_requests", response_model=RequestLogPage, responses=_INVALID)

@@ -152,6 +152,19 @@ class HealthRead(BaseModel):
     status: str
 
 
+class CallInFlight(CamelModel):
+    method: str
+    path: str
+    count: int
+
+
+class CallsRead(CamelModel):
+    """The calls the CRM is answering now (received, not yet answered), by method and path."""
+
+    in_flight: int
+    calls: list[CallInFlight]
+
+
 class FieldError(BaseModel):
     field: str
     message: str

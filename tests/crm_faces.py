@@ -166,13 +166,15 @@ async def first_error(http: httpx.AsyncClient, customer_id: int) -> str | None:
 
 
 async def kill_while_sending(
-    http: httpx.AsyncClient, process: "subprocess.Popen[bytes]", written: int
+    http: httpx.AsyncClient, crm: CrmControl, process: "subprocess.Popen[bytes]", written: int
 ) -> None:
-    """`kill -9` the service process once its batch call is in flight, nothing recorded as
-    delivered yet (the CRM's answer is slow)."""
+    """`kill -9` the service process once the CRM is answering its batch call (slowly:
+    `latencyMs`), nothing recorded as delivered yet. A write (not a GET: the service's
+    probe) in flight at the CRM, not the service's own count of deliveries, which counts
+    them from the kick, before the call has left."""
 
     async def sending() -> bool:
-        return "crm_sync_deliveries_in_flight 0.0\n" not in (await http.get("/metrics")).text
+        return any(call["method"] != "GET" for call in await crm.calls())
 
     await eventually(sending)
     # Nothing recorded as delivered: the answer is two seconds away.

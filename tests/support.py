@@ -177,6 +177,13 @@ class CrmControl:
         items: list[dict[str, Any]] = response.json()["items"]
         return items
 
+    async def calls(self) -> list[dict[str, Any]]:
+        """The calls the CRM is answering now (`GET /api/crm/_calls`)."""
+        response = await self.http.get("/api/crm/_calls")
+        response.raise_for_status()
+        calls: list[dict[str, Any]] = response.json()["calls"]
+        return calls
+
     async def close(self) -> None:
         await self.http.aclose()
 

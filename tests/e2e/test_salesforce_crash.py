@@ -43,7 +43,7 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
             assert response.status_code == 201
             written.append(response.json())
         await crm_control.faults(down=False, latencyMs=2000)
-        await kill_while_sending(http, process, len(written))
+        await kill_while_sending(http, crm_control, process, len(written))
 
     async def landed() -> bool:
         return len(await crm_control.records()) == 6

@@ -8,6 +8,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
+from support import eventually
 
 from crm_mock import gateway
 
@@ -688,3 +689,20 @@ async def test_rate_limit_answers_429_with_retry_after_past_the_limit(
     assert limited[0].headers["content-type"].startswith("application/problem+json")
     await set_faults(crm_api, rateLimitPerSecond=None)
     assert all([(await crm_api.get("/api/crm/customers")).status_code == 200 for _ in range(5)])
+
+
+async def test_calls_in_flight_are_listed_until_answered(crm_api: httpx.AsyncClient) -> None:
+    await set_faults(crm_api, latencyMs=300)
+    sending = asyncio.create_task(crm_api.post(CUSTOMERS, json=customer_body("71")))
+
+    async def listed() -> Any:
+        return (await crm_api.get("/api/crm/_calls")).json()
+
+    async def answering() -> Any:
+        now = await listed()
+        return now if now["inFlight"] else None
+
+    now = await eventually(answering, within=5, interval=0.01)
+    assert now == {"inFlight": 1, "calls": [{"method": "POST", "path": CUSTOMERS, "count": 1}]}
+    assert (await sending).status_code == 201
+    assert await listed() == {"inFlight": 0, "calls": []}
