@@ -81,6 +81,10 @@ BODIES: dict[str, Any] = {
     "FaultSettings": FAULTS,
     "RequestLogPage": {"items": [LOG_ENTRY], "total": 1},
     "HealthRead": {"status": "ok"},
+    "CallsRead": {
+        "inFlight": 1,
+        "calls": [{"method": "POST", "path": "/api/crm/customers", "count": 1}],
+    },
 }
 
 # The detail shown in each error status's example.
