@@ -10,10 +10,7 @@ For each call, in this order:
 3. auth: when `CRM_API_TOKEN` is set, a call without `Authorization: Bearer <token>` gets 401;
 4. the first answer again if the key was seen before (nothing changes), else the endpoint
    itself, whose answer is then kept for the key (unless it is a 5xx); the look-up and the
-   endpoint's writes share one transaction (the endpoint's session is the gateway's). A
-   JSON create with a key is run by the gateway itself (`create_directly`: the endpoint's
-   model, store call and answer, without FastAPI's routing, which cost a third of the
-   mock's CPU per create; a body the model refuses goes on to the endpoint for its 422);
+   endpoint's writes share one transaction (the endpoint's session is the gateway's);
 5. the request log: every call, whatever happened to it, is appended to `crm_request_log`
    with the status it was answered, before the answer leaves (so a client that has the
    answer also finds the entry); the kept answer is written with it: in the endpoint's own
@@ -48,8 +45,6 @@ from enum import Enum
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_mock import batch, store
@@ -58,7 +53,6 @@ from crm_mock.deps import CALL_RECORD_STATUSES, CALL_SESSION, CrmRuntime, runtim
 from crm_mock.faults import InjectedFault, RateWindow, decide_fault
 from crm_mock.problems import PROBLEM_MEDIA_TYPE, build_problem, problem_bytes
 from crm_mock.routes import BATCH_DELETE_PATH, BATCH_PATH, CUSTOMERS_PATH
-from crm_mock.schemas import CrmCustomer, CrmCustomerRequest
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +133,6 @@ class Answer:
             **(extra_headers or {}),
         }
         return cls(status, [(k.encode(), v.encode()) for k, v in headers.items()], body)
-
-    @classmethod
-    def json(
-        cls, status: int, body: str, extra_headers: Mapping[str, str] | None = None
-    ) -> "Answer":
-        """A JSON answer of an already serialised body."""
-        encoded = body.encode()
-        headers = {
-            "content-type": "application/json",
-            "content-length": str(len(encoded)),
-            **(extra_headers or {}),
-        }
-        return cls(status, [(k.encode(), v.encode()) for k, v in headers.items()], encoded)
 
     @classmethod
     def fault(cls, fault: InjectedFault) -> "Answer":
@@ -365,16 +346,6 @@ class CustomerCallsGateway:
 
     async def _execute(self, call: Call, scope: Scope, receive: Receive) -> Answer:
         """Run the endpoint on the buffered body and capture its whole answer."""
-        session = scope.get(CALL_SESSION)
-        if (
-            call.method == "POST"
-            and call.path == CUSTOMERS_PATH
-            and session is not None
-            and call.headers.get("content-type", "").startswith("application/json")
-        ):
-            created = await create_directly(session, call.raw_body)
-            if created is not None:
-                return created
         body_delivered = False
 
         async def replay_receive() -> Message:
@@ -491,26 +462,6 @@ def trace_of(
         for subject, status in zip(subjects, statuses, strict=True)
     ]
     return entries, kept
-
-
-async def create_directly(session: AsyncSession, raw_body: bytes) -> "Answer | None":
-    """`POST /api/crm/customers` without FastAPI's routing, validation and serialisation
-    around it (the same model, store call and answer as `routes.create_customer`; tested
-    alike byte for byte): 0.72-0.83 -> 0.57 ms of the mock's CPU a create, and every sync
-    benchmark shares its two cores with the mock. None for a body the model refuses: the
-    endpoint then answers the 422 in FastAPI's own words."""
-    try:
-        request = CrmCustomerRequest.model_validate_json(raw_body)
-    except ValidationError:
-        return None
-    try:
-        record = await store.create_customer(session, request)
-    except store.ExternalIdTaken as taken:
-        return Answer.json(
-            409, CrmCustomer.model_validate(taken.existing).model_dump_json(by_alias=True)
-        )
-    body = CrmCustomer.model_validate(record).model_dump_json(by_alias=True)
-    return Answer.json(201, body, {"location": f"{CUSTOMERS_PATH}/{record.id}"})
 
 
 async def _read_body(receive: Receive) -> bytes | None:

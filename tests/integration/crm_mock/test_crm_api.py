@@ -1,16 +1,12 @@
 """The CRM mock's HTTP contract (README: "The CRM mock"), in-process on a real SQLite file."""
 
 import asyncio
-import json
 import time
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import pytest
 from support import eventually
-
-from crm_mock import gateway
 
 CUSTOMERS = "/api/crm/customers"
 FAULTS = "/api/crm/_faults"
@@ -118,64 +114,6 @@ async def test_create_with_known_external_id_answers_409_with_existing_record(
     assert response.headers["content-type"] == "application/json"
     assert response.json() == first
     assert await all_records(crm_api) == [first]
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"externalId": "", "firstName": "", "email": "not-an-email"},
-        {"externalId": "7", "firstName": "Ada", "lastName": "L", "email": "a@b.c", "phone": 7},
-    ],
-    ids=["fields", "type"],
-)
-async def test_a_create_with_a_key_answers_as_the_endpoint_does(
-    crm_api: httpx.AsyncClient, body: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A create with an Idempotency-Key is answered by the gateway itself (no FastAPI
-    routing); its 201, 409 and 422 must be the endpoint's, byte for byte but the ids."""
-    direct = gateway.create_directly
-    answered: list[int | None] = []
-
-    async def spy(*args: Any) -> Any:
-        answer = await direct(*args)
-        answered.append(answer and answer.status)
-        return answer
-
-    monkeypatch.setattr(gateway, "create_directly", spy)
-
-    async def both(make: Any) -> tuple[httpx.Response, httpx.Response]:
-        plain = await crm_api.post(CUSTOMERS, content=make("plain"), headers=JSON_TYPE)
-        keyed = await crm_api.post(
-            CUSTOMERS, content=make("keyed"), headers={**JSON_TYPE, "Idempotency-Key": uuid4().hex}
-        )
-        return plain, keyed
-
-    def answer(response: httpx.Response, tag: str) -> tuple[int, dict[str, str], str]:
-        record = response.json()
-        text = response.text.replace(record.get("id", "-"), "ID").replace(tag, "TAG")
-        for stamp in ("createdAt", "updatedAt"):
-            text = text.replace(record.get(stamp) or "-", "TIME")
-        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
-        headers.pop("idempotent-replayed", None)
-        if "location" in headers:
-            headers["location"] = headers["location"].replace(record["id"], "ID")
-        return response.status_code, headers, text
-
-    plain, keyed = await both(lambda tag: json.dumps(customer_body(tag, firstName="Zoë")))
-    assert plain.status_code == 201
-    assert answer(plain, "plain") == answer(keyed, "keyed")
-    again_plain, again_keyed = await both(lambda tag: json.dumps(customer_body(tag)))
-    assert again_plain.status_code == 409
-    assert answer(again_plain, "plain") == answer(again_keyed, "keyed")
-    refused_plain, refused_keyed = await both(lambda tag: json.dumps(body))
-    assert_problem(refused_plain, 422)
-    assert refused_plain.json() == refused_keyed.json()
-    assert len(await all_records(crm_api)) == 2
-    # The keyed creates took the gateway's own way; the refused one went on to FastAPI.
-    assert answered == [201, 409, None]
-
-
-JSON_TYPE = {"content-type": "application/json"}
 
 
 async def test_invalid_body_422_problem_json_lists_fields(crm_api: httpx.AsyncClient) -> None:
