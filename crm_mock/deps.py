@@ -33,30 +33,31 @@ class CrmRuntime:
     rng: random.Random = field(default_factory=random.Random)
     rate_window: RateWindow = field(default_factory=RateWindow)
     # Calls being answered now (received whole, no answer sent yet), of the mock's own API
-    # and of its faces alike, by method and path: `GET /api/crm/_calls`; and how many, for
-    # a trace's journal group.
+    # and of its faces alike, by method and path: `GET /api/crm/_calls`.
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
-    calls_in_flight: int = 0
+    # Request-log entries and idempotent answers, written in groups (`journal` module).
+    journal: Journal = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.journal = Journal(self.sessionmaker)
+
+    @property
+    def calls_in_flight(self) -> int:
+        """How many calls are being answered now (with others under way, a trace joins the
+        journal's group)."""
+        return self.calls.total()
 
     @contextmanager
     def answering(self, method: str, path: str) -> Iterator[None]:
         """Count a call as in flight while it is being answered."""
         route = (method, path)
         self.calls[route] += 1
-        self.calls_in_flight += 1
         try:
             yield
         finally:
-            self.calls_in_flight -= 1
             self.calls[route] -= 1
             if not self.calls[route]:
                 del self.calls[route]
-
-    # Request-log entries and idempotent answers, written in groups (`journal` module).
-    journal: Journal = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.journal = Journal(self.sessionmaker)
 
 
 def runtime_of(app: Starlette) -> CrmRuntime:
