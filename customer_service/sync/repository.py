@@ -5,6 +5,12 @@ PostgreSQL both run (the one test of `tests/integration/customer_service/
 test_outbox_statements.py` runs them on both). A batch of the engine (`sync.engine`)
 uses four: `claim` its customers under the batch's owner, read their `queues`, then
 `settle` every outcome and `release` the claims in one transaction.
+
+A batch's list of customers or rows is one parameter: on PostgreSQL an array
+(`= ANY(:ids)`, `unnest(:ids)`), so each statement has one text whatever the batch's size,
+prepared once per connection; on SQLite an expanding `IN` list (`one_of`). With a list
+of placeholders per size, the batches' many sizes made as many statement texts, each
+prepared again whenever asyncpg's statement cache had let it go.
 """
 
 import functools
@@ -16,9 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Integer,
+    String,
     Table,
     TextClause,
+    any_,
     bindparam,
     case,
     delete,
@@ -28,7 +37,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from customer_service.columns import UTCDateTime
 from customer_service.customers.models import Customer
@@ -108,15 +118,16 @@ async def queues_and_crm_ids(
     the larger part of a claim's CPU."""
     params = {"b_customer_ids": customer_ids, "b_limit": limit}
     queues: dict[int, tuple[list[QueuedRequest], str | None]] = {}
-    for values in (await session.execute(QUEUES, params)).tuples():
+    query = statements(is_postgresql(session)).queues
+    for values in (await session.execute(query, params)).tuples():
         row = QueuedRequest(*values[:-1])
         queue = queues.setdefault(row.customer_id, ([], values[-1]))
         queue[0].append(row)
     return queues
 
 
-# Core statements of the engine's batches (`sync.engine`), run once per batch with every
-# row's parameters (executemany): built once, compiled once.
+# Core statements of the engine's batches (`sync.engine`), each built once per dialect
+# (`statements`) and compiled once.
 _requests = cast(Table, FailedRequest.__table__)
 _customers = cast(Table, Customer.__table__)
 _claims = cast(Table, SyncClaim.__table__)
@@ -125,29 +136,21 @@ LEARN_CRM_ID = (
     .where(_requests.c.customer_id == bindparam("b_customer"), _requests.c.crm_id.is_(None))
     .values(crm_id=bindparam("b_crm_id"))
 )
-# The queue rows come straight from the windowed scan of the customers' index range, and
-# each CRM id from a look-up by primary key: no join the planner could turn into a scan
-# of a whole table (which it did on PostgreSQL, on statistics taken before a 100,000
-# backlog arrived: 40 ms a group instead of 0.4).
-_ranked = (
-    select(
-        FailedRequest,
-        func.row_number()
-        .over(partition_by=FailedRequest.customer_id, order_by=FailedRequest.id)
-        .label("position"),
-    )
-    .where(FailedRequest.customer_id.in_(bindparam("b_customer_ids", expanding=True)))
-    .subquery()
-)
-QUEUES = (
-    select(
-        *(_ranked.c[name] for name in QUEUED_COLUMNS),
-        select(Customer.crm_id).where(Customer.id == _ranked.c.customer_id).scalar_subquery(),
-    )
-    .where(_ranked.c.position <= bindparam("b_limit"))
-    .order_by(_ranked.c.customer_id, _ranked.c.id)
-)
-DELETE_REQUESTS = delete(_requests).where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
+
+
+def is_postgresql(bound: AsyncSession | AsyncConnection) -> bool:
+    """Whether the session or connection speaks to PostgreSQL (else SQLite)."""
+    if isinstance(bound, AsyncConnection):
+        return bound.dialect.name == "postgresql"
+    return bound.get_bind().dialect.name == "postgresql"
+
+
+def one_of(column: Any, name: str, item_type: Any, arrays: bool) -> ColumnElement[bool]:
+    """`column` is one of the list bound as `name`: `= ANY(:name)`, one array parameter,
+    with `arrays` (PostgreSQL); else an expanding `IN (...)` list."""
+    if arrays:
+        return cast(ColumnElement[bool], column == any_(bindparam(name, type_=ARRAY(item_type))))
+    return cast(ColumnElement[bool], column.in_(bindparam(name, expanding=True)))
 
 
 def raised_to_version(column: Any) -> Any:
@@ -157,23 +160,10 @@ def raised_to_version(column: Any) -> Any:
     return case((column.is_(None), version), (column < version, version), else_=column)
 
 
-# Kafka mode: the version handed to the broker, not yet confirmed by the CRM.
-NOTE_PUBLISHED = (
-    update(_customers)
-    .where(_customers.c.id == bindparam("b_customer"))
-    .values(crm_published_version=raised_to_version(_customers.c.crm_published_version))
-)
-RECORD_FAILURE = (
-    update(_requests)
-    .where(_requests.c.id.in_(bindparam("b_ids", expanding=True)))
-    .values(
-        attempts=bindparam("b_attempts"),
-        last_error=bindparam("b_error"),
-        status=bindparam("b_status"),
-        next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
-        updated_at=bindparam("b_now", type_=UTCDateTime()),
-    )
-)
+# Each delivered customer is noted by a statement of its own (executemany, one round trip):
+# an UPDATE ... FROM unnest(arrays) did it in one statement, but its prepared plan, made
+# while the table was small, scanned the whole customers table (0.5 ms a batch on
+# PostgreSQL against 0.1 for the rows one by one, each by primary key).
 NOTE_SYNCED = (
     update(_customers)
     .where(_customers.c.id == bindparam("b_customer"))
@@ -182,6 +172,64 @@ NOTE_SYNCED = (
         crm_synced_version=raised_to_version(_customers.c.crm_synced_version),
     )
 )
+# Kafka mode: the version handed to the broker, not yet confirmed by the CRM.
+NOTE_PUBLISHED = (
+    update(_customers)
+    .where(_customers.c.id == bindparam("b_customer"))
+    .values(crm_published_version=raised_to_version(_customers.c.crm_published_version))
+)
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The batch statements of one dialect (`statements`)."""
+
+    arrays: bool
+    queues: Any
+    delete_requests: Any
+    record_failure: Any
+
+
+@functools.cache
+def statements(arrays: bool) -> Statements:
+    """The batch statements, with array parameters (PostgreSQL) or expanding lists."""
+    # The queue rows come straight from the windowed scan of the customers' index range,
+    # and each CRM id from a look-up by primary key: no join the planner could turn into a
+    # scan of a whole table (which it did on PostgreSQL, on statistics taken before a
+    # 100,000 backlog arrived: 40 ms a group instead of 0.4).
+    ranked = (
+        select(
+            FailedRequest,
+            func.row_number()
+            .over(partition_by=FailedRequest.customer_id, order_by=FailedRequest.id)
+            .label("position"),
+        )
+        .where(one_of(FailedRequest.customer_id, "b_customer_ids", Integer, arrays))
+        .subquery()
+    )
+    queues = (
+        select(
+            *(ranked.c[name] for name in QUEUED_COLUMNS),
+            select(Customer.crm_id).where(Customer.id == ranked.c.customer_id).scalar_subquery(),
+        )
+        .where(ranked.c.position <= bindparam("b_limit"))
+        .order_by(ranked.c.customer_id, ranked.c.id)
+    )
+    row_ids = one_of(_requests.c.id, "b_ids", Integer, arrays)
+    return Statements(
+        arrays=arrays,
+        queues=queues,
+        delete_requests=delete(_requests).where(row_ids),
+        record_failure=update(_requests)
+        .where(row_ids)
+        .values(
+            attempts=bindparam("b_attempts"),
+            last_error=bindparam("b_error"),
+            status=bindparam("b_status"),
+            next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
+            updated_at=bindparam("b_now", type_=UTCDateTime()),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -219,6 +267,7 @@ async def settle(
     lacking one the CRM id a create returned (`learnt`: a later DELETE needs it once the
     customer row is gone). A few statements whatever the batch's size."""
     connection = await session.connection()
+    sql = statements(is_postgresql(connection))
     ids = [row_id for one in delivered for row_id in one.row_ids]
     if ids and not confirmed:
         # Kafka mode: what each publish carried (the newest row it settles, `plan`) stays
@@ -226,7 +275,7 @@ async def settle(
         sent = [max(one.row_ids) for one in delivered if one.row_ids]
         await unconfirmed.keep(connection, sent, now)
     if ids:
-        await connection.execute(DELETE_REQUESTS, {"b_ids": ids})
+        await connection.execute(sql.delete_requests, {"b_ids": ids})
     if confirmed:
         noted = [
             {"b_customer": one.customer_id, "b_crm_id": one.crm_id, "b_version": one.version}
@@ -251,7 +300,7 @@ async def settle(
             "b_next": failure.next_attempt_at,
             "b_now": now,
         }
-        await connection.execute(RECORD_FAILURE, params)
+        await connection.execute(sql.record_failure, params)
     if learnt:
         params_learnt = [{"b_customer": cid, "b_crm_id": crm_id} for cid, crm_id in learnt.items()]
         await connection.execute(LEARN_CRM_ID, params_learnt)
@@ -274,21 +323,35 @@ async def note_held(
         )
 
 
-# Plain SQL that SQLite and PostgreSQL both speak; unlike the dialects' `on_conflict_do_update`
-# constructs, it is compiled once (per number of claims) and cached.
+# Plain SQL; unlike the dialects' `on_conflict_do_update` constructs, it is compiled once
+# (on SQLite, once per number of claims) and cached. The rows go in in customer order.
+_CLAIM_CONFLICT = (
+    " ON CONFLICT (customer_id) DO UPDATE"
+    " SET owner = excluded.owner, expires_at = excluded.expires_at"
+    " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < :now"
+    " RETURNING customer_id, owner"
+)
+_CLAIM_TIMES = (
+    bindparam("expires_at", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+)
+# PostgreSQL: the customers as one array parameter, whatever their number.
+CLAIM_ARRAY = text(
+    "INSERT INTO sync_claims (customer_id, owner, expires_at)"
+    " SELECT claimed.customer_id, :owner, :expires_at"
+    " FROM unnest(CAST(:customers AS INTEGER[])) AS claimed(customer_id)"
+    " ORDER BY claimed.customer_id" + _CLAIM_CONFLICT
+).bindparams(*_CLAIM_TIMES)
+
+
 @functools.lru_cache(maxsize=256)
 def _claims_statement(count: int) -> TextClause:
+    """SQLite: one row of placeholders per customer."""
     values = ", ".join(f"(:customer_{i}, :owner, :expires_at)" for i in range(count))
     return text(
-        "INSERT INTO sync_claims (customer_id, owner, expires_at)"
-        f" VALUES {values}"
-        " ON CONFLICT (customer_id) DO UPDATE"
-        " SET owner = excluded.owner, expires_at = excluded.expires_at"
-        " WHERE sync_claims.owner = excluded.owner OR sync_claims.expires_at < :now"
-        " RETURNING customer_id, owner"
-    ).bindparams(
-        bindparam("expires_at", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime())
-    )
+        f"INSERT INTO sync_claims (customer_id, owner, expires_at) VALUES {values}"
+        + _CLAIM_CONFLICT
+    ).bindparams(*_CLAIM_TIMES)
 
 
 async def claim(
@@ -306,9 +369,13 @@ async def claim(
         "expires_at": now + timedelta(seconds=lease),
         "now": now,
     }
-    for i, customer_id in enumerate(ordered):
-        params[f"customer_{i}"] = customer_id
-    found = await session.execute(_claims_statement(len(ordered)), params)
+    if is_postgresql(session):
+        params["customers"] = ordered
+        found = await session.execute(CLAIM_ARRAY, params)
+    else:
+        for i, customer_id in enumerate(ordered):
+            params[f"customer_{i}"] = customer_id
+        found = await session.execute(_claims_statement(len(ordered)), params)
     return {customer_id for customer_id, holder in found.all() if holder == owner}
 
 
@@ -316,13 +383,22 @@ async def release(
     session: AsyncSession, owner: str, customer_ids: Iterable[int] | None = None
 ) -> None:
     """Give back the claims held under `owner` (only these customers', when named)."""
-    query = delete(_claims).where(_claims.c.owner == owner)
-    if customer_ids is not None:
-        ids = sorted(customer_ids)
-        if not ids:
-            return
-        query = query.where(_claims.c.customer_id.in_(ids))
-    await session.execute(query)
+    if customer_ids is None:
+        await session.execute(delete(_claims).where(_claims.c.owner == owner))
+        return
+    ids = sorted(customer_ids)
+    if ids:
+        query = _releases(is_postgresql(session))
+        await session.execute(query, {"b_owners": [owner], "b_customers": ids})
+
+
+@functools.cache
+def _releases(arrays: bool) -> Any:
+    """The claims of these customers (`b_customers`) held by these owners (`b_owners`)."""
+    return delete(_claims).where(
+        one_of(_claims.c.owner, "b_owners", String, arrays),
+        one_of(_claims.c.customer_id, "b_customers", Integer, arrays),
+    )
 
 
 async def release_done(session: AsyncSession, done: dict[str, set[int]]) -> None:
@@ -331,11 +407,8 @@ async def release_done(session: AsyncSession, done: dict[str, set[int]]) -> None
     customers = sorted(cid for ids in done.values() for cid in ids)
     if not customers:
         return
-    await session.execute(
-        delete(_claims).where(
-            _claims.c.owner.in_(sorted(done)), _claims.c.customer_id.in_(customers)
-        )
-    )
+    query = _releases(is_postgresql(session))
+    await session.execute(query, {"b_owners": sorted(done), "b_customers": customers})
 
 
 async def renew(session: AsyncSession, owner: str, now: datetime, lease: float) -> int:
