@@ -46,7 +46,7 @@ from functools import partial
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from customer_service.columns import utc_now
 from customer_service.config import Settings
@@ -481,7 +481,7 @@ class DeliveryEngine:
         return result
 
     async def _claim_and_plan(
-        self, session: AsyncSession, wanted: dict[int, Urgency], owner: str, now: datetime
+        self, session: AsyncConnection, wanted: dict[int, Urgency], owner: str, now: datetime
     ) -> dict[int, _Plan]:
         """Claim, read the queues, plan; give back the claims with nothing to send now.
         Every customer claimed has an entry (its batch None when it waits)."""
@@ -639,7 +639,7 @@ class DeliveryEngine:
                 return
         self._settling = False
 
-    async def _settle_many(self, session: AsyncSession, group: list["_SettleWork"]) -> None:
+    async def _settle_many(self, session: AsyncConnection, group: list["_SettleWork"]) -> None:
         """Every outcome of these batches, and their claims given back, in one transaction."""
         first = group[0].settle
         merged = _Settle(now=max(w.settle.now for w in group), confirmed=first.confirmed)
@@ -679,7 +679,7 @@ class DeliveryEngine:
     # -- plumbing ------------------------------------------------------------------------
 
     async def transaction(
-        self, work: Callable[[AsyncSession], Awaitable[T]], *, autocommit: bool = False
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, autocommit: bool = False
     ) -> T:
         """`work(session)` in one transaction of the engine's share of the pool; run again
         when PostgreSQL chose it as a deadlock's victim (it rolled back whole).
@@ -694,8 +694,8 @@ class DeliveryEngine:
                 async with self._db_slots:
                     if autocommit and self.database.dialect.name == "postgresql":
                         return await self._autocommitted(work)
-                    async with self._sessionmaker() as session, session.begin():
-                        return await work(session)
+                    async with self.database.begin() as connection:
+                        return await work(connection)
             except DBAPIError as error:
                 code = getattr(error.orig, "sqlstate", None)
                 if code != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS - 1:
@@ -703,11 +703,10 @@ class DeliveryEngine:
                 log.info("delivery transaction chosen as a deadlock victim; running it again")
         raise AssertionError("unreachable")
 
-    async def _autocommitted(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def _autocommitted(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self.database.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
-            async with self._sessionmaker(bind=connection) as session:
-                return await work(session)
+            return await work(connection)
 
     @contextlib.asynccontextmanager
     async def _renewing(self, owner: str) -> AsyncIterator[None]:
