@@ -183,6 +183,22 @@ async def kill_while_sending(
     process.wait(timeout=10)
 
 
+async def landed_after_kill(crm: CrmControl, at_least: int) -> None:
+    """Wait until the calls the killed process left in flight have been answered (to
+    nobody) and at least `at_least` records exist: records the service does not know of.
+    How many it made depends on how the held customers were split into calls (a first
+    delivery that failed before the breaker opened is retried by the recovery pass, the
+    held ones by their kicks: one call or two), so only a lower bound is asked here; the
+    restarted service must then find every one of them."""
+
+    async def landed() -> bool:
+        if any(call["method"] != "GET" for call in await crm.calls()):
+            return False
+        return len(await crm.records()) >= at_least
+
+    await eventually(landed)
+
+
 async def assert_one_record_each(
     http: httpx.AsyncClient, crm: CrmControl, written: list[dict[str, Any]]
 ) -> None:

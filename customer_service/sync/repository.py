@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     String,
@@ -230,7 +231,8 @@ def statements(arrays: bool) -> Statements:
         .where(ranked.c.position <= bindparam("b_limit"))
         .order_by(ranked.c.customer_id, ranked.c.id)
     )
-    row_ids = one_of(_requests.c.id, "b_ids", Integer, arrays)
+    # Row ids are BIGINT: bound as BIGINT[] (an INTEGER[] would refuse ids past 2**31).
+    row_ids = one_of(_requests.c.id, "b_ids", BigInteger, arrays)
     return Statements(
         arrays=arrays,
         queues=queues,

@@ -4,7 +4,12 @@ finds the contacts the first call made. No contact is lost, none is made twice."
 
 from typing import Any
 
-from crm_faces import assert_each_made_once, assert_one_record_each, kill_while_sending
+from crm_faces import (
+    assert_each_made_once,
+    assert_one_record_each,
+    kill_while_sending,
+    landed_after_kill,
+)
 from support import CrmControl, LiveServer, eventually, free_port, loopback_client, service_process
 
 HUBSPOT = {"CRM_CONNECTOR": "hubspot", "HUBSPOT_ACCESS_TOKEN": "pat-na1-crash"}
@@ -32,11 +37,8 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
         await crm_control.faults(down=False, latencyMs=2000)
         await kill_while_sending(http, crm_control, process, len(written))
 
-    async def landed() -> bool:
-        return len(await crm_control.records()) == 5
-
-    # The call the dead process made lands all the same: the contacts exist, unknown to us.
-    await eventually(landed)
+    # The call the dead process made lands all the same: contacts exist, unknown to us.
+    await landed_after_kill(crm_control, at_least=1)
     await crm_control.faults(latencyMs=0)
     async with service_process(database_url, crm.url, port, **env), loopback_client(url) as http:
 

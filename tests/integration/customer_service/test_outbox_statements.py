@@ -102,6 +102,38 @@ async def test_queues_are_read_oldest_first_with_the_crm_id_of_the_customer_row(
     assert queues[b][1] is None
 
 
+async def test_rows_with_ids_past_two_to_the_31_are_read_settled_and_failed(
+    session_of: Any,
+) -> None:
+    """Outbox ids are BIGINT: a batch binds them as a BIGINT array on PostgreSQL (an
+    INTEGER one refuses an id past 2**31, as a long-lived outbox reaches)."""
+    a, b = await _customers(session_of, 2)
+    big = 2**31 + 7
+    async with session_of() as session, session.begin():
+        for offset, customer_id in enumerate((a, b)):
+            await session.execute(
+                FailedRequest.__table__.update()
+                .where(FailedRequest.customer_id == customer_id)
+                .values(id=big + offset)
+            )
+    async with session_of() as session:
+        queues = await repository.queues_and_crm_ids(session, [a, b])
+    assert [row.id for row in queues[a][0]] == [big]
+    now = utc_now()
+    async with session_of() as session, session.begin():
+        await repository.settle(
+            session,
+            delivered=[repository.Settled(a, [big], "crm-a", 1)],
+            failures=[repository.Failure([big + 1], "CRM answered 500", 1, False, now)],
+            confirmed=True,
+            learnt={},
+            now=now,
+        )
+    async with session_of() as session:
+        rows = (await session.execute(select(FailedRequest.id, FailedRequest.status))).all()
+    assert [tuple(row) for row in rows] == [(big + 1, RequestStatus.FAILED)]
+
+
 async def test_settle_removes_delivered_rows_records_failures_and_only_raises_versions(
     session_of: Any,
 ) -> None:
