@@ -256,9 +256,16 @@ def _noted_params(
     arrays: bool, delivered: list["Settled"], with_crm_id: bool
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """The delivered customers' versions (and CRM ids) as `_noting`'s parameters, in
-    customer order."""
+    customer order. As arrays, a customer appears once, with its highest version: a row
+    finds only the first place of its id (one after the other, as executemany runs them,
+    the highest would win all the same)."""
     in_order = sorted(delivered, key=lambda one: one.customer_id)
     if arrays:
+        highest: dict[int, Settled] = {}
+        for one in in_order:
+            if one.customer_id not in highest or one.version > highest[one.customer_id].version:
+                highest[one.customer_id] = one
+        in_order = list(highest.values())
         params: dict[str, Any] = {
             "b_customers": [one.customer_id for one in in_order],
             "b_versions": [one.version for one in in_order],

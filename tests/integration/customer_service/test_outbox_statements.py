@@ -134,6 +134,38 @@ async def test_rows_with_ids_past_two_to_the_31_are_read_settled_and_failed(
     assert [tuple(row) for row in rows] == [(big + 1, RequestStatus.FAILED)]
 
 
+async def test_a_customer_settled_twice_in_one_group_ends_at_its_highest_version(
+    session_of: Any,
+) -> None:
+    """Two outcomes of one customer in one settle (batches merged into one group): the
+    higher version is what the CRM holds, whichever came first."""
+    a, b = await _customers(session_of, 2)
+    now = utc_now()
+    async with session_of() as session, session.begin():
+        await repository.settle(
+            session,
+            delivered=[
+                repository.Settled(a, [], "crm-a", 3),
+                repository.Settled(a, [], "crm-a", 2),
+                repository.Settled(b, [], "crm-b1", 1),
+                repository.Settled(b, [], "crm-b2", 2),
+            ],
+            failures=[],
+            confirmed=True,
+            learnt={},
+            now=now,
+        )
+    async with session_of() as session:
+        rows = (
+            await session.execute(
+                select(Customer.id, Customer.crm_id, Customer.crm_synced_version).order_by(
+                    Customer.id
+                )
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [(a, "crm-a", 3), (b, "crm-b2", 2)]
+
+
 async def test_settle_removes_delivered_rows_records_failures_and_only_raises_versions(
     session_of: Any,
 ) -> None:
