@@ -22,8 +22,9 @@ async def test_sigkill_mid_batch_leaves_no_duplicate_contact(
     url = f"http://127.0.0.1:{port}"
     env = {**HUBSPOT, "HUBSPOT_BASE_URL": crm.url}
     written: list[dict[str, Any]] = []
-    # The CRM down while the five are written: their deliveries are held, and go together
-    # in one batch call when it answers again (slowly), whatever the machine's timing.
+    # The CRM down while the five are written (a new process starts suspect and asks it
+    # first): their deliveries are held, and go in one batch call when it answers again
+    # (slowly).
     await crm_control.faults(down=True)
     async with (
         service_process(database_url, crm.url, port, **env) as process,
