@@ -2,7 +2,8 @@
 
 `python bench/engine_cpu.py` makes a fresh database (`BENCH_ENGINE_DATABASE`, default
 `crm_sync_bench_engine` on the server of `BENCH_DATABASE_URL`), writes
-`BENCH_ENGINE_CUSTOMERS` (6,000) customers with a pending CREATE each, and kicks them
+`BENCH_ENGINE_CUSTOMERS` (6,000) customers with a pending CREATE each (`seed.py`, as
+phase 3's backlog), and kicks them
 into a `DeliveryEngine` as the API's writes would: groups of `BENCH_ENGINE_GROUP` (15) at
 `BENCH_ENGINE_RATE` (600) customers a second, after a warm-up of 600. It prints this
 process's CPU time per customer delivered: the engine, its statements (SQLAlchemy,
@@ -26,18 +27,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from seed import seed_backlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from customer_service.columns import utc_now
 from customer_service.config import Settings
-from customer_service.customers.models import Customer
 from customer_service.db import create_sessionmaker, engines_for
 from customer_service.migrate import migrate
-from customer_service.sync import outbox
 from customer_service.sync.connector import Change, build_connector
 from customer_service.sync.engine import DeliveryEngine
-from customer_service.sync.models import Operation
 from customer_service.sync.outcome import Delivered, Outcome
 
 WARM_UP = 600
@@ -125,27 +123,8 @@ async def measure(crm_port: int | None) -> float:
     crm_url = f"http://127.0.0.1:{crm_port or 9}"
     settings = Settings(database_url=url, crm_base_url=crm_url)
     api, sync = engines_for(settings)
-    ids: list[int] = []
-    async with create_sessionmaker(api)() as session, session.begin():
-        for n in range(count):
-            now = utc_now()
-            customer = Customer(
-                first_name=f"E{n}",
-                last_name="Bench",
-                email=f"e{n}@example.com",
-                email_key=f"e{n}@example.com",
-                version=1,
-                created_at=now,
-                updated_at=now,
-                street=f"{n} Bench Street",
-                city="London",
-                postal_code="SW1Y 4JH",
-                country="GB",
-            )
-            session.add(customer)
-            await session.flush()
-            await outbox.enqueue(session, customer, Operation.CREATE)
-            ids.append(customer.id)
+    await seed_backlog(url, count)  # customers 1..count, each with a pending CREATE
+    ids = list(range(1, count + 1))
     sessionmaker = create_sessionmaker(sync)
     connector: Any = (
         build_connector(settings, sessionmaker) if crm_port is not None else InstantConnector()
