@@ -165,6 +165,11 @@ async def first_error(http: httpx.AsyncClient, customer_id: int) -> str | None:
 # -- `kill -9` mid batch (the crash tests) -----------------------------------------------
 
 
+async def _writing(crm: CrmControl) -> bool:
+    """Whether the CRM is answering a write now (a GET is the service's probe)."""
+    return any(call["method"] != "GET" for call in await crm.calls())
+
+
 async def kill_while_sending(
     http: httpx.AsyncClient, crm: CrmControl, process: "subprocess.Popen[bytes]", written: int
 ) -> None:
@@ -173,10 +178,7 @@ async def kill_while_sending(
     probe) in flight at the CRM, not the service's own count of deliveries, which counts
     them from the kick, before the call has left."""
 
-    async def sending() -> bool:
-        return any(call["method"] != "GET" for call in await crm.calls())
-
-    await eventually(sending)
+    await eventually(lambda: _writing(crm))
     # Nothing recorded as delivered: the answer is two seconds away.
     assert (await http.get("/api/failed-requests")).json()["total"] == written
     process.send_signal(signal.SIGKILL)
@@ -192,9 +194,7 @@ async def landed_after_kill(crm: CrmControl, at_least: int) -> None:
     restarted service must then find every one of them."""
 
     async def landed() -> bool:
-        if any(call["method"] != "GET" for call in await crm.calls()):
-            return False
-        return len(await crm.records()) >= at_least
+        return not await _writing(crm) and len(await crm.records()) >= at_least
 
     await eventually(landed)
 

@@ -684,7 +684,7 @@ class DeliveryEngine:
         """`work(connection)` in one transaction of the engine's share of the pool; run
         again when PostgreSQL chose it as a deadlock's victim (it rolled back whole). A
         plain connection, no ORM session: the engine's statements are all Core, and the
-        session's bookkeeping around them was 15 % of the engine's CPU a customer.
+        session's bookkeeping around them was 12-20 % of the engine's CPU a customer.
 
         `autocommit`: on PostgreSQL, each statement of `work` commits on its own, with no
         `BEGIN` and `COMMIT` round trips around them. A batch's claim-and-read runs so: the
