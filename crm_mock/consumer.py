@@ -66,7 +66,7 @@ COMMIT_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 5.0
 # While idle, how often to look whether the broker lost (and recreated) the topic.
 REWIND_CHECK_SECONDS = 1.0
-FETCH_MAX_WAIT_MS = 50
+FETCH_MAX_WAIT_MS = 10
 
 
 def backoff(attempts: int) -> float:

@@ -183,7 +183,7 @@ class KafkaConnector:
             self._topics_ready = False
             failed = _publish_failed(exc)
             return [failed for _ in changes]
-        return list(await asyncio.gather(*(self._publish(producer, c) for c in changes)))
+        return await self._publish(producer, changes)
 
     async def publish_again(self, changes: Sequence[Change]) -> list[Outcome]:
         """`send` for versions the CRM never confirmed (`sync.republisher`): the broker
@@ -192,23 +192,42 @@ class KafkaConnector:
         self._topics_ready = False
         return await self.send(changes)
 
-    async def _publish(self, producer: AIOKafkaProducer, change: Change) -> Outcome:
-        row = change.request  # the CRM's consumer finds the record by externalId
+    async def _publish(
+        self, producer: AIOKafkaProducer, changes: Sequence[Change]
+    ) -> list[Outcome]:
+        """Every change handed to the producer in turn (`send` only appends it to the
+        batch of its partition), then their acknowledgements awaited together under one
+        deadline. Plain futures, no task per event: at 400 writes/s on PostgreSQL a
+        publish wrapped in its own `wait_for` task spent 20 ms (p50) between the claim and
+        the broker's acknowledgement, most of it waiting for the event loop."""
+        acknowledged: list[asyncio.Future[Any] | Outcome] = []
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(
-                    self._settings.kafka_topic,
-                    key=str(row.customer_id).encode(),
-                    value=encode_event(event_of(row)),
-                    headers=[(EVENT_TYPE_HEADER, str(row.operation).encode())],
-                ),
-                self._timeout * 2 + 1,
-            )
-        except Exception as exc:
-            # TimeoutError, KafkaError: all transient.
+            async with asyncio.timeout(self._timeout * 2 + 1):
+                for change in changes:
+                    row = change.request  # the CRM's consumer finds the record by externalId
+                    try:
+                        acknowledged.append(
+                            await producer.send(
+                                self._settings.kafka_topic,
+                                key=str(row.customer_id).encode(),
+                                value=encode_event(event_of(row)),
+                                headers=[(EVENT_TYPE_HEADER, str(row.operation).encode())],
+                            )
+                        )
+                    except Exception as exc:  # KafkaError: transient, as the others
+                        acknowledged.append(_publish_failed(exc))
+                futures = [f for f in acknowledged if asyncio.isfuture(f)]
+                if futures:
+                    await asyncio.wait(futures)
+        except TimeoutError as exc:
+            timed_out: Exception = exc
+        else:
+            timed_out = TimeoutError()
+        outcomes = [_outcome_of(item, timed_out) for item in acknowledged]
+        outcomes += [_publish_failed(timed_out)] * (len(changes) - len(outcomes))
+        if any(isinstance(outcome, Failed) for outcome in outcomes):
             self._topics_ready = False
-            return _publish_failed(exc)
-        return Delivered(None)
+        return outcomes
 
     async def probe(self) -> HoldReason | None:
         """Does the broker answer a metadata request now?"""
@@ -240,6 +259,26 @@ class KafkaConnector:
         if self._producer is not None:
             await stop_quietly(self._producer)
             self._producer = None
+
+
+def _outcome_of(item: "asyncio.Future[Any] | Outcome", timed_out: Exception) -> Outcome:
+    """A publish's outcome: delivered once acknowledged; refused, or not acknowledged by
+    the deadline, `Failed` (TimeoutError, KafkaError: all transient)."""
+    if not asyncio.isfuture(item):
+        return item
+    if not item.done():
+        item.add_done_callback(_answered_late)
+        return _publish_failed(timed_out)
+    if item.cancelled():
+        return _publish_failed(asyncio.CancelledError())
+    error = item.exception()
+    return Delivered(None) if error is None else _publish_failed(error)
+
+
+def _answered_late(future: "asyncio.Future[Any]") -> None:
+    """An acknowledgement (or refusal) after the deadline: already counted as failed."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _publish_failed(exc: BaseException) -> Failed:
