@@ -3,8 +3,12 @@
 Every delivery statement is written here once, in SQLAlchemy Core that SQLite and
 PostgreSQL both run (the one test of `tests/integration/customer_service/
 test_outbox_statements.py` runs them on both). A batch of the engine (`sync.engine`)
-uses four: `claim` its customers under the batch's owner, read their `queues`, then
-`settle` every outcome and `release` the claims in one transaction.
+uses four: `claim` its customers under the batch's owner, read their `queues` (both in
+one round trip on PostgreSQL: `claim_and_read`, through migration 0007's PL/pgSQL
+function, whose two statements are the same claim and read), then `settle` every outcome
+and `release` the claims in one transaction. Apart from that function (the one
+statement with a PostgreSQL text of its own, tested against the pair it stands for),
+each statement is written once.
 
 A batch's list of customers or rows is one parameter: on PostgreSQL an array
 (`= ANY(:ids)`, `unnest(:ids)`), so each statement has one text whatever the batch's size,
@@ -22,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     ColumnElement,
     Integer,
@@ -31,6 +36,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    column,
     delete,
     func,
     or_,
@@ -424,6 +430,78 @@ async def claim(
             params[f"customer_{i}"] = customer_id
         found = await session.execute(_claims_statement(len(ordered)), params)
     return {customer_id for customer_id, holder in found.all() if holder == owner}
+
+
+# PostgreSQL: the claim and the queue read in one round trip (migration 0007's function
+# runs them as two statements, each with its own snapshot).
+CLAIM_AND_READ = (
+    text(
+        "SELECT * FROM sync_claim_and_read("
+        "CAST(:customers AS INTEGER[]), :owner, :expires_at, :now, :limit)"
+    )
+    .bindparams(*_CLAIM_TIMES)
+    .columns(
+        column("claimed", Integer),
+        *(
+            column(name, type_)
+            for name, type_ in (
+                ("id", BigInteger()),
+                ("customer_id", Integer()),
+                ("operation", String()),
+                ("status", String()),
+                ("attempts", Integer()),
+                ("last_error", String()),
+                ("next_attempt_at", UTCDateTime()),
+                ("version", Integer()),
+                ("payload", JSON()),
+                ("crm_id", String()),
+                ("idempotency_key", String()),
+                ("created_at", UTCDateTime()),
+                ("updated_at", UTCDateTime()),
+            )
+        ),
+        column("customer_crm_id", String),
+    )
+)
+
+Queues = dict[int, tuple[list[QueuedRequest], str | None]]
+
+
+async def claim_and_read(
+    session: Executor,
+    customer_ids: Iterable[int],
+    owner: str,
+    now: datetime,
+    lease: float,
+    limit: int = QUEUE_LIMIT,
+) -> tuple[set[int], Queues]:
+    """`claim`, then `queues_and_crm_ids` of the customers claimed: one round trip on
+    PostgreSQL (each statement still sees what committed before it), two on SQLite."""
+    if not is_postgresql(session):
+        claimed = await claim(session, customer_ids, owner, now, lease)
+        if not claimed:
+            return claimed, {}
+        return claimed, await queues_and_crm_ids(session, sorted(claimed), limit)
+    ordered = sorted(set(customer_ids))
+    if not ordered:
+        return set(), {}
+    params = {
+        "customers": ordered,
+        "owner": owner,
+        "expires_at": now + timedelta(seconds=lease),
+        "now": now,
+        "limit": limit,
+    }
+    claimed = set()
+    queues: Queues = {}
+    for values in (await session.execute(CLAIM_AND_READ, params)).tuples():
+        claimed.add(values[0])
+        if values[1] is None:
+            continue  # claimed, nothing queued
+        row = QueuedRequest(*values[1:-1])
+        queue = queues.setdefault(row.customer_id, ([], values[-1]))
+        queue[0].append(row)
+    return claimed, queues
 
 
 async def release(session: Executor, owner: str, customer_ids: Iterable[int] | None = None) -> None:

@@ -19,6 +19,7 @@ from support import FakeConnector, eventually
 from customer_service.app import create_app
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
+from customer_service.sync import engine as engine_module
 from customer_service.sync import repository
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
@@ -157,17 +158,18 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_claims_taken_before_a_failed_queue_read_are_given_back(
+async def test_claims_taken_before_a_failed_plan_are_given_back(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On PostgreSQL a batch claims in autocommit mode: its claims are committed before its
-    queues are read. When the read fails, the claims are given back at once, not left to
-    hold the customers for a whole lease."""
+    """On PostgreSQL a batch claims and reads in autocommit mode: its claims are committed
+    before it plans what to send (on SQLite the claim and the read are two statements of
+    that mode too). When what follows the claim fails, the claims are given back at once,
+    not left to hold the customers for a whole lease."""
     settings = make_settings(sync_enabled=False, claim_lease_seconds=60)
     app = create_app(settings, run_scheduler=False)
 
-    async def broken_read(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("the queue read failed")
+    def broken_plan(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the plan failed")
 
     async def answer(change: Change) -> Outcome:
         return Delivered(f"crm-{change.customer_id}")
@@ -177,7 +179,7 @@ async def test_claims_taken_before_a_failed_queue_read_are_given_back(
         async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
             ids = (await _seed(client, 7))[:3]
         engine = DeliveryEngine(app.state.sessionmaker, FakeConnector(answer), settings)
-        monkeypatch.setattr(repository, "queues_and_crm_ids", broken_read)
+        monkeypatch.setattr(engine_module, "plan_next", broken_plan)
         with pytest.raises(RuntimeError):
             await engine.deliver(dict.fromkeys(ids, Urgency.DUE))
         async with app.state.sessionmaker() as session:
