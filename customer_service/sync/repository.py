@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     ColumnElement,
     Integer,
@@ -442,24 +441,8 @@ CLAIM_AND_READ = (
     .bindparams(*_CLAIM_TIMES)
     .columns(
         column("claimed", Integer),
-        *(
-            column(name, type_)
-            for name, type_ in (
-                ("id", BigInteger()),
-                ("customer_id", Integer()),
-                ("operation", String()),
-                ("status", String()),
-                ("attempts", Integer()),
-                ("last_error", String()),
-                ("next_attempt_at", UTCDateTime()),
-                ("version", Integer()),
-                ("payload", JSON()),
-                ("crm_id", String()),
-                ("idempotency_key", String()),
-                ("created_at", UTCDateTime()),
-                ("updated_at", UTCDateTime()),
-            )
-        ),
+        # The queue's columns, typed as the table's (timestamps in UTC, the JSON payload).
+        *(column(name, _requests.c[name].type) for name in QUEUED_COLUMNS),
         column("customer_crm_id", String),
     )
 )

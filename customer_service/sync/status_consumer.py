@@ -161,10 +161,11 @@ class StatusConsumer:
                     await asyncio.wait_for(rewind_recreated(consumer), 5)
             if not batches:
                 continue
-            # Every partition of the fetch in one transaction and one commit: the statuses
-            # only raise versions and confirm, so their order across partitions is free.
-            # (A transaction and a commit per partition held SQLite's one connection four
-            # times as often, while the API's writes queued for it.)
+            # Every partition of the fetch in one transaction and one commit (not one of
+            # each a partition: four a fetch with the default partitions, each taking
+            # SQLite's one connection from the API's writes). The statuses only raise
+            # versions and confirm, so their order across partitions is free; a failure
+            # commits nothing and the fetch is read again.
             messages = [m for partition in batches.values() for m in partition]
             statuses = [s for m in messages if (s := parse_status(m.value)) is not None]
             if skipped := len(messages) - len(statuses):
