@@ -5,9 +5,9 @@ waited for it (one snapshot for both would not)."""
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
+from outbox_support import customers_with_requests
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import eventually, reset_postgres
@@ -15,39 +15,16 @@ from support import eventually, reset_postgres
 from customer_service.columns import utc_now
 from customer_service.customers.models import Customer
 from customer_service.db import create_engine, create_sessionmaker
-from customer_service.sync import outbox, repository
-from customer_service.sync.models import FailedRequest, Operation
+from customer_service.sync import repository
+from customer_service.sync.models import FailedRequest
 
 LEASE = 30.0
 
 
-async def _customer(sessionmaker: Any, n: int, updates: int) -> int:
-    """A customer with a pending CREATE and `updates` UPDATEs behind it."""
-    async with sessionmaker() as session, session.begin():
-        now = utc_now()
-        customer = Customer(
-            first_name=f"C{n}",
-            last_name="Claim",
-            email=f"c{n}@example.com",
-            email_key=f"c{n}@example.com",
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(customer)
-        await session.flush()
-        await outbox.enqueue(session, customer, Operation.CREATE)
-        for _ in range(updates):
-            customer.version += 1
-            await outbox.enqueue(session, customer, Operation.UPDATE)
-        return int(customer.id)
-
-
 async def test_claim_and_read_answers_as_the_claim_then_the_read(sql_engine: AsyncEngine) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    a = await _customer(sessionmaker, 1, updates=3)
-    b = await _customer(sessionmaker, 2, updates=0)
-    elsewhere = await _customer(sessionmaker, 3, updates=0)
+    (a,) = await customers_with_requests(sessionmaker, 1, updates=3, name="A")
+    b, elsewhere = await customers_with_requests(sessionmaker, 2, name="B")
     nothing_queued = 999_999
     async with sessionmaker() as session, session.begin():
         await session.execute(
@@ -65,7 +42,7 @@ async def test_claim_and_read_answers_as_the_claim_then_the_read(sql_engine: Asy
     assert crm_id == "crm-a" and queues[b][1] is None
     assert [row.version for row in rows] == [1, 2, 3]  # oldest first, at most the limit
     assert [row.operation for row in rows] == ["CREATE", "UPDATE", "UPDATE"]
-    assert rows[0].payload is not None and rows[0].payload["firstName"] == "C1"
+    assert rows[0].payload is not None and rows[0].payload["firstName"] == "A0"
     assert rows[0].created_at.tzinfo is not None
     assert queues[b][0][0].customer_id == b
     # The read is the one `queues_and_crm_ids` makes.
@@ -92,7 +69,7 @@ async def test_a_claim_that_waited_for_the_holder_reads_what_the_holder_settled(
     read, after the holder commits, has the delivered row gone (one snapshot taken before
     the wait would still hold it, and the row would be sent again)."""
     sessionmaker = create_sessionmaker(postgres_engine)
-    a = await _customer(sessionmaker, 1, updates=1)
+    (a,) = await customers_with_requests(sessionmaker, 1, updates=1)
     async with sessionmaker() as session, session.begin():
         assert await repository.claim(session, [a], "holder", utc_now(), LEASE) == {a}
     first = select(FailedRequest.id).where(FailedRequest.customer_id == a).order_by("id")

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from outbox_support import customers_with_requests
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import FakeConnector
@@ -15,7 +16,7 @@ from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
 from customer_service.db import create_sessionmaker
-from customer_service.sync import outbox, repository
+from customer_service.sync import repository
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
 from customer_service.sync.models import FailedRequest, Operation, RequestStatus, SyncClaim
@@ -30,31 +31,6 @@ async def session_of(sql_engine: AsyncEngine) -> AsyncIterator[Callable[[], Any]
     yield create_sessionmaker(sql_engine)
 
 
-async def _customers(sessionmaker: Any, count: int, updates: int = 0) -> list[int]:
-    """`count` customers, each with a pending CREATE and `updates` UPDATEs behind it."""
-    async with sessionmaker() as session, session.begin():
-        ids = []
-        for n in range(count):
-            now = utc_now()
-            customer = Customer(
-                first_name=f"S{n}",
-                last_name="Statement",
-                email=f"s{n}@example.com",
-                email_key=f"s{n}@example.com",
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(customer)
-            await session.flush()
-            await outbox.enqueue(session, customer, Operation.CREATE)
-            for _ in range(updates):
-                customer.version += 1
-                await outbox.enqueue(session, customer, Operation.UPDATE)
-            ids.append(customer.id)
-        return ids
-
-
 async def _scalar(sessionmaker: Any, query: Any) -> Any:
     async with sessionmaker() as session:
         return await session.scalar(query)
@@ -63,7 +39,7 @@ async def _scalar(sessionmaker: Any, query: Any) -> Any:
 async def test_a_claim_is_ours_until_it_expires_and_only_its_owner_renews_or_releases_it(
     session_of: Any,
 ) -> None:
-    a, b, c = await _customers(session_of, 3)
+    a, b, c = await customers_with_requests(session_of, 3)
     now = utc_now()
     async with session_of() as session, session.begin():
         assert await repository.claim(session, [b, a], "one", now, LEASE) == {a, b}
@@ -87,7 +63,7 @@ async def test_a_claim_is_ours_until_it_expires_and_only_its_owner_renews_or_rel
 async def test_queues_are_read_oldest_first_with_the_crm_id_of_the_customer_row(
     session_of: Any,
 ) -> None:
-    a, b = await _customers(session_of, 2, updates=3)
+    a, b = await customers_with_requests(session_of, 2, updates=3)
     async with session_of() as session, session.begin():
         await session.execute(
             Customer.__table__.update().where(Customer.id == a).values(crm_id="crm-a")
@@ -107,7 +83,7 @@ async def test_rows_with_ids_past_two_to_the_31_are_read_settled_and_failed(
 ) -> None:
     """Outbox ids are BIGINT: a batch binds them as a BIGINT array on PostgreSQL (an
     INTEGER one refuses an id past 2**31, as a long-lived outbox reaches)."""
-    a, b = await _customers(session_of, 2)
+    a, b = await customers_with_requests(session_of, 2)
     big = 2**31 + 7
     async with session_of() as session, session.begin():
         for offset, customer_id in enumerate((a, b)):
@@ -139,7 +115,7 @@ async def test_a_customer_settled_twice_in_one_group_ends_at_its_highest_version
 ) -> None:
     """Two outcomes of one customer in one settle (batches merged into one group): the
     higher version is what the CRM holds, whichever came first."""
-    a, b = await _customers(session_of, 2)
+    a, b = await customers_with_requests(session_of, 2)
     now = utc_now()
     async with session_of() as session, session.begin():
         await repository.settle(
@@ -169,7 +145,7 @@ async def test_a_customer_settled_twice_in_one_group_ends_at_its_highest_version
 async def test_settle_removes_delivered_rows_records_failures_and_only_raises_versions(
     session_of: Any,
 ) -> None:
-    a, b, c = await _customers(session_of, 3, updates=1)
+    a, b, c = await customers_with_requests(session_of, 3, updates=1)
     async with session_of() as session:
         queues = await repository.queues_and_crm_ids(session, [a, b, c])
     now = utc_now()
@@ -241,7 +217,7 @@ async def test_a_batch_is_one_transaction_to_claim_and_one_to_settle_whatever_it
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    ids = await _customers(sessionmaker, 40)
+    ids = await customers_with_requests(sessionmaker, 40)
 
     async def delivered(change: Change) -> Outcome:
         return Delivered(f"crm-{change.customer_id}")
@@ -274,7 +250,7 @@ async def test_a_batch_with_one_permanently_refused_record_settles_the_others_de
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    ids = await _customers(sessionmaker, 5, updates=1)
+    ids = await customers_with_requests(sessionmaker, 5, updates=1)
     refused, flaky = ids[1], ids[3]
 
     async def answer(change: Change) -> Outcome:
@@ -317,7 +293,7 @@ async def test_customers_claimed_elsewhere_are_busy_and_left_alone(
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    a, b = await _customers(sessionmaker, 2)
+    a, b = await customers_with_requests(sessionmaker, 2)
     async with sessionmaker() as session, session.begin():
         assert await repository.claim(session, [a], "other-replica", utc_now(), LEASE) == {a}
 

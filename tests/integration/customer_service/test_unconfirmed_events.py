@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from outbox_support import customers_with_requests
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from support import FakeConnector, reset_postgres
@@ -19,7 +20,7 @@ from customer_service.config import Settings
 from customer_service.customers.models import Customer
 from customer_service.db import create_engine, create_sessionmaker
 from customer_service.reconciliation import repository as reconciliation
-from customer_service.sync import outbox, repository, unconfirmed
+from customer_service.sync import repository, unconfirmed
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
 from customer_service.sync.models import (
@@ -38,33 +39,6 @@ CONFIRM = 5.0
 
 def _settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(database_url=database_url, kafka_confirm_seconds=CONFIRM, **overrides)
-
-
-async def _customers(
-    sessionmaker: async_sessionmaker[AsyncSession], count: int, updates: int = 0
-) -> list[int]:
-    """`count` customers, each with a pending CREATE and `updates` UPDATEs behind it."""
-    async with sessionmaker() as session, session.begin():
-        ids = []
-        for n in range(count):
-            now = utc_now()
-            customer = Customer(
-                first_name=f"U{n}",
-                last_name="Unconfirmed",
-                email=f"u{n}@example.com",
-                email_key=f"u{n}@example.com",
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(customer)
-            await session.flush()
-            await outbox.enqueue(session, customer, Operation.CREATE)
-            for _ in range(updates):
-                customer.version += 1
-                await outbox.enqueue(session, customer, Operation.UPDATE)
-            ids.append(customer.id)
-        return ids
 
 
 class Publisher:
@@ -139,7 +113,7 @@ async def test_a_kafka_batch_keeps_what_each_publish_carried_until_the_crm_repor
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    a, b, c = await _customers(sessionmaker, 3, updates=2)
+    a, b, c = await customers_with_requests(sessionmaker, 3, updates=2, name="U")
     sent: dict[tuple[int, int], str] = {}
 
     async def published(change: Change) -> Outcome:
@@ -180,7 +154,7 @@ async def test_a_row_kept_twice_is_kept_once_and_fails_no_settle(sql_engine: Asy
     """Two settles of one published row (a batch whose claim lapsed, and the batch that
     took the customer over): the second keeps nothing more and raises nothing."""
     sessionmaker = create_sessionmaker(sql_engine)
-    (a,) = await _customers(sessionmaker, 1)
+    (a,) = await customers_with_requests(sessionmaker, 1)
     async with sessionmaker() as session:
         row_id = await session.scalar(select(FailedRequest.id))
     assert row_id is not None
@@ -194,7 +168,7 @@ async def test_a_row_kept_twice_is_kept_once_and_fails_no_settle(sql_engine: Asy
 
 async def test_an_http_batch_keeps_nothing(sql_engine: AsyncEngine, database_url: str) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    ids = await _customers(sessionmaker, 2, updates=1)
+    ids = await customers_with_requests(sessionmaker, 2, updates=1)
 
     async def delivered(change: Change) -> Outcome:
         return Delivered(f"crm-{change.customer_id}")
@@ -210,7 +184,7 @@ async def test_only_overdue_unconfirmed_versions_are_selected_each_customers_old
     sql_engine: AsyncEngine,
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    ids = await _customers(sessionmaker, 4)
+    ids = await customers_with_requests(sessionmaker, 4)
     c1, c2, c3, c4 = ids
     gone = max(ids) + 100  # a deleted customer: its DELETE is still owed
     now = utc_now()
@@ -258,7 +232,7 @@ async def test_a_pass_publishes_overdue_versions_oldest_first_and_starts_their_w
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    a, b, c = await _customers(sessionmaker, 3)
+    a, b, c = await customers_with_requests(sessionmaker, 3)
     now = utc_now()
     overdue = now - timedelta(seconds=CONFIRM + 1)
     keys = await _put_unconfirmed(
@@ -295,7 +269,7 @@ async def test_a_failed_publish_holds_back_that_customers_later_versions_only(
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    a, b = await _customers(sessionmaker, 2)
+    a, b = await customers_with_requests(sessionmaker, 2)
     overdue = utc_now() - timedelta(seconds=CONFIRM + 1)
     await _put_unconfirmed(sessionmaker, [(a, 1, overdue), (a, 2, overdue), (b, 1, overdue)])
     publisher = Publisher()
@@ -321,7 +295,7 @@ async def test_a_customer_another_delivery_holds_waits_and_a_dead_replicas_claim
     sql_engine: AsyncEngine, database_url: str
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    held, crashed, free = await _customers(sessionmaker, 3)
+    held, crashed, free = await customers_with_requests(sessionmaker, 3)
     now = utc_now()
     overdue = now - timedelta(seconds=CONFIRM + 1)
     await _put_unconfirmed(
@@ -360,7 +334,7 @@ async def test_two_replicas_never_publish_one_version_again_twice(
     engines = [create_engine(database_url) for _ in range(2)]
     try:
         makers = [create_sessionmaker(engine) for engine in engines]
-        ids = await _customers(makers[0], 60)
+        ids = await customers_with_requests(makers[0], 60)
         overdue = utc_now() - timedelta(seconds=CONFIRM + 1)
         keys = await _put_unconfirmed(makers[0], [(cid, v, overdue) for cid in ids for v in (1, 2)])
         publishers = [Publisher(delay=0.02), Publisher(delay=0.02)]
@@ -391,7 +365,7 @@ async def test_reconciliation_in_kafka_mode_counts_a_version_awaiting_the_crm_as
     sql_engine: AsyncEngine,
 ) -> None:
     sessionmaker = create_sessionmaker(sql_engine)
-    awaiting, settled = await _customers(sessionmaker, 2)
+    awaiting, settled = await customers_with_requests(sessionmaker, 2)
     gone = settled + 100  # deleted here; its DELETE not confirmed yet
     async with sessionmaker() as session, session.begin():
         await session.execute(delete(FailedRequest))  # both published
