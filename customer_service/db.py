@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, event, exc, make_url
+from sqlalchemy import URL, MetaData, event, exc, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -34,6 +34,14 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def runs_on_loop_thread(url: str | URL) -> bool:
+    """Whether `create_engine(url)` runs the database's calls on the event loop's thread
+    (SQLite on a file, `sqlite_driver`): a statement, a commit and a connection's return
+    to the pool then never suspend the task that makes them."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+
+
 def create_engine(
     url: str, pool_size: int = 10, max_overflow: int = 5, pool_timeout: float = 5.0
 ) -> AsyncEngine:
@@ -45,7 +53,7 @@ def create_engine(
         # once where SQLite's busy handler would sleep and poll. Transactions are short (no
         # CRM call inside one), so the wait is a queue of milliseconds, not a lock.
         path = make_url(url).database
-        if path in (None, "", ":memory:"):
+        if not runs_on_loop_thread(url):
             engine = create_async_engine(url, connect_args={"timeout": 30})
         else:
             # SQLite's calls run on the loop's thread (`sqlite_driver` says why and at what
