@@ -53,7 +53,7 @@ def create_engine(
         # once where SQLite's busy handler would sleep and poll. Transactions are short (no
         # CRM call inside one), so the wait is a queue of milliseconds, not a lock.
         path = make_url(url).database
-        if not runs_on_loop_thread(url):
+        if path is None or not runs_on_loop_thread(url):
             engine = create_async_engine(url, connect_args={"timeout": 30})
         else:
             # SQLite's calls run on the loop's thread (`sqlite_driver` says why and at what

@@ -77,4 +77,3 @@ async def test_a_failed_transaction_rolls_back_and_gives_the_connection_back(
     assert delivery.database.pool.checkedout() == 0
     assert await delivery.transaction(count) == 0
     await delivery.database.dispose()
-
