@@ -729,9 +729,17 @@ class DeliveryEngine:
             await connection.close()
 
     async def _autocommitted(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async with self.database.connect() as connection:
+        """PostgreSQL, each statement committing on its own. The connection is closed by a
+        plain call, as in `_unsuspended`: with no transaction left to roll back its return
+        to the pool needs no round trip (the isolation level is reset on the client), so
+        there is nothing for `async with`'s shielded close to guard, and that close kept
+        a batch three turns of the loop from its CRM call after the claim."""
+        connection = await self.database.connect()
+        try:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             return await work(connection)
+        finally:
+            await connection.close()
 
     @contextlib.asynccontextmanager
     async def _renewing(self, owner: str) -> AsyncIterator[None]:
