@@ -9,7 +9,7 @@ from customer_service.config import Settings
 from customer_service.customers.router import router as customers_router
 from customer_service.dashboard.router import router as dashboard_router
 from customer_service.db import create_sessionmaker, engines_for
-from customer_service.deps import require_api_key
+from customer_service.deps import ApiLoad, require_api_key
 from customer_service.errors import install_handlers
 from customer_service.metrics import Metrics
 from customer_service.openapi import install as install_openapi
@@ -38,15 +38,18 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
         sync_sessionmaker = create_sessionmaker(sync_engine)
         # The one way out SYNC_MODE names (the CRM mock's API, or Kafka).
         connector = build_connector(settings, sync_sessionmaker, on_call=metrics.observe_crm_call)
+        api_load = ApiLoad()
         delivery = DeliveryEngine(
             sync_sessionmaker,
             connector,
             settings,
             enabled=settings.sync_enabled,
             on_outcome=metrics.observe_delivery,
+            api_load=api_load,
         )
         retry_job = RetryJob(delivery, settings, connector)
         app.state.settings = settings
+        app.state.api_load = api_load
         app.state.engine = engine
         app.state.sessionmaker = sessionmaker
         app.state.delivery = delivery

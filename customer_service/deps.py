@@ -13,17 +13,32 @@ from customer_service.schemas import INT32_MAX, INT64_MAX
 from customer_service.sync.outbox import PENDING_KICKS
 
 
+class ApiLoad:
+    """The API's transactions under way: how busy the API is, for the delivery engine
+    (`sync.engine`, which gathers kicks into fewer batches under a saturating load)."""
+
+    def __init__(self) -> None:
+        self.transactions = 0
+
+    def __call__(self) -> int:
+        return self.transactions
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's transaction: committed when the handler returns, rolled back if it
     raises. Once committed, the outbox rows it wrote are handed to the delivery engine."""
     state = request.app.state
+    load: ApiLoad = state.api_load
     async with state.sessionmaker() as session:
+        load.transactions += 1
         try:
             yield session
             await session.commit()
         except BaseException:
             await session.rollback()
             raise
+        finally:
+            load.transactions -= 1
         # Kicked at once: the session's close after the commit (a shielded task of
         # SQLAlchemy's, with no connection left to give back) takes three turns of the
         # event loop, which every write's sync lag paid before its delivery could start.

@@ -1,0 +1,96 @@
+"""Under a saturating load (the API in many transactions at once) live deliveries gather:
+at most `GATHER_BATCHES` batches start within `GATHER_SECONDS`, the kicks in between going
+into the next, larger batch; every customer is still delivered, once. Under a light load
+every kick starts its batch at once (the sync lag wants it)."""
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import func, select
+from support import FakeConnector, eventually
+
+from customer_service.app import create_app
+from customer_service.config import Settings
+from customer_service.sync import engine as engine_module
+from customer_service.sync.connector import Change
+from customer_service.sync.engine import DeliveryEngine
+from customer_service.sync.models import FailedRequest
+from customer_service.sync.outcome import Delivered, Outcome
+
+CUSTOMERS = 40
+
+
+async def _deliver_kicked_one_by_one(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, api_load: int
+) -> tuple[list[float], list[int]]:
+    """Kick CUSTOMERS customers one by one, 2 ms apart, with the API that busy; the times
+    live batches were started, and the customers the CRM got, in order."""
+    settings = make_settings(sync_enabled=False)  # the app's own engine stays idle
+    app = create_app(settings, run_scheduler=False)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+            ids = []
+            for n in range(CUSTOMERS):
+                body = {"firstName": "G", "lastName": f"{n}", "email": f"g{n}@example.com"}
+                ids.append((await client.post("/api/customers", json=body)).json()["id"])
+        sent: list[int] = []
+
+        async def answer(change: Change) -> Outcome:
+            await asyncio.sleep(0.01)
+            sent.append(change.customer_id)
+            return Delivered(f"crm-{change.customer_id}")
+
+        engine = DeliveryEngine(
+            app.state.sessionmaker, FakeConnector(answer), settings, api_load=lambda: api_load
+        )
+        started: list[float] = []
+        real_batch = engine._live_batch
+
+        def live_batch() -> Coroutine[Any, Any, None]:
+            started.append(asyncio.get_running_loop().time())  # the batch's task is made
+            return real_batch()
+
+        monkeypatch.setattr(engine, "_live_batch", live_batch)
+        for customer_id in ids:
+            engine.kick([customer_id])
+            await asyncio.sleep(0.002)
+
+        async def delivered() -> bool:
+            async with app.state.sessionmaker() as session:
+                left = await session.scalar(select(func.count()).select_from(FailedRequest))
+            return left == 0
+
+        await eventually(delivered, within=20)
+        await engine.close()
+    return started, sent
+
+
+def _most_started_within(started: list[float], seconds: float) -> int:
+    return max(sum(1 for t in started if s <= t < s + seconds) for s in started)
+
+
+async def test_under_a_saturating_load_kicks_gather_into_fewer_batches(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = engine_module.BUSY_API_TRANSACTIONS
+    started, sent = await _deliver_kicked_one_by_one(make_settings, monkeypatch, busy)
+    assert sorted(sent) == sorted(set(sent)) and len(sent) == CUSTOMERS  # each once
+    # A little slack on the window: the loop's clock, read twice.
+    window = engine_module.GATHER_SECONDS * 0.98
+    assert _most_started_within(started, window) <= engine_module.GATHER_BATCHES
+    assert len(started) < CUSTOMERS / 2
+
+
+async def test_under_a_light_load_each_kick_starts_its_batch_at_once(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    light = engine_module.BUSY_API_TRANSACTIONS - 1
+    started, sent = await _deliver_kicked_one_by_one(make_settings, monkeypatch, light)
+    assert sorted(sent) == sorted(set(sent)) and len(sent) == CUSTOMERS
+    window = engine_module.GATHER_SECONDS
+    assert _most_started_within(started, window) > engine_module.GATHER_BATCHES
