@@ -24,8 +24,8 @@ it sends and settles, the next one claims. Under a saturating load (the API in
 `BUSY_API_TRANSACTIONS` transactions at once) at most `GATHER_BATCHES` live batches start
 within `GATHER_SECONDS`, so the kicks gather into fewer, larger batches and each claim and
 settle serves more customers (32 writers on PostgreSQL, three alternating rounds: 594-678
-synced writes a second against 494-575); below it every kick starts at once, for the sync
-lag. Customers in live batches are bounded by four
+writes a second with sync on, against 494-575); below it every kick starts at once, for
+the sync lag. Customers in live batches are bounded by four
 per CRM call in flight, the calls by the connector's `calls_in_flight`. A customer
 in a batch of this process waits for it (its kick is taken after), so a customer is in
 one batch at a time here, and the claims keep replicas apart. A customer found busy is
