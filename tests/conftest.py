@@ -96,6 +96,16 @@ async def sql_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
+async def postgres_engine(postgres_database: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of the service's own on the run's PostgreSQL database, emptied (tests of
+    what only PostgreSQL does: locks, its functions)."""
+    await reset_postgres(postgres_database)
+    engine = create_engine(postgres_database)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
 def make_settings(database_url: str, crm: LiveServer) -> Callable[..., Settings]:
     """Settings for the service under test: the periodic job is slow unless a test says."""
 

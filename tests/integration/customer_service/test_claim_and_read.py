@@ -4,17 +4,15 @@ PostgreSQL the read still sees what the claims' previous holder settled while th
 waited for it (one snapshot for both would not)."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from outbox_support import customers_with_requests
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import eventually, reset_postgres
+from support import eventually
 
 from customer_service.columns import utc_now
 from customer_service.customers.models import Customer
-from customer_service.db import create_engine, create_sessionmaker
+from customer_service.db import create_sessionmaker
 from customer_service.sync import repository
 from customer_service.sync.models import FailedRequest
 
@@ -51,14 +49,6 @@ async def test_claim_and_read_answers_as_the_claim_then_the_read(sql_engine: Asy
     # The claims are taken (committed), under "mine".
     async with sessionmaker() as session:
         assert await repository.claim(session, [a, b], "third", utc_now(), LEASE) == set()
-
-
-@pytest.fixture
-async def postgres_engine(postgres_database: str) -> AsyncIterator[AsyncEngine]:
-    await reset_postgres(postgres_database)
-    engine = create_engine(postgres_database)
-    yield engine
-    await engine.dispose()
 
 
 async def test_a_claim_that_waited_for_the_holder_reads_what_the_holder_settled(

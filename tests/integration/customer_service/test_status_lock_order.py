@@ -5,27 +5,18 @@ order they formed a circle with a settle: PostgreSQL broke it only after its
 `deadlock_timeout` (1 s), every delivery of the process waiting meanwhile."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from outbox_support import customers_with_requests
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import eventually, reset_postgres
+from support import eventually
 
-from customer_service.db import create_engine, create_sessionmaker
+from customer_service.db import create_sessionmaker
 from customer_service.sync.status_consumer import APPLIED, DEAD, CrmStatus, record_statuses
 
 LOCK = "SELECT id FROM customers WHERE id = :id FOR UPDATE"
-
-
-@pytest.fixture
-async def postgres_engine(postgres_database: str) -> AsyncIterator[AsyncEngine]:
-    await reset_postgres(postgres_database)
-    engine = create_engine(postgres_database)
-    yield engine
-    await engine.dispose()
 
 
 async def _waiting_for_a_lock(engine: AsyncEngine) -> bool:
