@@ -369,3 +369,18 @@ class FakeConnector:
 
     def reader(self) -> Any:
         raise NotImplementedError("no CRM records behind a fake connector")
+
+
+async def post_customers(app: Any, count: int, name: str) -> list[int]:
+    """`count` customers written through the app's API (in process), their ids in order."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+        ids = []
+        for n in range(count):
+            body = {
+                "firstName": name,
+                "lastName": f"{n}",
+                "email": f"{name.lower()}{n}@example.com",
+            }
+            ids.append((await client.post("/api/customers", json=body)).json()["id"])
+    return ids

@@ -7,11 +7,10 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
-from support import FakeConnector, eventually
+from support import FakeConnector, eventually, post_customers
 
 from customer_service.app import create_app
 from customer_service.config import Settings
@@ -32,12 +31,7 @@ async def _deliver_kicked_one_by_one(
     settings = make_settings(sync_enabled=False)  # the app's own engine stays idle
     app = create_app(settings, run_scheduler=False)
     async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-            ids = []
-            for n in range(CUSTOMERS):
-                body = {"firstName": "G", "lastName": f"{n}", "email": f"g{n}@example.com"}
-                ids.append((await client.post("/api/customers", json=body)).json()["id"])
+        ids = await post_customers(app, CUSTOMERS, "G")
         sent: list[int] = []
 
         async def answer(change: Change) -> Outcome:

@@ -6,10 +6,9 @@ waiting)."""
 import asyncio
 from collections.abc import Callable
 
-import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
-from support import FakeConnector, eventually
+from support import FakeConnector, eventually, post_customers
 
 from customer_service.app import create_app
 from customer_service.config import Settings
@@ -43,12 +42,7 @@ async def test_kicked_deliveries_hold_a_slot_for_the_crm_call_only(
     settings = make_settings(sync_enabled=False)  # the app's own engine stays idle
     app = create_app(settings, run_scheduler=False)
     async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-            ids = []
-            for n in range(CUSTOMERS):
-                body = {"firstName": "D", "lastName": f"{n}", "email": f"d{n}@example.com"}
-                ids.append((await client.post("/api/customers", json=body)).json()["id"])
+        ids = await post_customers(app, CUSTOMERS, "D")
         crm = SlowCrm(app.state.sessionmaker)
         connector = FakeConnector(crm.answer, calls_in_flight=SLOTS)
         engine = DeliveryEngine(app.state.sessionmaker, connector, settings)
