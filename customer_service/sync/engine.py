@@ -735,9 +735,9 @@ class DeliveryEngine:
             try:
                 async with self._db_slots:
                     if autocommit and self.database.dialect.name == "postgresql":
-                        return await self._autocommitted(work)
+                        return await self._plainly_closed(work, autocommit=True)
                     if self._on_loop_thread:
-                        return await self._unsuspended(work)
+                        return await self._plainly_closed(work, autocommit=False)
                     async with self.database.begin() as connection:
                         return await work(connection)
             except DBAPIError as error:
@@ -747,33 +747,30 @@ class DeliveryEngine:
                 log.info("delivery transaction chosen as a deadlock victim; running it again")
         raise AssertionError("unreachable")
 
-    async def _unsuspended(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """SQLite on the loop's thread: the connection is closed (given back to the pool)
-        by a plain call, not by `async with`, whose exit closes it in a task of its own
-        (SQLAlchemy shields the close from cancellation so): the connection then stayed
-        checked out for two turns of the event loop after the commit, and under load every
-        API write queued behind it for SQLite's one connection, each waiter woken a turn
-        after the one before (Kafka mode's sync lag at 483 writes/s: a write's insert
-        waited 12 ms at p90 and 50 ms at p99, bench/README). Here no statement, commit or
-        close suspends the task, so no cancellation can land between the checkout and the
-        return: nothing for the shield to guard."""
+    async def _plainly_closed(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, autocommit: bool
+    ) -> T:
+        """`work` on a connection closed (given back to the pool) by a plain call, not by
+        `async with`, whose exit closes it in a task of its own (SQLAlchemy shields the
+        close from cancellation so), keeping it checked out for two or three more turns of
+        the event loop. Used only where nothing suspends between the end of the work and
+        the return, so no cancellation can land there and the shield guards nothing:
+
+        - SQLite on the loop's thread (`autocommit` False): no statement, commit or close
+          suspends. There every API write queued behind the kept connection for SQLite's
+          one connection, each waiter woken a turn after the one before (Kafka mode at 483
+          writes/s: a write's insert waited 12 ms at p90 and 50 ms at p99, bench/README).
+        - PostgreSQL with each statement committing on its own (`autocommit` True, a
+          batch's claim): with no transaction left to roll back the return needs no round
+          trip (the isolation level is reset on the client), and the shielded close kept
+          the batch three turns of the loop from its CRM call."""
         connection = await self.database.connect()
         try:
+            if autocommit:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return await work(connection)
             async with connection.begin():
                 return await work(connection)
-        finally:
-            await connection.close()
-
-    async def _autocommitted(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """PostgreSQL, each statement committing on its own. The connection is closed by a
-        plain call, as in `_unsuspended`: with no transaction left to roll back its return
-        to the pool needs no round trip (the isolation level is reset on the client), so
-        there is nothing for `async with`'s shielded close to guard, and that close kept
-        a batch three turns of the loop from its CRM call after the claim."""
-        connection = await self.database.connect()
-        try:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            return await work(connection)
         finally:
             await connection.close()
 
