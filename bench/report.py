@@ -88,6 +88,16 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             "-",
             "-",
         )
+        if alone := t.get("serviceAlone"):
+            row(
+                "1 the same, the service on a core of its own (for the record; synced after "
+                f"{alone['syncOn']['syncedSeconds']:.1f} s)",
+                _fmt(alone["syncOn"]["perSecond"], "/s"),
+                _fmt(alone["syncOff"]["perSecond"], "/s"),
+                alone["ratio"],
+                "-",
+                "-",
+            )
     if lat := measured("latency"):
         for pct in ("p50", "p99"):
             slow = lat["slow"]["latencyMs"][pct]

@@ -9,15 +9,13 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import func, select
-from support import FakeConnector, eventually, post_customers
+from support import FakeConnector, outbox_emptied, post_customers
 
 from customer_service.app import create_app
 from customer_service.config import Settings
 from customer_service.sync import engine as engine_module
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
-from customer_service.sync.models import FailedRequest
 from customer_service.sync.outcome import Delivered, Outcome
 
 CUSTOMERS = 40
@@ -54,12 +52,7 @@ async def _deliver_kicked_one_by_one(
             engine.kick([customer_id])
             await asyncio.sleep(0.002)
 
-        async def delivered() -> bool:
-            async with app.state.sessionmaker() as session:
-                left = await session.scalar(select(func.count()).select_from(FailedRequest))
-            return left == 0
-
-        await eventually(delivered, within=20)
+        await outbox_emptied(app.state.sessionmaker)
         await engine.close()
     return started, sent
 

@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
-from support import FakeConnector, eventually, post_customers
+from support import FakeConnector, outbox_emptied, post_customers
 
 from customer_service.app import create_app
 from customer_service.config import Settings
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
-from customer_service.sync.models import FailedRequest, SyncClaim
+from customer_service.sync.models import SyncClaim
 from customer_service.sync.outcome import Delivered, Outcome
 
 SLOTS = 2
@@ -48,12 +48,7 @@ async def test_kicked_deliveries_hold_a_slot_for_the_crm_call_only(
         engine = DeliveryEngine(app.state.sessionmaker, connector, settings)
         engine.kick(ids)
 
-        async def delivered() -> bool:
-            async with app.state.sessionmaker() as session:
-                left = await session.scalar(select(func.count()).select_from(FailedRequest))
-            return left == 0
-
-        await eventually(delivered, within=20)
+        await outbox_emptied(app.state.sessionmaker)
         await engine.close()
     assert connector.calls == CUSTOMERS
     assert connector.most_in_flight == SLOTS

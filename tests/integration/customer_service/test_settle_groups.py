@@ -14,7 +14,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
-from support import FakeConnector, eventually
+from support import FakeConnector, eventually, outbox_left
 
 from customer_service.app import create_app
 from customer_service.config import Settings
@@ -23,7 +23,7 @@ from customer_service.sync import engine as engine_module
 from customer_service.sync import repository
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
-from customer_service.sync.models import FailedRequest, SyncClaim
+from customer_service.sync.models import SyncClaim
 from customer_service.sync.outcome import Delivered, Outcome
 from customer_service.sync.retry import Urgency
 
@@ -87,13 +87,9 @@ async def test_failing_and_cancelled_settle_groups_leave_no_batch_waiting(
         failing["on"] = False
         sessionmaker = app.state.sessionmaker
 
-        async def left() -> int:
-            async with sessionmaker() as session:
-                return int(await session.scalar(select(func.count()).select_from(FailedRequest)))
-
         async def all_delivered() -> bool:
             engine.kick(ids)
-            return await left() == 0
+            return await outbox_left(sessionmaker) == 0
 
         await eventually(all_delivered, within=30, interval=0.3)
         await asyncio.wait_for(engine.close(), timeout=10)
