@@ -649,8 +649,12 @@ class DeliveryEngine:
         try:
             while True:
                 group, self._settle_queue = self._settle_queue, []
+                merged = _merged(group)
                 try:
-                    await self.transaction(partial(self._settle_many, group=group))
+                    await self.transaction(
+                        partial(self._settle_many, merged=merged, group=group),
+                        autocommit=merged.at_once,
+                    )
                 except BaseException as error:
                     # Failed, or the leader cancelled (a pass stopped, shutdown): the
                     # group's other batches are answered, never left waiting for it. Their
@@ -678,14 +682,15 @@ class DeliveryEngine:
                 return
         self._settling = False
 
-    async def _settle_many(self, connection: AsyncConnection, group: list["_SettleWork"]) -> None:
-        """Every outcome of these batches, and their claims given back, in one transaction."""
-        first = group[0].settle
-        merged = _Settle(now=max(w.settle.now for w in group), confirmed=first.confirmed)
-        for work in group:
-            merged.delivered += work.settle.delivered
-            merged.failures += work.settle.failures
-            merged.learnt.update(work.settle.learnt)
+    async def _settle_many(
+        self, connection: AsyncConnection, merged: "_Settle", group: list["_SettleWork"]
+    ) -> None:
+        """Every outcome of these batches, and their claims given back, in one transaction
+        (on PostgreSQL, deliveries alone in one statement: `repository.settle_delivered`)."""
+        done = {work.owner: work.done for work in group}
+        if merged.at_once:
+            await repository.settle_delivered(connection, merged.delivered, done, merged.now)
+            return
         await repository.settle(
             connection,
             merged.delivered,
@@ -694,7 +699,7 @@ class DeliveryEngine:
             merged.learnt,
             merged.now,
         )
-        await repository.release_done(connection, {work.owner: work.done for work in group})
+        await repository.release_done(connection, done)
 
     def _after(self, changes: list[Change], outcomes: list[Outcome]) -> None:
         """Once settled: the metrics, and what the outcomes say of the CRM as a whole: a
@@ -859,3 +864,20 @@ class _Settle:
     delivered: list[repository.Settled] = field(default_factory=list)
     failures: list[repository.Failure] = field(default_factory=list)
     learnt: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def at_once(self) -> bool:
+        """Deliveries alone: one statement on PostgreSQL (`repository.settle_delivered`)."""
+        return repository.settles_at_once(
+            self.delivered, self.failures, self.confirmed, self.learnt
+        )
+
+
+def _merged(group: list[_SettleWork]) -> _Settle:
+    """The outcomes of a settling group's batches, as one."""
+    merged = _Settle(now=max(w.settle.now for w in group), confirmed=group[0].settle.confirmed)
+    for work in group:
+        merged.delivered += work.settle.delivered
+        merged.failures += work.settle.failures
+        merged.learnt.update(work.settle.learnt)
+    return merged

@@ -209,6 +209,65 @@ async def test_settle_removes_delivered_rows_records_failures_and_only_raises_ve
     assert left[(c, 2)].status == RequestStatus.PENDING
 
 
+async def test_deliveries_alone_settle_and_give_back_claims_in_one_statement_on_postgresql(
+    session_of: Any, sql_engine: AsyncEngine
+) -> None:
+    """`settle_delivered` (a group of deliveries only): the same effects as `settle` and
+    `release_done`; on PostgreSQL one statement committing on its own, no BEGIN/COMMIT."""
+    a, b, c = await customers_with_requests(session_of, 3, updates=1)
+    async with session_of() as session:
+        queues = await repository.queues_and_crm_ids(session, [a, b, c])
+    now = utc_now()
+    async with session_of() as session, session.begin():
+        assert await repository.claim(session, [a, b], "one", now, LEASE) == {a, b}
+        assert await repository.claim(session, [c], "two", now, LEASE) == {c}
+        await session.execute(
+            Customer.__table__.update().where(Customer.id == b).values(crm_synced_version=5)
+        )
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    postgresql = sql_engine.dialect.name == "postgresql"
+    async with sql_engine.connect() as connection:
+        if postgresql:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        event.listen(sql_engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            await repository.settle_delivered(
+                connection,
+                [
+                    repository.Settled(a, [row.id for row in queues[a][0]], "crm-a", 2),
+                    # Older than what the CRM is known to hold: never lowers it.
+                    repository.Settled(b, [queues[b][0][0].id], "crm-b", 1),
+                ],
+                {"one": {a, b}, "two": set()},
+                now,
+            )
+        finally:
+            event.remove(sql_engine.sync_engine, "before_cursor_execute", seen)
+        if not postgresql:
+            await connection.commit()
+    if postgresql:
+        assert len(statements) == 1, statements
+        assert not any(s.strip().upper() in ("BEGIN", "COMMIT") for s in statements)
+    async with session_of() as session:
+        synced = dict(
+            (await session.execute(select(Customer.id, Customer.crm_synced_version))).all()
+        )
+        crm_ids = dict((await session.execute(select(Customer.id, Customer.crm_id))).all())
+        left = sorted(
+            (row.customer_id, row.version)
+            for row in (await session.scalars(select(FailedRequest))).all()
+        )
+        claims = dict((await session.execute(select(SyncClaim.customer_id, SyncClaim.owner))).all())
+    assert synced == {a: 2, b: 5, c: None}
+    assert crm_ids == {a: "crm-a", b: "crm-b", c: None}
+    assert left == [(b, 2), (c, 1), (c, 2)]
+    assert claims == {c: "two"}  # only the named owners' claims of the done customers
+
+
 def _settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(database_url=database_url, **overrides)
 
