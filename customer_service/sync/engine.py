@@ -11,7 +11,9 @@ open during the CRM call (a slow CRM never holds a lock an API write needs):
 2. hands the changes to the connector: in calls of its `batch_size` (a CRM with a batch
    API gets one call per batch; one without gets its calls concurrently);
 3. in one transaction: settles every outcome (`repository.settle`: delivered rows
-   removed, failures recorded with their backoff, or dead) and gives the claims back.
+   removed, failures recorded with their backoff, or dead) and gives the claims back (on
+   PostgreSQL, deliveries alone in HTTP mode: one statement committing on its own,
+   `repository.settle_delivered`).
 
 A customer with more to send after a delivery goes into a next batch; one that failed
 waits for its backoff (the retry job, `sync.scheduler`). Every path uses this: a write's

@@ -6,7 +6,8 @@ test_outbox_statements.py` runs them on both). A batch of the engine (`sync.engi
 uses four: `claim` its customers under the batch's owner, read their `queues` (both in
 one round trip on PostgreSQL: `claim_and_read`, through migration 0007's PL/pgSQL
 function, whose two statements are the same claim and read), then `settle` every outcome
-and `release` the claims in one transaction. Apart from that function (the one
+and `release` the claims in one transaction (on PostgreSQL, deliveries alone in HTTP mode:
+the same statements as one, `settle_delivered`). Apart from that function (the one
 statement with a PostgreSQL text of its own, tested against the pair it stands for),
 each statement is written once.
 
