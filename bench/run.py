@@ -25,8 +25,8 @@ a baseline taken in the same run (`bench/README.md` says what each number means)
 
 Runs on SQLite, then on PostgreSQL (`BENCH_DATABASES`, `BENCH_DATABASE_URL`), prints a
 table for each (`report`) and writes `bench/results.json` and `bench/results.md`;
-`BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, serviceAlone, latency,
-drain, bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot, salesforce, sink).
+`BENCH_SKIP=kafka,bigDrain` leaves phases out (names: throughput, latency, drain,
+bigDrain, recovery, kafka, scaleOut, rateLimit, batches, hubspot, salesforce, sink).
 """
 
 from __future__ import annotations
