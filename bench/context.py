@@ -68,6 +68,8 @@ class Params:
     skip: frozenset[str]
     scale_backlog: int = 5_000
     limit_backlog: int = 2_000
+    # Phase 1's loads again with the service alone on a core (`pinning.py`).
+    service_alone: bool = False
 
     @classmethod
     def from_env(cls) -> Params:
@@ -88,6 +90,7 @@ class Params:
             ),
             scale_backlog=int(_env_number("BENCH_SCALE_BACKLOG", 5_000, integer=True)),
             limit_backlog=int(_env_number("BENCH_LIMIT_BACKLOG", 2_000, integer=True)),
+            service_alone=os.environ.get("BENCH_SERVICE_ALONE", "").strip() == "1",
         )
 
     def drain_deadline(self, backlog: int) -> float:

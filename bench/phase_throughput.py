@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from typing import Any
 
@@ -40,7 +39,7 @@ async def throughput(bench: Bench) -> dict[str, Any]:
     result["syncedOverSeed"] = ratio(on["syncedPerSecond"], seed["syncedPerSecond"])
     result["cpuOverSeed"] = ratio(on["cpuMsPerWrite"], seed["cpuMsPerWrite"])
     result["cpuOverOff"] = ratio(on["cpuMsPerWrite"], off["cpuMsPerWrite"])
-    if os.environ.get("BENCH_SERVICE_ALONE") == "1" and can_pin():
+    if p.service_alone and can_pin():
         say("  again with the service on a core of its own (for the record, bench/pinning.py)")
         alone: dict[str, Any] = {
             label: await _measure(bench, label, enabled, alone=True)

@@ -3,13 +3,13 @@
 On a machine of a few cores the CRM mock, PostgreSQL and the load generator run beside the
 service, so with sync on the service loses CPU to the mock's work (a real CRM's work
 happens on the vendor's machines) and every process slows down as the cores fill up: on
-2 cores, a busy loop beside the service took sync-off from 829 to 520 writes/s and raised
-its CPU per write from 1.19 to 1.59 ms. `service_alone` gives the service the first CPU
-and moves the CRM mock, this process (the load) and PostgreSQL's processes to the others
-for the duration of a measurement, then puts every affinity back: what is left is what
-delivering costs the service itself. PostgreSQL's processes belong to the server, not to
-the benchmark: when they cannot be moved (another user's server), they stay where they
-are and the result says so.
+2 cores, a busy loop beside the service took sync-off from 708-848 to 520 writes/s and
+raised its CPU per write from 1.17-1.40 to 1.59 ms (bench/README, 2026-12-07).
+`service_alone` gives the service the first CPU and moves the CRM mock, this process (the
+load) and PostgreSQL's processes to the others for the duration of a measurement, then
+puts every affinity back: what is left is what delivering costs the service itself.
+PostgreSQL's processes belong to the server, not to the benchmark: when they cannot be
+moved (another user's server), they stay where they are and the result says so.
 """
 
 from __future__ import annotations

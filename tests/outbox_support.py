@@ -3,10 +3,13 @@ the delivery statements and of Kafka mode's confirmation start from them)."""
 
 from typing import Any
 
+from sqlalchemy import func, select
+from support import eventually
+
 from customer_service.columns import utc_now
 from customer_service.customers.models import Customer
 from customer_service.sync import outbox
-from customer_service.sync.models import Operation
+from customer_service.sync.models import FailedRequest, Operation
 
 
 async def customers_with_requests(
@@ -36,3 +39,19 @@ async def customers_with_requests(
                 await outbox.enqueue(session, customer, Operation.UPDATE)
             ids.append(customer.id)
         return ids
+
+
+async def outbox_left(sessionmaker: Any) -> int:
+    """Rows still in `failed_requests` (delivered ones are removed)."""
+    async with sessionmaker() as session:
+        left = await session.scalar(select(func.count()).select_from(FailedRequest))
+    return int(left)
+
+
+async def outbox_emptied(sessionmaker: Any, within: float = 20) -> None:
+    """Wait until every row of `failed_requests` is gone (each delivered)."""
+
+    async def empty() -> bool:
+        return await outbox_left(sessionmaker) == 0
+
+    await eventually(empty, within=within)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import func, make_url, select, text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 T = TypeVar("T")
@@ -369,24 +369,6 @@ class FakeConnector:
 
     def reader(self) -> Any:
         raise NotImplementedError("no CRM records behind a fake connector")
-
-
-async def outbox_left(sessionmaker: Any) -> int:
-    """Rows still in `failed_requests` (delivered ones are removed)."""
-    from customer_service.sync.models import FailedRequest
-
-    async with sessionmaker() as session:
-        left = await session.scalar(select(func.count()).select_from(FailedRequest))
-    return int(left)
-
-
-async def outbox_emptied(sessionmaker: Any, within: float = 20) -> None:
-    """Wait until every row of `failed_requests` is gone (each delivered)."""
-
-    async def empty() -> bool:
-        return await outbox_left(sessionmaker) == 0
-
-    await eventually(empty, within=within)
 
 
 async def post_customers(app: Any, count: int, name: str) -> list[int]:

@@ -13,7 +13,7 @@ open during the CRM call (a slow CRM never holds a lock an API write needs):
 3. in one transaction: settles every outcome (`repository.settle`: delivered rows
    removed, failures recorded with their backoff, or dead) and gives the claims back (on
    PostgreSQL, deliveries alone in HTTP mode: one statement committing on its own,
-   `repository.settle_delivered`).
+   `repository.settle_and_release`).
 
 A customer with more to send after a delivery goes into a next batch; one that failed
 waits for its backoff (the retry job, `sync.scheduler`). Every path uses this: a write's
@@ -576,10 +576,10 @@ class DeliveryEngine:
         outcomes: list[Outcome],
         wanted: dict[int, Urgency],
         result: BatchResult,
-    ) -> "_Settle":
+    ) -> repository.Outcomes:
         """What each outcome makes of its rows (pure but for the clock)."""
         now = utc_now()
-        settle = _Settle(now=now, confirmed=not self.connector.confirms_later)
+        settle = repository.Outcomes(now=now, confirmed=not self.connector.confirms_later)
         counts = result.counts
         for change, outcome in zip(changes, outcomes, strict=True):
             customer_id = change.customer_id
@@ -653,8 +653,9 @@ class DeliveryEngine:
                 group, self._settle_queue = self._settle_queue, []
                 merged = _merged(group)
                 try:
+                    done = {work.owner: work.done for work in group}
                     await self.transaction(
-                        partial(self._settle_many, merged=merged, group=group),
+                        partial(repository.settle_and_release, outcomes=merged, done=done),
                         autocommit=merged.at_once,
                     )
                 except BaseException as error:
@@ -683,25 +684,6 @@ class DeliveryEngine:
                 waiting.answer.set_result(True)
                 return
         self._settling = False
-
-    async def _settle_many(
-        self, connection: AsyncConnection, merged: "_Settle", group: list["_SettleWork"]
-    ) -> None:
-        """Every outcome of these batches, and their claims given back, in one transaction
-        (on PostgreSQL, deliveries alone in one statement: `repository.settle_delivered`)."""
-        done = {work.owner: work.done for work in group}
-        if merged.at_once:
-            await repository.settle_delivered(connection, merged.delivered, done, merged.now)
-            return
-        await repository.settle(
-            connection,
-            merged.delivered,
-            merged.failures,
-            merged.confirmed,
-            merged.learnt,
-            merged.now,
-        )
-        await repository.release_done(connection, done)
 
     def _after(self, changes: list[Change], outcomes: list[Outcome]) -> None:
         """Once settled: the metrics, and what the outcomes say of the CRM as a whole: a
@@ -850,7 +832,7 @@ class DeliveryEngine:
 class _SettleWork:
     """A finished batch waiting to be settled: its outcomes, and the claims to give back."""
 
-    settle: "_Settle"
+    settle: repository.Outcomes
     owner: str
     done: set[int]
     # False once settled by another batch's group; True: this batch leads the next one.
@@ -859,25 +841,11 @@ class _SettleWork:
     )
 
 
-@dataclass
-class _Settle:
-    now: datetime
-    confirmed: bool
-    delivered: list[repository.Settled] = field(default_factory=list)
-    failures: list[repository.Failure] = field(default_factory=list)
-    learnt: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def at_once(self) -> bool:
-        """Deliveries alone: one statement on PostgreSQL (`repository.settle_delivered`)."""
-        return repository.settles_at_once(
-            self.delivered, self.failures, self.confirmed, self.learnt
-        )
-
-
-def _merged(group: list[_SettleWork]) -> _Settle:
+def _merged(group: list[_SettleWork]) -> repository.Outcomes:
     """The outcomes of a settling group's batches, as one."""
-    merged = _Settle(now=max(w.settle.now for w in group), confirmed=group[0].settle.confirmed)
+    merged = repository.Outcomes(
+        now=max(w.settle.now for w in group), confirmed=group[0].settle.confirmed
+    )
     for work in group:
         merged.delivered += work.settle.delivered
         merged.failures += work.settle.failures

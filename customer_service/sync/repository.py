@@ -7,7 +7,7 @@ uses four: `claim` its customers under the batch's owner, read their `queues` (b
 one round trip on PostgreSQL: `claim_and_read`, through migration 0007's PL/pgSQL
 function, whose two statements are the same claim and read), then `settle` every outcome
 and `release` the claims in one transaction (on PostgreSQL, deliveries alone in HTTP mode:
-the same statements as one, `settle_delivered`). Apart from that function (the one
+the same statements as one, `settle_and_release`). Apart from that function (the one
 statement with a PostgreSQL text of its own, tested against the pair it stands for),
 each statement is written once.
 
@@ -22,7 +22,7 @@ import functools
 import uuid
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -381,25 +381,41 @@ async def settle(
         await connection.execute(LEARN_CRM_ID, params_learnt)
 
 
-def settles_at_once(
-    delivered: list[Settled], failures: list[Failure], confirmed: bool, learnt: dict[int, str]
-) -> bool:
-    """Whether `settle_delivered` can take these outcomes: confirmed deliveries only (HTTP
-    mode), none of whose customers has more requests waiting for a CRM id it learnt."""
-    return confirmed and bool(delivered) and not failures and not learnt
+@dataclass
+class Outcomes:
+    """A settling group's outcomes, every batch of it merged."""
+
+    now: datetime
+    confirmed: bool  # False in Kafka mode: published, not yet confirmed by the CRM
+    delivered: list[Settled] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    learnt: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def at_once(self) -> bool:
+        """Confirmed deliveries only (HTTP mode), none of whose customers has requests
+        waiting for a CRM id it learnt: one statement on PostgreSQL (`settle_and_release`)."""
+        return self.confirmed and bool(self.delivered) and not self.failures and not self.learnt
 
 
-async def settle_delivered(
+async def settle_and_release(
     connection: AsyncConnection,
-    delivered: list[Settled],
+    outcomes: "Outcomes",
     done: dict[str, set[int]],
-    now: datetime,
 ) -> None:
-    """`settle` of confirmed deliveries (`settles_at_once`), then `release_done`; on
-    PostgreSQL as one statement (`_delivered_at_once`) that needs no transaction around
-    it, elsewhere as those two in the caller's transaction."""
-    if not is_postgresql(connection):
-        await settle(connection, delivered, [], True, {}, now)
+    """`settle` the outcomes, then `release_done` the claims. On PostgreSQL, deliveries
+    alone (`Outcomes.at_once`) are one statement (`_delivered_at_once`) that needs no
+    transaction around it; everything else runs in the caller's transaction."""
+    delivered = outcomes.delivered
+    if not (is_postgresql(connection) and outcomes.at_once):
+        await settle(
+            connection,
+            delivered,
+            outcomes.failures,
+            outcomes.confirmed,
+            outcomes.learnt,
+            outcomes.now,
+        )
         await release_done(connection, done)
         return
     noted = [one for one in delivered if one.crm_id is not None]
@@ -408,8 +424,7 @@ async def settle_delivered(
         "b_customers": [],
         "b_versions": [],
         "b_crm_ids": [],
-        "b_owners": sorted(done),
-        "b_done": sorted(cid for ids in done.values() for cid in ids),
+        **_done_params(done, "b_done"),
     }
     if noted:
         params.update(cast(dict[str, Any], _noted_params(True, noted, with_crm_id=True)))
@@ -557,11 +572,18 @@ async def release(session: Executor, owner: str, customer_ids: Iterable[int] | N
 async def release_done(session: Executor, done: dict[str, set[int]]) -> None:
     """Give back, in one statement, the claims of these customers held by these owners
     (owner -> its customers): the customers several batches are done with."""
-    customers = sorted(cid for ids in done.values() for cid in ids)
-    if not customers:
+    params = _done_params(done, "b_customers")
+    if not params["b_customers"]:
         return
-    query = statements(is_postgresql(session)).release
-    await session.execute(query, {"b_owners": sorted(done), "b_customers": customers})
+    await session.execute(statements(is_postgresql(session)).release, params)
+
+
+def _done_params(done: dict[str, set[int]], customers: str) -> dict[str, list[Any]]:
+    """The owners and customers of `done` as the release's parameters."""
+    return {
+        "b_owners": sorted(done),
+        customers: sorted(cid for ids in done.values() for cid in ids),
+    }
 
 
 async def renew(session: Executor, owner: str, now: datetime, lease: float) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
-from support import FakeConnector, outbox_emptied, post_customers
+from outbox_support import outbox_emptied
+from support import FakeConnector, post_customers
 
 from customer_service.app import create_app
 from customer_service.config import Settings

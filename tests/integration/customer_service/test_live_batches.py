@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 from asgi_lifespan import LifespanManager
+from outbox_support import outbox_emptied
 from sqlalchemy import func, select
-from support import FakeConnector, outbox_emptied, post_customers
+from support import FakeConnector, post_customers
 
 from customer_service.app import create_app
 from customer_service.config import Settings

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from outbox_support import customers_with_requests
+from outbox_support import customers_with_requests, outbox_left
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import FakeConnector
@@ -212,7 +212,7 @@ async def test_settle_removes_delivered_rows_records_failures_and_only_raises_ve
 async def test_deliveries_alone_settle_and_give_back_claims_in_one_statement_on_postgresql(
     session_of: Any, sql_engine: AsyncEngine
 ) -> None:
-    """`settle_delivered` (a group of deliveries only): the same effects as `settle` and
+    """`settle_and_release` of a group of deliveries only: the same effects as `settle` and
     `release_done`; on PostgreSQL one statement committing on its own, no BEGIN/COMMIT."""
     a, b, c = await customers_with_requests(session_of, 3, updates=1)
     async with session_of() as session:
@@ -235,15 +235,15 @@ async def test_deliveries_alone_settle_and_give_back_claims_in_one_statement_on_
             await connection.execution_options(isolation_level="AUTOCOMMIT")
         event.listen(sql_engine.sync_engine, "before_cursor_execute", seen)
         try:
-            await repository.settle_delivered(
+            delivered = [
+                repository.Settled(a, [row.id for row in queues[a][0]], "crm-a", 2),
+                # Older than what the CRM is known to hold: never lowers it.
+                repository.Settled(b, [queues[b][0][0].id], "crm-b", 1),
+            ]
+            await repository.settle_and_release(
                 connection,
-                [
-                    repository.Settled(a, [row.id for row in queues[a][0]], "crm-a", 2),
-                    # Older than what the CRM is known to hold: never lowers it.
-                    repository.Settled(b, [queues[b][0][0].id], "crm-b", 1),
-                ],
+                repository.Outcomes(now=now, confirmed=True, delivered=delivered),
                 {"one": {a, b}, "two": set()},
-                now,
             )
         finally:
             event.remove(sql_engine.sync_engine, "before_cursor_execute", seen)
@@ -297,7 +297,7 @@ async def test_a_batch_is_one_transaction_to_claim_and_one_to_settle_whatever_it
     assert transactions == 2
     assert connector.batches == [sorted(ids)]  # one call
     assert (result.counts.attempted, result.counts.delivered) == (40, 40)
-    assert await _scalar(sessionmaker, select(func.count()).select_from(FailedRequest)) == 0
+    assert await outbox_left(sessionmaker) == 0
     assert await _scalar(sessionmaker, select(func.count()).select_from(SyncClaim)) == 0
     synced = await _scalar(
         sessionmaker, select(func.count()).where(Customer.crm_synced_version == 1)

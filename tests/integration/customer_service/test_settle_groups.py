@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from outbox_support import outbox_left
 from sqlalchemy import func, select
-from support import FakeConnector, eventually, outbox_left
+from support import FakeConnector, eventually
 
 from customer_service.app import create_app
 from customer_service.config import Settings
@@ -123,11 +124,11 @@ async def test_a_leader_cancelled_inside_its_group_leaves_no_member_waiting(
         async def slow_groups(work: Any, **kwargs: Any) -> Any:
             # A settle group takes a while before its transaction (outside it: SQLite's
             # one writer would otherwise keep the other batches from claiming meanwhile).
-            if getattr(work, "func", None) == engine._settle_many:
+            if getattr(work, "func", None) == repository.settle_and_release:
                 leader = asyncio.current_task()
                 assert leader is not None
                 leaders.append(leader)
-                groups.append(len(work.keywords["group"]))
+                groups.append(len(work.keywords["done"]))  # a batch an owner
                 await asyncio.sleep(0.5)
             return await real_transaction(work, **kwargs)
 
