@@ -304,6 +304,13 @@ async def deliveries_idle(client: httpx.AsyncClient) -> bool:
     return "crm_sync_deliveries_in_flight 0.0\n" in metrics
 
 
+async def settled(client: httpx.AsyncClient) -> bool:
+    """No delivery running and none waiting: a write's kick may not have started its
+    delivery yet when the in-flight gauge reads 0, but its pending row is already there."""
+    pending = await client.get("/api/failed-requests", params={"status": "pending"})
+    return not pending.json()["total"] and await deliveries_idle(client)
+
+
 async def operator_retry(client: httpx.AsyncClient) -> dict[str, int]:
     """`POST /api/failed-requests/retry` once the deliveries kicked by earlier writes are
     done, so none of them holds a customer the pass then skips as busy."""

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from support import free_port, loopback_client
+from support import free_port, loopback_client, settled
 from test_readme import pair
 from walkthrough import ROOT, run_blocks, section_blocks
 
@@ -34,12 +34,8 @@ async def test_the_hubspot_walkthrough_works_verbatim(tmp_path: Path) -> None:
         pair(tmp_path, service_port, crm_port, make_run_env(crm_port)),
         loopback_client(f"http://127.0.0.1:{service_port}") as http,
     ):
-
-        async def idle() -> bool:
-            return "crm_sync_deliveries_in_flight 0.0\n" in (await http.get("/metrics")).text
-
         blocks = section_blocks("HubSpot", service_port, crm_port)
-        outputs = await run_blocks(blocks, idle)
+        outputs = await run_blocks(blocks, lambda: settled(http))
     assert len(outputs) == 8, outputs
     created, synced, updated, listed, _, dead, deleted, gone = outputs
     assert '"status":"pending"' in created
