@@ -114,3 +114,7 @@ class RateWindow:
             return False
         self.count += 1
         return True
+
+    def used(self, now: float) -> int:
+        """The calls admitted in the second of `now`."""
+        return self.count if self.second == int(now) else 0

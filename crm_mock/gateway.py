@@ -626,13 +626,12 @@ class FaceCallsGateway(CustomerCallsGateway):
         return replace(answer, record_statuses=tuple(statuses) or None), True
 
     def _usage(self, runtime: CrmRuntime, face: Face) -> Usage:
-        second = int(time.time())
         limit = runtime.faults.rate_limit_per_second
         window = runtime.rate_window if limit is not None else self._second
         daily = self._daily.get(face.name, DailyWindow())
         return Usage(
             second_limit=limit,
-            second_used=window.count if window.second == second else 0,
+            second_used=window.used(time.time()),
             daily_limit=runtime.faults.daily_limit,
             daily_used=daily.count,
         )

@@ -113,6 +113,9 @@ class OneSecond(RateWindow):
         self.second = int(now)
         return super().admit(now, limit)
 
+    def used(self, now: float) -> int:
+        return self.count
+
 
 def contact(external_id: str, **overrides: Any) -> dict[str, Any]:
     """A batch upsert input for the customer `external_id`."""
