@@ -271,17 +271,22 @@ def _release(arrays: bool, customers: str) -> Any:
 
 
 @functools.cache
-def _delivered_at_once() -> Any:
-    """PostgreSQL: `settle` of deliveries only (HTTP mode), and `release_done`, as one
-    statement: the same three statements, each a data-modifying `WITH` of one query. It
-    runs alone, committing on its own (no `BEGIN`, no `COMMIT`: one round trip instead of
-    five); the three touch different tables, so seeing one snapshot changes nothing."""
+def _settled_at_once(confirmed: bool) -> Any:
+    """PostgreSQL: `settle` of deliveries only, and `release_done`, as one statement: the
+    same statements, each a data-modifying `WITH` of one query. It runs alone, committing
+    on its own (no `BEGIN`, no `COMMIT`: one round trip instead of five or six). HTTP mode
+    (`confirmed`) notes the synced versions and CRM ids; Kafka mode keeps what each publish
+    carried (`unconfirmed.KEEP_AS_CTE`) and notes the published versions. Every part
+    sees the one snapshot taken before any of them: the keep copies the rows the delete
+    removes, and the parts touch different tables otherwise."""
     sql = statements(arrays=True)
-    return select(literal_column("1")).add_cte(
-        sql.delete_requests.cte("settled_rows"),
-        sql.note_synced.cte("noted_customers"),
-        _release(True, "b_done").cte("released_claims"),
-    )
+    parts = [sql.delete_requests.cte("settled_rows")]
+    if confirmed:
+        parts.append(sql.note_synced.cte("noted_customers"))
+    else:
+        parts += [unconfirmed.KEEP_AS_CTE, sql.note_published.cte("noted_customers")]
+    parts.append(_release(True, "b_done").cte("released_claims"))
+    return select(literal_column("1")).add_cte(*parts)
 
 
 def _noted_params(
@@ -393,9 +398,9 @@ class Outcomes:
 
     @property
     def at_once(self) -> bool:
-        """Confirmed deliveries only (HTTP mode), none of whose customers has requests
-        waiting for a CRM id it learnt: one statement on PostgreSQL (`settle_and_release`)."""
-        return self.confirmed and bool(self.delivered) and not self.failures and not self.learnt
+        """Deliveries only, none of whose customers has requests waiting for a CRM id it
+        learnt: one statement on PostgreSQL (`settle_and_release`)."""
+        return bool(self.delivered) and not self.failures and not self.learnt
 
 
 async def settle_and_release(
@@ -404,7 +409,7 @@ async def settle_and_release(
     done: dict[str, set[int]],
 ) -> None:
     """`settle` the outcomes, then `release_done` the claims. On PostgreSQL, deliveries
-    alone (`Outcomes.at_once`) are one statement (`_delivered_at_once`) that needs no
+    alone (`Outcomes.at_once`) are one statement (`_settled_at_once`) that needs no
     transaction around it; everything else runs in the caller's transaction."""
     delivered = outcomes.delivered
     if not (is_postgresql(connection) and outcomes.at_once):
@@ -418,17 +423,23 @@ async def settle_and_release(
         )
         await release_done(connection, done)
         return
-    noted = [one for one in delivered if one.crm_id is not None]
     params: dict[str, Any] = {
         "b_ids": [row_id for one in delivered for row_id in one.row_ids],
         "b_customers": [],
         "b_versions": [],
-        "b_crm_ids": [],
         **_done_params(done, "b_done"),
     }
+    if outcomes.confirmed:
+        params["b_crm_ids"] = []
+        noted = [one for one in delivered if one.crm_id is not None]
+    else:
+        params["b_sent"] = [max(one.row_ids) for one in delivered if one.row_ids]
+        params["b_now"] = outcomes.now
+        noted = delivered
     if noted:
-        params.update(cast(dict[str, Any], _noted_params(True, noted, with_crm_id=True)))
-    await connection.execute(_delivered_at_once(), params)
+        noted_params = _noted_params(True, noted, with_crm_id=outcomes.confirmed)
+        params.update(cast(dict[str, Any], noted_params))
+    await connection.execute(_settled_at_once(outcomes.confirmed), params)
 
 
 async def note_held(session: Executor, customer_ids: list[int], error: str, now: datetime) -> None:

@@ -28,6 +28,8 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     Exists,
     Integer,
     Table,
@@ -52,13 +54,26 @@ _customers = cast(Table, Customer.__table__)
 # The outbox rows a batch published, copied before they are deleted. Plain SQL that both
 # databases speak: a row kept already (two settles of one row, after a lapsed claim) is
 # left as it is instead of failing the whole settle.
-_KEEP = text(
+_KEEP_SQL = (
     "INSERT INTO unconfirmed_events (id, customer_id, operation, version, payload, event_id,"
     " occurred_at, published_at, publications)"
     " SELECT id, customer_id, operation, version, payload, idempotency_key, created_at,"
-    " :b_now, 1 FROM failed_requests WHERE id IN :b_ids"
+    " :b_now, 1 FROM failed_requests WHERE id {rows}"
     " ON CONFLICT (id) DO NOTHING"
-).bindparams(bindparam("b_ids", expanding=True), bindparam("b_now", type_=UTCDateTime()))
+)
+_KEEP = text(_KEEP_SQL.format(rows="IN :b_ids")).bindparams(
+    bindparam("b_ids", expanding=True), bindparam("b_now", type_=UTCDateTime())
+)
+# The same keep for a data-modifying `WITH` on PostgreSQL (`repository.settle_and_release`
+# settling a group in one statement): its rows an array, `b_sent`.
+KEEP_AS_CTE = (
+    text(_KEEP_SQL.format(rows="= ANY(:b_sent)"))
+    .bindparams(
+        bindparam("b_sent", type_=ARRAY(BigInteger)), bindparam("b_now", type_=UTCDateTime())
+    )
+    .columns()
+    .cte("kept_events")
+)
 # Run once per status batch, with every status's parameters (executemany).
 _CONFIRM = delete(_events).where(
     _events.c.customer_id == bindparam("b_customer"),

@@ -16,10 +16,16 @@ from customer_service.columns import utc_now
 from customer_service.config import Settings
 from customer_service.customers.models import Customer
 from customer_service.db import create_sessionmaker
-from customer_service.sync import repository
+from customer_service.sync import repository, unconfirmed
 from customer_service.sync.connector import Change
 from customer_service.sync.engine import DeliveryEngine
-from customer_service.sync.models import FailedRequest, Operation, RequestStatus, SyncClaim
+from customer_service.sync.models import (
+    FailedRequest,
+    Operation,
+    RequestStatus,
+    SyncClaim,
+    UnconfirmedEvent,
+)
 from customer_service.sync.outcome import Delivered, Failed, Outcome
 from customer_service.sync.retry import Urgency
 
@@ -209,6 +215,30 @@ async def test_settle_removes_delivered_rows_records_failures_and_only_raises_ve
     assert left[(c, 2)].status == RequestStatus.PENDING
 
 
+async def _settled_alone(
+    sql_engine: AsyncEngine, outcomes: repository.Outcomes, done: dict[str, set[int]]
+) -> list[str]:
+    """`settle_and_release` as the engine runs a group of deliveries alone (on PostgreSQL
+    with each statement committing on its own); the statements it sent."""
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    postgresql = sql_engine.dialect.name == "postgresql"
+    async with sql_engine.connect() as connection:
+        if postgresql:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        event.listen(sql_engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            await repository.settle_and_release(connection, outcomes, done)
+        finally:
+            event.remove(sql_engine.sync_engine, "before_cursor_execute", seen)
+        if not postgresql:
+            await connection.commit()
+    return statements
+
+
 async def test_deliveries_alone_settle_and_give_back_claims_in_one_statement_on_postgresql(
     session_of: Any, sql_engine: AsyncEngine
 ) -> None:
@@ -224,32 +254,14 @@ async def test_deliveries_alone_settle_and_give_back_claims_in_one_statement_on_
         await session.execute(
             Customer.__table__.update().where(Customer.id == b).values(crm_synced_version=5)
         )
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    postgresql = sql_engine.dialect.name == "postgresql"
-    async with sql_engine.connect() as connection:
-        if postgresql:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-        event.listen(sql_engine.sync_engine, "before_cursor_execute", seen)
-        try:
-            delivered = [
-                repository.Settled(a, [row.id for row in queues[a][0]], "crm-a", 2),
-                # Older than what the CRM is known to hold: never lowers it.
-                repository.Settled(b, [queues[b][0][0].id], "crm-b", 1),
-            ]
-            await repository.settle_and_release(
-                connection,
-                repository.Outcomes(now=now, confirmed=True, delivered=delivered),
-                {"one": {a, b}, "two": set()},
-            )
-        finally:
-            event.remove(sql_engine.sync_engine, "before_cursor_execute", seen)
-        if not postgresql:
-            await connection.commit()
-    if postgresql:
+    delivered = [
+        repository.Settled(a, [row.id for row in queues[a][0]], "crm-a", 2),
+        # Older than what the CRM is known to hold: never lowers it.
+        repository.Settled(b, [queues[b][0][0].id], "crm-b", 1),
+    ]
+    outcomes = repository.Outcomes(now=now, confirmed=True, delivered=delivered)
+    statements = await _settled_alone(sql_engine, outcomes, {"one": {a, b}, "two": set()})
+    if sql_engine.dialect.name == "postgresql":
         assert len(statements) == 1, statements
         assert not any(s.strip().upper() in ("BEGIN", "COMMIT") for s in statements)
     async with session_of() as session:
@@ -266,6 +278,57 @@ async def test_deliveries_alone_settle_and_give_back_claims_in_one_statement_on_
     assert crm_ids == {a: "crm-a", b: "crm-b", c: None}
     assert left == [(b, 2), (c, 1), (c, 2)]
     assert claims == {c: "two"}  # only the named owners' claims of the done customers
+
+
+async def test_publishes_alone_settle_keep_and_give_back_claims_in_one_statement_on_postgresql(
+    session_of: Any, sql_engine: AsyncEngine
+) -> None:
+    """Kafka mode's group of publishes only: each publish's newest row kept unconfirmed
+    (a row kept already stays as it was), the rows removed, the published versions only
+    raised, the synced ones untouched, the claims given back; on PostgreSQL one statement."""
+    a, b, c = await customers_with_requests(session_of, 3, updates=1)
+    async with session_of() as session:
+        queues = await repository.queues_and_crm_ids(session, [a, b, c])
+    earlier, now = utc_now() - timedelta(minutes=5), utc_now()
+    a_rows, b_rows = [row.id for row in queues[a][0]], [row.id for row in queues[b][0]]
+    async with session_of() as session, session.begin():
+        assert await repository.claim(session, [a, b], "one", now, LEASE) == {a, b}
+        assert await repository.claim(session, [c], "two", now, LEASE) == {c}
+        await session.execute(
+            Customer.__table__.update().where(Customer.id == b).values(crm_published_version=5)
+        )
+        # b's first row was published and kept before (a lapsed claim's first settle).
+        await unconfirmed.keep(await session.connection(), [b_rows[0]], earlier)
+    delivered = [
+        repository.Settled(a, a_rows, None, 2),
+        repository.Settled(b, [b_rows[0]], None, 1),
+    ]
+    outcomes = repository.Outcomes(now=now, confirmed=False, delivered=delivered)
+    statements = await _settled_alone(sql_engine, outcomes, {"one": {a, b}, "two": set()})
+    if sql_engine.dialect.name == "postgresql":
+        assert len(statements) == 1, statements
+        assert not any(s.strip().upper() in ("BEGIN", "COMMIT") for s in statements)
+    async with session_of() as session:
+        versions = {
+            row.id: (row.crm_published_version, row.crm_synced_version)
+            for row in (await session.execute(select(Customer))).scalars()
+        }
+        left = sorted(
+            (row.customer_id, row.version)
+            for row in (await session.scalars(select(FailedRequest))).all()
+        )
+        kept = {
+            row.id: (row.customer_id, row.version, row.published_at, row.publications)
+            for row in (await session.scalars(select(UnconfirmedEvent))).all()
+        }
+        claims = dict((await session.execute(select(SyncClaim.customer_id, SyncClaim.owner))).all())
+    assert versions == {a: (2, None), b: (5, None), c: (None, None)}
+    assert left == [(b, 2), (c, 1), (c, 2)]
+    assert kept.keys() == {a_rows[-1], b_rows[0]}
+    assert kept[a_rows[-1]][:2] == (a, 2) and kept[b_rows[0]][:2] == (b, 1)
+    assert abs((kept[a_rows[-1]][2] - now).total_seconds()) < 1
+    assert abs((kept[b_rows[0]][2] - earlier).total_seconds()) < 1  # kept as it was
+    assert claims == {c: "two"}
 
 
 def _settings(database_url: str, **overrides: Any) -> Settings:
