@@ -12,7 +12,7 @@ open during the CRM call (a slow CRM never holds a lock an API write needs):
    API gets one call per batch; one without gets its calls concurrently);
 3. in one transaction: settles every outcome (`repository.settle`: delivered rows
    removed, failures recorded with their backoff, or dead) and gives the claims back (on
-   PostgreSQL, deliveries alone in HTTP mode: one statement committing on its own,
+   PostgreSQL, deliveries or publishes alone: one statement committing on its own,
    `repository.settle_and_release`).
 
 A customer with more to send after a delivery goes into a next batch; one that failed
