@@ -61,7 +61,7 @@ class SharedCeiling:
             now = self._clock()
             second = int(now)
             if now - second >= 1 - ARRIVAL_MARGIN:
-                await asyncio.sleep(second + 1 - now + random.uniform(0, 0.02))
+                await self._next_second(second)
                 continue
             async with self._engine.connect() as connection:
                 found = await connection.execute(TAKE, {"second": second, "limit": self._limit})
@@ -72,8 +72,11 @@ class SharedCeiling:
                 await connection.commit()
             if placed:
                 return
-            # Full: wait for the next second, the replicas spread over its first moments.
-            await asyncio.sleep(second + 1 - self._clock() + random.uniform(0, 0.02))
+            await self._next_second(second)  # full
+
+    async def _next_second(self, second: int) -> None:
+        """Wait for the second after `second`, the replicas spread over its first moments."""
+        await asyncio.sleep(second + 1 - self._clock() + random.uniform(0, 0.02))
 
 
 PAUSE_NAME = "crm"

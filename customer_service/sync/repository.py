@@ -6,7 +6,7 @@ test_outbox_statements.py` runs them on both). A batch of the engine (`sync.engi
 uses four: `claim` its customers under the batch's owner, read their `queues` (both in
 one round trip on PostgreSQL: `claim_and_read`, through migration 0007's PL/pgSQL
 function, whose two statements are the same claim and read), then `settle` every outcome
-and `release` the claims in one transaction (on PostgreSQL, deliveries alone in HTTP mode:
+and `release` the claims in one transaction (on PostgreSQL, deliveries or publishes alone:
 the same statements as one, `settle_and_release`). Apart from that function (the one
 statement with a PostgreSQL text of its own, tested against the pair it stands for),
 each statement is written once.
@@ -358,8 +358,7 @@ async def settle(
     if ids and not confirmed:
         # Kafka mode: what each publish carried (the newest row it settles, `plan`) stays
         # the service's until the CRM confirms it (`sync.unconfirmed`).
-        sent = [max(one.row_ids) for one in delivered if one.row_ids]
-        await unconfirmed.keep(connection, sent, now)
+        await unconfirmed.keep(connection, _sent_rows(delivered), now)
     if ids:
         await connection.execute(sql.delete_requests, {"b_ids": ids})
     if confirmed:
@@ -386,6 +385,11 @@ async def settle(
         await connection.execute(LEARN_CRM_ID, params_learnt)
 
 
+def _sent_rows(delivered: list[Settled]) -> list[int]:
+    """Kafka mode: the row each publish carried (the newest it settles, `plan`)."""
+    return [max(one.row_ids) for one in delivered if one.row_ids]
+
+
 @dataclass
 class Outcomes:
     """A settling group's outcomes, every batch of it merged."""
@@ -405,7 +409,7 @@ class Outcomes:
 
 async def settle_and_release(
     connection: AsyncConnection,
-    outcomes: "Outcomes",
+    outcomes: Outcomes,
     done: dict[str, set[int]],
 ) -> None:
     """`settle` the outcomes, then `release_done` the claims. On PostgreSQL, deliveries
@@ -433,7 +437,7 @@ async def settle_and_release(
         params["b_crm_ids"] = []
         noted = [one for one in delivered if one.crm_id is not None]
     else:
-        params["b_sent"] = [max(one.row_ids) for one in delivered if one.row_ids]
+        params["b_sent"] = _sent_rows(delivered)
         params["b_now"] = outcomes.now
         noted = delivered
     if noted:
