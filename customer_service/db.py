@@ -168,7 +168,32 @@ def engines_for(settings: Settings) -> tuple[AsyncEngine, AsyncEngine]:
     timeout = settings.database_pool_timeout_seconds
     api = create_engine(settings.database_url, split.api_pool_size, split.api_max_overflow, timeout)
     sync = create_engine(settings.database_url, split.sync_pool_size, 0, timeout)
+    _plan_for_each_execution(sync)
     return api, sync
+
+
+# PostgreSQL: plan each execution of a prepared statement for its own parameters.
+CUSTOM_PLANS = "SET plan_cache_mode = force_custom_plan"
+
+
+def _plan_for_each_execution(engine: AsyncEngine) -> None:
+    """The sync engine's connections plan every statement for its parameters and the
+    tables as they are now, never with a plan cached from when they were smaller.
+
+    asyncpg prepares every statement once per connection, and after five executions
+    PostgreSQL may keep one generic plan for it. The settle's update of `customers`
+    (`WHERE id = ANY(...)`) got its generic plan while the table was nearly empty, a
+    sequential scan, and kept it as the table grew: at 12,000 customers each settle read
+    all of them (1.3 ms against 0.2 ms planned for its parameters; bench/README,
+    2026-12-07). Fresh statistics (autovacuum's ANALYZE) would have made PostgreSQL plan
+    it again, but nothing may be assumed of them. The delivery statements run once per
+    batch, so planning each costs little; the batch's claim keeps cached plans (its
+    function's own setting, migration 0008: its statements look customers up by key).
+    The API's engine keeps the default: its statements are the same few per write."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _custom_plans(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(lambda connection: connection.execute(CUSTOM_PLANS))
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
