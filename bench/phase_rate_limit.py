@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 from context import Bench
@@ -50,10 +51,16 @@ async def rate_limited_drain(bench: Bench) -> dict[str, Any]:
     accepted = sorted(parse_time(e["receivedAt"]) for e in posts if 200 <= e["status"] < 300)
     active = (accepted[-1] - accepted[0]).total_seconds()
     per_second = (len(accepted) - 1) / active if active > 0 else float("nan")
+    # Where a slow drain lost its time: the longest wait between two accepted calls.
+    longest_gap = max(
+        ((b - a).total_seconds() for a, b in pairwise(accepted)),
+        default=0.0,
+    )
     bench.servers.stop_all()
     say(
         f"  {n} in {seconds:.1f} s from spawn; {per_second:.1f}/s from the first accepted call"
-        f" to the last; {statuses.get(429, 0)} answered 429; {dead} dead"
+        f" to the last; {statuses.get(429, 0)} answered 429; {dead} dead; longest wait"
+        f" between accepted calls {longest_gap:.2f} s"
     )
     return {
         "backlog": n,
@@ -62,5 +69,6 @@ async def rate_limited_drain(bench: Bench) -> dict[str, Any]:
         "perSecond": per_second,
         "answered429": statuses.get(429, 0),
         "dead": dead,
+        "longestGapSeconds": longest_gap,
         "ratio": ratio(per_second, LIMIT_PER_SECOND),
     }
