@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from context import Bench
@@ -43,17 +44,29 @@ async def wait_listening(server: Server, port: int) -> None:
         await asyncio.sleep(0.05)
 
 
-async def kafka_figures(bench: Bench, lag_rate: float) -> dict[str, Any]:
-    """The run's loads (`load.write_load`, `load.paced_load`) against the Kafka set-up."""
-    p = bench.params
-    say(
-        f"phase 7: Kafka mode, {p.writers} writers for {p.write_seconds:.0f} s, then sync lag "
-        f"at {lag_rate:.0f} writes/s (Tansu broker, the CRM's consumer)"
-    )
+@dataclass
+class KafkaSet:
+    """Phase 7's processes: the broker, the CRM mock, its consumer, the service."""
+
+    broker: Server
+    crm: Server
+    consumer: Server
+    service: Server
+
+    @property
+    def watched(self) -> list[Server]:
+        return [self.broker, self.crm, self.consumer, self.service]
+
+
+async def start_kafka_set(bench: Bench, url: str | None = None) -> KafkaSet:
+    """The Tansu broker on a free port, the CRM mock, `crm-mock consume` and the service
+    with `SYNC_MODE=kafka` (on `url`, else a new database), all healthy."""
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
-    broker = bench.servers.start("p7-broker", argv, clean_env(), port)
+    listener = f"tcp://127.0.0.1:{port}"
+    argv = [broker_binary(), "broker", "--listener-url", listener]
+    broker = bench.servers.start(
+        "p7-broker", [*argv, "--advertised-listener-url", listener], clean_env(), port
+    )
     await wait_listening(broker, port)
     crm = await bench.start_crm("p7-crm")
     kafka = {
@@ -64,12 +77,28 @@ async def kafka_figures(bench: Bench, lag_rate: float) -> dict[str, Any]:
     crm_database = f"sqlite+aiosqlite:///{bench.workdir / 'p7-crm' / 'crm_mock.db'}"
     consumer_env = clean_env(CRM_DATABASE_URL=crm_database, LOG_FORMAT="text", **kafka)
     consumer = bench.servers.start("p7-consumer", [bench.crm_mock, "consume"], consumer_env, 0)
-    service = await bench.start_service("p7-service", crm, SYNC_MODE="kafka", **kafka)
-    watched = [broker, crm, consumer, service]
+    service = await bench.start_service("p7-service", crm, url, SYNC_MODE="kafka", **kafka)
+    return KafkaSet(broker, crm, consumer, service)
+
+
+async def applied_count(bench: Bench, crm: Server) -> int:
+    """Creates the CRM has applied (its log's POSTs answered 201)."""
+    log = await bench.crm_log(crm)
+    return sum(1 for e in log if e["method"] == "POST" and e["status"] == 201)
+
+
+async def kafka_figures(bench: Bench, lag_rate: float) -> dict[str, Any]:
+    """The run's loads (`load.write_load`, `load.paced_load`) against the Kafka set-up."""
+    p = bench.params
+    say(
+        f"phase 7: Kafka mode, {p.writers} writers for {p.write_seconds:.0f} s, then sync lag "
+        f"at {lag_rate:.0f} writes/s (Tansu broker, the CRM's consumer)"
+    )
+    kafka_set = await start_kafka_set(bench)
+    crm, service, watched = kafka_set.crm, kafka_set.service, kafka_set.watched
 
     async def applied(count: int) -> bool:
-        log = await bench.crm_log(crm)
-        return sum(1 for e in log if e["method"] == "POST" and e["status"] == 201) >= count
+        return await applied_count(bench, crm) >= count
 
     await write_load(service, "kafka-warm", p.writers, count=2 * p.writers)
     await bench.wait_for("the warm-up to be applied", lambda: applied(2 * p.writers), 60, watched)

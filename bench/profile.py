@@ -5,9 +5,11 @@ CRM mock and the customer service (SQLite, or PostgreSQL with `BENCH_DATABASES=p
 as `make bench` does, runs a drain of `BENCH_BACKLOG` (default 5,000) or a closed-loop
 write load (`BENCH_WRITERS` for `BENCH_WRITE_SECONDS`, sync on), or the paced load of
 the sync lag phase (`BENCH_LAG_RATE`, default 300 writes/s, for `BENCH_LAG_SECONDS`),
-and records the service (or the CRM mock, with `BENCH_PROFILE_TARGET=crm`)
-with `py-spy record` (when py-spy is installed: `pip install py-spy`) into
-`bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions.
+or that paced load in Kafka mode (`kafka`: phase 7's broker, consumer and service), and
+records the service (or the CRM mock, with `BENCH_PROFILE_TARGET=crm`; in Kafka mode also
+`consumer`) with `py-spy record` (when py-spy is installed: `pip install py-spy`) into
+`bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions. The
+`kafka` phase also prints each process's CPU per write over the paced load.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 from context import Bench, Params
-from harness import Database, Servers, process_cpu_seconds, say, wait_healthy
+from harness import Database, Server, Servers, process_cpu_seconds, say, wait_healthy
+from kafka_phase import applied_count, start_kafka_set
 from load import paced_load, write_load
 from seed import seed_backlog
 
@@ -51,6 +54,56 @@ def py_spy() -> str | None:
     return found if Path(found).exists() else None
 
 
+def record(spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """`py-spy record` of `pid` into `out` (collapsed stacks), until sent SIGINT."""
+    rate = os.environ.get("BENCH_PROFILE_HZ", "200")
+    argv = [spy, "record", "--gil", "-r", rate, "-f", "raw", "-o", str(out), "-p", str(pid)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_recording(recorder: subprocess.Popen[bytes] | None, out: Path) -> None:
+    if recorder is None:
+        return
+    recorder.send_signal(2)
+    recorder.wait(timeout=60)
+    for frame, share in top_functions(out):
+        print(f"{share * 100:5.1f} %  {frame}")
+
+
+async def kafka_lag(bench: Bench, url: str, spy: str | None, target: str, out: Path) -> None:
+    """Phase 7's paced load, the chosen process under py-spy once warmed up."""
+    params = bench.params
+    kafka_set = await start_kafka_set(bench, url)
+    processes: dict[str, Server] = {
+        "service": kafka_set.service,
+        "crm": kafka_set.crm,
+        "consumer": kafka_set.consumer,
+        "broker": kafka_set.broker,
+    }
+    warm = 2 * params.writers
+    await write_load(kafka_set.service, "kafka-warm", params.writers, count=warm)
+
+    async def applied(count: int) -> bool:
+        return await applied_count(bench, kafka_set.crm) >= count
+
+    await bench.wait_for("the warm-up to be applied", lambda: applied(warm), 60, kafka_set.watched)
+    await bench.wait_quiet(kafka_set.service, within=120)
+    recorder = record(spy, processes[target].pid, out) if spy is not None else None
+    cpu0 = {name: process_cpu_seconds(server.pid) for name, server in processes.items()}
+    rate = params.lag_rate or 300.0
+    paced = await paced_load(kafka_set.service, "kafka-lag", rate, round(rate * params.lag_seconds))
+    total = warm + len(paced.created)
+    await bench.wait_for(
+        "the paced writes to be applied", lambda: applied(total), 120, kafka_set.watched
+    )
+    cpu = {name: process_cpu_seconds(s.pid) - cpu0[name] for name, s in processes.items()}
+    lag = Bench.match_lag(paced, await bench.crm_log(kafka_set.crm))
+    say(f"Kafka sync lag at {rate:.0f} writes/s: p50 {lag['p50Ms']:.1f}, p99 {lag['p99Ms']:.1f} ms")
+    written = max(1, len(paced.created))
+    say("CPU a write: " + ", ".join(f"{n} {c / written * 1000:.2f} ms" for n, c in cpu.items()))
+    stop_recording(recorder, out)
+
+
 async def main(phase: str) -> None:
     params = Params.from_env()
     kind = os.environ.get("BENCH_DATABASES", "sqlite").split(",")[0]
@@ -63,6 +116,9 @@ async def main(phase: str) -> None:
     target = os.environ.get("BENCH_PROFILE_TARGET", "service")
     out = HERE / f"profile-{phase}{'' if target == 'service' else '-' + target}.txt"
     try:
+        if phase == "kafka":
+            await kafka_lag(bench, await bench.new_database("service-db"), spy, target, out)
+            return
         crm = await bench.start_crm("crm")
         url = await bench.new_database("service-db")
         n = int(os.environ.get("BENCH_BACKLOG", "5000"))
@@ -71,25 +127,8 @@ async def main(phase: str) -> None:
             service = bench.spawn_service("service", crm, url, SYNC_ENABLED="true")
         else:
             service = await bench.start_service("service", crm, url)
-        recorder = None
-        if spy is not None:
-            recorder = subprocess.Popen(  # noqa: ASYNC220 - started once, never awaited
-                [
-                    spy,
-                    "record",
-                    "--gil",
-                    "-r",
-                    os.environ.get("BENCH_PROFILE_HZ", "200"),
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(out),
-                    "-p",
-                    str(crm.pid if target == "crm" else service.pid),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        pid = crm.pid if target == "crm" else service.pid
+        recorder = record(spy, pid, out) if spy is not None else None
         started = time.monotonic()
         cpu0 = process_cpu_seconds(service.pid)
         await wait_healthy(service)
@@ -114,11 +153,7 @@ async def main(phase: str) -> None:
                 f"{run.ok} writes at {run.per_second:.0f}/s, synced after {span:.1f} s "
                 f"= {run.ok / span:.0f}/s; {cpu / run.ok * 1000:.2f} ms CPU per synced write"
             )
-        if recorder is not None:
-            recorder.send_signal(2)
-            recorder.wait(timeout=60)
-            for frame, share in top_functions(out):
-                print(f"{share * 100:5.1f} %  {frame}")
+        stop_recording(recorder, out)
     finally:
         await bench.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -15,9 +15,9 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Integer, String, Text, bindparam, select
+from sqlalchemy import Integer, String, Table, Text, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -111,6 +111,20 @@ async def note_version(
 _VERSIONS_OF = select(EventVersion).where(
     EventVersion.external_id.in_(bindparam("ids", expanding=True))
 )
+
+
+_INSERT_VERSION = insert(cast(Table, EventVersion.__table__))
+
+
+async def insert_versions(session: AsyncSession, versions: Sequence[EventVersion]) -> None:
+    """Insert version rows not added to the session, in one Core statement (not the ORM's
+    flush of each new object)."""
+    if versions:
+        rows = [
+            {"external_id": v.external_id, "version": v.version, "event_id": v.event_id}
+            for v in versions
+        ]
+        await session.execute(_INSERT_VERSION, rows)
 
 
 async def applied_versions(

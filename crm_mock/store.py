@@ -414,20 +414,18 @@ async def upsert_customers(
         attempt += 1
         known = await find_customers_by_external_ids(session, external_ids)
         applied: list[tuple[CrmCustomerRecord, bool]] = []
-        new_rows = []
+        new_records = []
         for request in requests:
             record = known.get(request.external_id)
             if record is None:
                 record = new_customer(request)
-                new_rows.append({column: getattr(record, column) for column in _CUSTOMER_COLUMNS})
+                new_records.append(record)
                 applied.append((record, True))
             else:
                 overwrite_customer(record, request)
                 applied.append((record, False))
         try:
-            if new_rows:
-                # Core, as in `create_customer` (the new records are returned, not attached).
-                await session.execute(_INSERT_CUSTOMER, new_rows)
+            await insert_new_customers(session, new_records)
             await session.flush()
         except IntegrityError:
             await session.rollback()
@@ -461,12 +459,21 @@ _DELETE_CUSTOMERS = (
 
 
 def new_customer(request: CrmCustomerRequest) -> CrmCustomerRecord:
-    """A record with a fresh CRM id, not yet added to a session (`create_customer` adds and
-    flushes; this is for a caller that flushes many at once)."""
+    """A record with a fresh CRM id, not added to a session: the caller inserts many at
+    once (`insert_new_customers`)."""
     now = utc_now()
     record = CrmCustomerRecord(id=new_crm_id(), created_at=now, updated_at=now)
     _copy_fields(record, request)
     return record
+
+
+async def insert_new_customers(session: AsyncSession, records: Sequence[CrmCustomerRecord]) -> None:
+    """Insert records made by `new_customer` in one Core statement, as `create_customer`
+    does one: the ORM's flush of new objects cost more than the rest of the SQL. They stay
+    unattached (a later change to one is not written)."""
+    if records:
+        rows = [{column: getattr(r, column) for column in _CUSTOMER_COLUMNS} for r in records]
+        await session.execute(_INSERT_CUSTOMER, rows)
 
 
 def overwrite_customer(record: CrmCustomerRecord, request: CrmCustomerRequest) -> None:

@@ -316,6 +316,47 @@ async def test_one_run_applies_writes_duplicates_and_a_delete_of_one_customer_in
         assert await ledger.applied_version(session, "11") == 2 * 2 + 1
 
 
+async def test_a_record_made_in_a_run_keeps_the_run_s_last_write_and_a_deleted_one_comes_back(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """New records and version rows are inserted at the end of their run: what is written
+    is their last state, and a stored record deleted then created again in one run is
+    gone before its successor is inserted (a new CRM id, the same external id)."""
+    consumer = _consumer(sessionmaker, FakeProducer(auto_ack=True))
+    await asyncio.wait_for(consumer._partition(_messages((31, "CREATE", 1))), 10)
+    async with sessionmaker() as session:
+        first = await store.find_customer_by_external_id(session, "31")
+    assert first is not None
+    messages = _messages(
+        (30, "CREATE", 1),
+        (30, "UPDATE", 2),
+        (31, "DELETE", 1),
+        (31, "CREATE", 2),
+        (31, "UPDATE", 3),
+        first_offset=200,
+    )
+    assert await asyncio.wait_for(consumer._partition(messages), 10) == messages[-1].offset
+    async with sessionmaker() as session:
+        made = await store.find_customer_by_external_id(session, "30")
+        again = await store.find_customer_by_external_id(session, "31")
+        versions = (
+            await session.scalar(
+                select(ledger.EventVersion.version).where(ledger.EventVersion.external_id == "30")
+            ),
+            await ledger.applied_version(session, "31"),
+        )
+    assert made is not None and made.first_name == "v2"
+    assert again is not None and again.first_name == "v3" and again.id != first.id
+    assert versions == (2 * 2, 3 * 2)
+    assert (await _log(sessionmaker))[1:] == [
+        ("30", "POST", 201),
+        ("30", "PUT", 200),
+        ("31", "DELETE", 204),
+        ("31", "POST", 201),
+        ("31", "PUT", 200),
+    ]
+
+
 async def test_the_runs_of_partitions_settled_together_share_one_transaction(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
