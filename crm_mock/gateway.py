@@ -516,6 +516,11 @@ class DailyWindow:
         self.count += 1
         return True
 
+    def used(self, now: float, limit: int | None) -> int:
+        """The calls admitted in the day of `now` under `limit`: none once the day, or the
+        limit, is no longer the one counted (the next call starts counting again)."""
+        return self.count if (int(now // 86_400), limit) == (self.day, self.limit) else 0
+
 
 class Face(Protocol):
     """The face of a real CRM's API (HubSpot's, Salesforce's) over the mock's store: what
@@ -629,11 +634,12 @@ class FaceCallsGateway(CustomerCallsGateway):
         limit = runtime.faults.rate_limit_per_second
         window = runtime.rate_window if limit is not None else self._second
         daily = self._daily.get(face.name, DailyWindow())
+        now = time.time()
         return Usage(
             second_limit=limit,
-            second_used=window.used(time.time()),
+            second_used=window.used(now),
             daily_limit=runtime.faults.daily_limit,
-            daily_used=daily.count,
+            daily_used=daily.used(now, runtime.faults.daily_limit),
         )
 
 

@@ -139,3 +139,17 @@ def test_rate_window_admits_the_limit_per_wall_clock_second() -> None:
     assert window.admit(100.99, 3) is False
     assert window.admit(101.0, 3) is True  # a new second
     assert all(window.admit(101.5, None) for _ in range(100))  # no limit
+
+
+def test_daily_window_counts_a_day_under_one_limit_and_reports_none_used_past_it() -> None:
+    from crm_mock.gateway import DailyWindow
+
+    day = 86_400.0
+    window = DailyWindow()
+    assert [window.admit(10 * day + 5, 2) for _ in range(3)] == [True, True, False]
+    assert window.used(10 * day + 60, 2) == 2
+    # The next UTC day, or another limit: nothing used yet, before any call counts.
+    assert window.used(11 * day + 1, 2) == 0
+    assert window.used(10 * day + 60, 5) == 0
+    assert window.admit(11 * day + 1, 2) is True
+    assert window.used(11 * day + 2, 2) == 1
