@@ -1,7 +1,8 @@
-"""Under a saturating load (the API in many transactions at once) live deliveries gather:
-at most `GATHER_BATCHES` batches start within `GATHER_SECONDS`, the kicks in between going
-into the next, larger batch; every customer is still delivered, once. Under a light load
-every kick starts its batch at once (the sync lag wants it)."""
+"""Live deliveries gather: at most `GATHER_BATCHES` batches start within
+`STEADY_GATHER_SECONDS`, or within `GATHER_SECONDS` under a saturating load (the API in
+many transactions at once), the kicks in between going into the next, larger batch; every
+customer is still delivered, once. A kick after a quiet moment starts its batch at once
+(the sync lag wants it)."""
 
 import asyncio
 from collections.abc import Callable, Coroutine
@@ -74,11 +75,50 @@ async def test_under_a_saturating_load_kicks_gather_into_fewer_batches(
     assert len(started) < CUSTOMERS / 2
 
 
-async def test_under_a_light_load_each_kick_starts_its_batch_at_once(
+async def test_under_a_light_load_kicks_gather_within_the_steady_window_only(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A steady stream of kicks (one every 2 ms) with the API not busy: a batch for every
+    few customers (before, a batch a kick or two), but not held to the busy window."""
     light = engine_module.BUSY_API_TRANSACTIONS - 1
     started, sent = await _deliver_kicked_one_by_one(make_settings, monkeypatch, light)
     assert sorted(sent) == sorted(set(sent)) and len(sent) == CUSTOMERS
-    window = engine_module.GATHER_SECONDS
-    assert _most_started_within(started, window) > engine_module.GATHER_BATCHES
+    steady = engine_module.STEADY_GATHER_SECONDS * 0.98
+    assert _most_started_within(started, steady) <= engine_module.GATHER_BATCHES
+    assert _most_started_within(started, engine_module.GATHER_SECONDS) > (
+        engine_module.GATHER_BATCHES
+    )
+    assert len(started) < CUSTOMERS / 2
+
+
+async def test_a_kick_after_a_quiet_moment_starts_its_batch_at_once(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kicks spaced wider than the steady window never wait for it."""
+    settings = make_settings(sync_enabled=False)
+    app = create_app(settings, run_scheduler=False)
+    async with LifespanManager(app):
+        ids = await post_customers(app, 6, "Q")
+
+        async def answer(change: Change) -> Outcome:
+            return Delivered(f"crm-{change.customer_id}")
+
+        engine = DeliveryEngine(app.state.sessionmaker, FakeConnector(answer), settings)
+        in_kick: list[bool] = []  # for each batch made: whether the kick itself made it
+        kicking = False
+        real_batch = engine._live_batch
+
+        def live_batch() -> Coroutine[Any, Any, None]:
+            in_kick.append(kicking)
+            return real_batch()
+
+        monkeypatch.setattr(engine, "_live_batch", live_batch)
+        for customer_id in ids:
+            await asyncio.sleep(engine_module.STEADY_GATHER_SECONDS * 2)
+            kicking = True
+            engine.kick([customer_id])
+            kicking = False
+        await outbox_emptied(app.state.sessionmaker)
+        await engine.close()
+    # Each batch's task is made in its kick: no timer in between.
+    assert in_kick == [True] * len(ids)
