@@ -26,7 +26,7 @@ def can_pin() -> bool:
     return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
-def _postgres_pids() -> list[int]:
+def postgres_pids() -> list[int]:
     """PostgreSQL's server processes on this machine (Linux: by `/proc/<pid>/comm`)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -60,7 +60,7 @@ class Pinned:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(pid, cpus)
         # Backends the postmaster started meanwhile inherited the narrower set.
-        for pid in _postgres_pids():
+        for pid in postgres_pids():
             if pid not in self.saved:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(pid, everywhere)
@@ -79,7 +79,7 @@ def service_alone(service_pid: int, others: list[int]) -> Iterator[Pinned]:
         for pid in [*others, os.getpid()]:
             pinned.move(pid, rest)
         # The postmaster first: the backends it starts meanwhile inherit its affinity.
-        for pid in sorted(_postgres_pids()):
+        for pid in sorted(postgres_pids()):
             if pinned.move(pid, rest):
                 pinned.postgres_moved += 1
             else:

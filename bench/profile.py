@@ -9,7 +9,8 @@ or that paced load in Kafka mode (`kafka`: phase 7's broker, consumer and servic
 records the service (or the CRM mock, with `BENCH_PROFILE_TARGET=crm`; in Kafka mode also
 `consumer`) with `py-spy record` (when py-spy is installed: `pip install py-spy`) into
 `bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions. The
-`kafka` phase also prints each process's CPU per write over the paced load.
+`kafka` phase also prints each process's CPU per write over the paced load; with
+`BENCH_KAFKA_PRELOAD=1` it runs phase 7's closed-loop load first, as the bench does.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from context import Bench, Params
 from harness import Database, Server, Servers, process_cpu_seconds, say, wait_healthy
 from kafka_phase import applied_count, start_kafka_set
 from load import paced_load, write_load
+from pinning import postgres_pids
 from seed import seed_backlog
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +55,23 @@ def py_spy() -> str | None:
     """py-spy on the PATH or beside this Python, if installed."""
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return found if Path(found).exists() else None
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of this machine's PostgreSQL processes so far (those alive now)."""
+    return sum(process_cpu_seconds(pid) for pid in postgres_pids())
+
+
+def print_timeline(paced: Any, lags: list[float], bucket: float = 0.25) -> None:
+    """The worst lag of the writes made in each `bucket` seconds of the load."""
+    created = [t for cid, t in paced.created.items()]
+    start = min(created)
+    worst: dict[int, float] = {}
+    for when, lag in zip(created, lags, strict=False):
+        slot = int((when - start).total_seconds() / bucket)
+        worst[slot] = max(worst.get(slot, 0.0), lag)
+    for slot, lag in sorted(worst.items()):
+        print(f"{slot * bucket:6.2f} s  worst lag {lag:7.1f} ms{'  <<<' if lag > 100 else ''}")
 
 
 def record(spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -82,6 +102,12 @@ async def kafka_lag(bench: Bench, url: str, spy: str | None, target: str, out: P
     }
     warm = 2 * params.writers
     await write_load(kafka_set.service, "kafka-warm", params.writers, count=warm)
+    if os.environ.get("BENCH_KAFKA_PRELOAD") == "1":
+        # Phase 7's closed-loop load first, as the bench runs it before the paced one.
+        loaded = await write_load(
+            kafka_set.service, "kafka", params.writers, seconds=params.write_seconds
+        )
+        warm += loaded.ok
 
     async def applied(count: int) -> bool:
         return await applied_count(bench, kafka_set.crm) >= count
@@ -90,6 +116,7 @@ async def kafka_lag(bench: Bench, url: str, spy: str | None, target: str, out: P
     await bench.wait_quiet(kafka_set.service, within=120)
     recorder = record(spy, processes[target].pid, out) if spy is not None else None
     cpu0 = {name: process_cpu_seconds(server.pid) for name, server in processes.items()}
+    postgres0 = _postgres_cpu()
     rate = params.lag_rate or 300.0
     paced = await paced_load(kafka_set.service, "kafka-lag", rate, round(rate * params.lag_seconds))
     total = warm + len(paced.created)
@@ -97,11 +124,17 @@ async def kafka_lag(bench: Bench, url: str, spy: str | None, target: str, out: P
         "the paced writes to be applied", lambda: applied(total), 120, kafka_set.watched
     )
     cpu = {name: process_cpu_seconds(s.pid) - cpu0[name] for name, s in processes.items()}
+    cpu["postgres"] = _postgres_cpu() - postgres0
     lag = Bench.match_lag(paced, await bench.crm_log(kafka_set.crm))
+    if os.environ.get("BENCH_LAG_TIMELINE") and lag["unmatched"] == 0:
+        print_timeline(paced, lag["lagsMs"])
     say(f"Kafka sync lag at {rate:.0f} writes/s: p50 {lag['p50Ms']:.1f}, p99 {lag['p99Ms']:.1f} ms")
     written = max(1, len(paced.created))
     say("CPU a write: " + ", ".join(f"{n} {c / written * 1000:.2f} ms" for n, c in cpu.items()))
     stop_recording(recorder, out)
+    if os.environ.get("BENCH_KEEP_LOGS"):
+        for name, server in processes.items():
+            shutil.copy(server.log_path, f"{os.environ['BENCH_KEEP_LOGS']}-{name}.log")
 
 
 async def main(phase: str) -> None:
