@@ -176,6 +176,24 @@ def test_a_learnt_pace_grows_without_429s_and_is_dropped_when_large() -> None:
     assert grown_rate(10.0, 1000 * GROWTH_SECONDS) is None
 
 
+async def test_calls_taken_up_in_the_second_after_they_left_count_in_it() -> None:
+    """A drain's first calls leave together at the end of a second and a busy CRM takes
+    them up (and answers them) in the next, with the calls that left in it: the CRM's
+    full second is learnt, not the two halves the departures split it into."""
+    from customer_service.crm.throttle import CallThrottle
+
+    wall = [1000.95]
+    throttle = CallThrottle(clock=lambda: wall[0])
+    sent_early = [await throttle.wait_turn(patience=2.0) for _ in range(14)]
+    wall[0] = 1001.05
+    for sent in sent_early:
+        throttle.answered(201, None, sent)
+    for _ in range(6):
+        throttle.answered(201, None, await throttle.wait_turn(patience=2.0))
+    throttle.answered(429, "0")
+    assert throttle.pace == 19.0  # 0.95 of the 20 the CRM took up in second 1001
+
+
 async def test_the_throttle_paces_calls_at_the_pace_a_429_taught() -> None:
     from customer_service.crm.throttle import CallThrottle
 
