@@ -96,11 +96,11 @@ class Answer:
 @dataclass(frozen=True)
 class Exchanged(Answer):
     """What came back: the answer, the media type when the body was not JSON, every
-    header, and the wall-clock second the call left in (for `CallThrottle.answered`)."""
+    header, and the wall-clock time the call left at (for `CallThrottle.answered`)."""
 
     not_json: str | None
     headers: Mapping[str, str]
-    sent: int
+    sent: float
 
 
 class CrmSession:

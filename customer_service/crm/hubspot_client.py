@@ -106,7 +106,7 @@ class HubSpotClient:
         self._tell_throttle(answer, exchanged.sent)
         return answer
 
-    def _tell_throttle(self, answer: HubSpotAnswer, sent: int) -> None:
+    def _tell_throttle(self, answer: HubSpotAnswer, sent: float) -> None:
         rate = answer.rate
         if rate.limited:
             self.throttle.advertised(rate.max, rate.remaining, rate.interval_seconds)

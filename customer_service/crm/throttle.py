@@ -74,25 +74,15 @@ def grown_rate(current: float, quiet_seconds: float) -> float | None:
     return None if grown > UNLIMITED else grown
 
 
-def _tally(counts: dict[int, int], second: int) -> None:
-    """Count one call in `second`, keeping only the last few seconds."""
-    counts[second] = counts.get(second, 0) + 1
-    if len(counts) > LEARN_FROM_SECONDS + 2:
-        del counts[min(counts)]
-
-
-def busiest_second(after: int, by_departure: dict[int, int], by_answer: dict[int, int]) -> int:
-    """The most calls the CRM accepted in one second after `after`, by the second they
-    left in or the one they were answered in, whichever tally is busier. The CRM counts
-    a call when it takes it up, somewhere between the two: across a network, near its
-    departure; from a queue in a busy CRM, near its answer. A drain's first calls, sent
-    together at the end of one second into a CRM that took them up in the next, split
-    its full second of 50 accepted calls into 16 and 34 by departure (a pace of 32 learnt
-    instead of 47.5, phase 9 of the benchmark on a slow hour: 35 calls a second)."""
-    return max(
-        (n for tally in (by_departure, by_answer) for second, n in tally.items() if second > after),
-        default=0,
-    )
+def taken_up_second(sent: float, answered: float) -> int:
+    """The wall-clock second the CRM most likely counted a call in: the CRM counts a call
+    when it takes it up, somewhere between its departure and its answer, so the middle.
+    By departure, a drain's first calls, sent together at the end of one second into a
+    busy CRM that took them up in the next, split the CRM's full second of 50 accepted
+    calls into 16 and 34 (a pace of 32 learnt instead of 47.5: phase 9 of the benchmark on
+    a slow hour drained at 35 calls a second); by answer, the answers of one second's calls
+    that came in the next made 57 of 50."""
+    return int((sent + answered) / 2)
 
 
 class CallThrottle:
@@ -132,15 +122,16 @@ class CallThrottle:
         # The pace the CRM's own headers state (`advertised`), None when they state none.
         self._advertised: float | None = None
         self._learned_at = 0.0  # loop time of the last 429 learnt, or of the last growth
+        # Loop time of the last 429 learnt: the 429s just after it answer calls sent at the
+        # pace before. (Not after a growth: a 429 then says the grown pace is too fast.)
+        self._lesson_taken_at = -SETTLING_SECONDS
         self._next_slot = 0.0
         self._last_departure = -1e9
         self._paused_until = 0.0
         self._clock = clock  # wall-clock seconds, as CRMs count their windows
-        # Calls the CRM accepted, by the wall-clock second they left in and by the one
-        # their answer came in (the CRM counts a call as it arrives, between the two):
-        # second -> count, the last few seconds. `_learn_if_due` takes the busier tally.
+        # Calls the CRM accepted since the last lesson, by the wall-clock second it took
+        # them up in (`taken_up_second`): second -> count, the last few seconds.
         self._accepted: dict[int, int] = {}
-        self._accepted_answers: dict[int, int] = {}
         # A 429 to learn from once the answers still in flight have landed (its pause
         # over): the loop time from which it may be learnt.
         self._lesson_at: float | None = None
@@ -152,9 +143,9 @@ class CallThrottle:
         paces = [p for p in (self._ceiling, self._learned, self._advertised) if p is not None]
         return min(paces) if paces else None
 
-    async def wait_turn(self, patience: float) -> int:
+    async def wait_turn(self, patience: float) -> float:
         """Return when this call may go, after any 429 pause and at the pace, with the
-        wall-clock second it leaves in (for `answered`).
+        wall-clock time it leaves at (for `answered`).
 
         Raises `CrmPaused` at once when the pause lasts longer than `patience` (the CRM
         timeout): the call fails like one the CRM did not answer, instead of holding its
@@ -177,7 +168,7 @@ class CallThrottle:
         self._grow(now)
         pace = self.pace
         if pace is None:
-            return int(self._clock())
+            return self._clock()
         interval = 1.0 / pace
         slot = max(now, self._next_slot)
         self._next_slot = slot + interval
@@ -191,27 +182,29 @@ class CallThrottle:
         self._last_departure = loop.time()
         if self._shared is not None:
             await self._shared.take()
-        return int(self._clock())
+        return self._clock()
 
-    def answered(self, status: int, retry_after: str | None, sent: int | None = None) -> None:
-        """Tell the throttle the CRM's answer to a call that left in wall-clock second
-        `sent` (now when not known): a 429 pauses every call and, once the answers still
+    def answered(self, status: int, retry_after: str | None, sent: float | None = None) -> None:
+        """Tell the throttle the CRM's answer to a call that left at wall-clock time `sent`
+        (now when not known): a 429 pauses every call and, once the answers still
         in flight have landed, teaches the pace (the first 429 after a burst arrived while
         a quarter of that second's accepted calls were still unanswered, and a pace learnt
         from the answers then in was three quarters of the CRM's limit); any other answer
-        counts as a call the CRM accepted, in the second it left and in the second of its
-        answer (`busiest_second`)."""
+        counts as a call the CRM accepted, in the second it most likely took it up in
+        (`taken_up_second`)."""
         now = asyncio.get_running_loop().time()
         if status != 429:
-            answered_in = int(self._clock())
-            _tally(self._accepted, answered_in if sent is None else sent)
-            _tally(self._accepted_answers, answered_in)
+            answered_at = self._clock()
+            second = taken_up_second(answered_at if sent is None else sent, answered_at)
+            self._accepted[second] = self._accepted.get(second, 0) + 1
+            if len(self._accepted) > LEARN_FROM_SECONDS + 2:
+                del self._accepted[min(self._accepted)]
             return
         pause = pause_seconds(retry_after, datetime.now(UTC))
         self._paused_until = max(self._paused_until, now + pause)
         if self._shared_pause is not None:
             self._shared_pause.publish(self._clock() + pause)
-        if self._learned is not None and now - self._learned_at < SETTLING_SECONDS:
+        if now - self._lesson_taken_at < SETTLING_SECONDS:
             return
         if self._lesson_at is None:
             self._lesson_at = self._paused_until
@@ -224,9 +217,12 @@ class CallThrottle:
             return
         self._lesson_at = None
         recent = int(self._clock()) - LEARN_FROM_SECONDS - 1
-        accepted = busiest_second(recent, self._accepted, self._accepted_answers)
+        accepted = max((n for second, n in self._accepted.items() if second > recent), default=0)
+        # The next lesson learns from the calls made at this pace only: a busy second
+        # miscounted before it would teach a pace above it once more.
+        self._accepted.clear()
         self._learned = learned_rate(accepted, self._learned)
-        self._learned_at = now
+        self._learned_at = self._lesson_taken_at = now
         log.warning(
             "the CRM answered 429: pacing its calls at %.1f a second (it accepted up to %s"
             " in a second just before)",

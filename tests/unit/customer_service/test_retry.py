@@ -179,19 +179,64 @@ def test_a_learnt_pace_grows_without_429s_and_is_dropped_when_large() -> None:
 async def test_calls_taken_up_in_the_second_after_they_left_count_in_it() -> None:
     """A drain's first calls leave together at the end of a second and a busy CRM takes
     them up (and answers them) in the next, with the calls that left in it: the CRM's
-    full second is learnt, not the two halves the departures split it into."""
+    full second is learnt, not the two parts the departures split it into."""
     from customer_service.crm.throttle import CallThrottle
 
     wall = [1000.95]
     throttle = CallThrottle(clock=lambda: wall[0])
     sent_early = [await throttle.wait_turn(patience=2.0) for _ in range(14)]
-    wall[0] = 1001.05
+    wall[0] = 1001.2
     for sent in sent_early:
         throttle.answered(201, None, sent)
     for _ in range(6):
         throttle.answered(201, None, await throttle.wait_turn(patience=2.0))
     throttle.answered(429, "0")
     assert throttle.pace == 19.0  # 0.95 of the 20 the CRM took up in second 1001
+
+
+async def test_a_second_429_learns_from_the_calls_made_at_the_learnt_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pace learnt too fast (a burst's answers counted in one second too many) is
+    corrected by the next 429 from the seconds paced since, not from the old count."""
+    from customer_service.crm import throttle as throttle_module
+
+    monkeypatch.setattr(throttle_module, "SETTLING_SECONDS", 0.0)
+    wall = [1000.5]
+    throttle = throttle_module.CallThrottle(clock=lambda: wall[0])
+    for _ in range(40):
+        throttle.answered(201, None)
+    throttle.answered(429, "0")
+    assert throttle.pace == 38.0
+    wall[0] = 1001.5
+    for _ in range(30):
+        throttle.answered(201, None)
+    throttle.answered(429, "0")
+    assert throttle.pace == 28.5  # 0.95 of 30, not of the 40 counted before the lesson
+
+
+async def test_a_429_just_after_a_growth_is_learnt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 429s just after a lesson answer calls sent before it and teach nothing; just
+    after a growth they say the grown pace is too fast, and are learnt at once (ignored,
+    each growth that overshot cost two pauses instead of one)."""
+    from customer_service.crm import throttle as throttle_module
+
+    monkeypatch.setattr(throttle_module, "SETTLING_SECONDS", 0.1)
+    monkeypatch.setattr(throttle_module, "GROWTH_SECONDS", 0.2)
+    wall = [1000.5]
+    throttle = throttle_module.CallThrottle(clock=lambda: wall[0])
+    for _ in range(40):
+        throttle.answered(201, None)
+    throttle.answered(429, "0")
+    assert throttle.pace == 38.0
+    await asyncio.sleep(0.25)  # past a growth interval: the next call grows the pace
+    wall[0] = 1001.5
+    await throttle.wait_turn(patience=2.0)
+    assert throttle.pace == pytest.approx(38.0 * 1.05)
+    for _ in range(30):
+        throttle.answered(201, None)
+    throttle.answered(429, "0")
+    assert throttle.pace == 28.5
 
 
 async def test_the_throttle_paces_calls_at_the_pace_a_429_taught() -> None:
