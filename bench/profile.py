@@ -175,6 +175,8 @@ async def main(phase: str) -> None:
             paced = await paced_load(service, "lag", rate, round(rate * params.lag_seconds))
             await bench.wait_drained(service, crm, within=600, interval=0.05)
             lag = Bench.match_lag(paced, await bench.crm_log(crm))
+            if os.environ.get("BENCH_LAG_TIMELINE") and lag["unmatched"] == 0:
+                print_timeline(paced, lag["lagsMs"])
             p50, p99 = lag["p50Ms"], lag["p99Ms"]
             say(f"sync lag at {rate:.0f} writes/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         else:
