@@ -5,6 +5,9 @@
 
 Issue 17 asks that the `BENCH_BACKLOG` (20,000) backlog drain at >= 0.8 x 1,000
 customers/s (the limit times the batch), none dead, with refused calls <= 1 % of calls.
+The drain is timed from the service's `/health`, as row 3's is: its start-up (1.9-2.5 s on
+the slow hour of 2026-12-07, a tenth of the drain) is not draining; the rate from the
+process's spawn is kept beside it, for the record.
 The face logs each record of a call as an entry (the refused ones too), so the share of
 refused calls is that of refused entries among the upserts' entries: the drain's calls
 carry full batches.
@@ -43,13 +46,15 @@ async def hubspot_drain(bench: Bench) -> dict[str, Any]:
         HUBSPOT_ACCESS_TOKEN=TOKEN,
     )
     await wait_healthy(service)
+    ready = time.monotonic()
 
     async def drained() -> bool:
         return await bench.failed_total(service) == 0
 
     deadline = bench.params.drain_deadline(n)
-    await bench.wait_for(f"the HubSpot drain of {n}", drained, deadline, [service, crm], 0.5)
-    seconds = time.monotonic() - spawned
+    await bench.wait_for(f"the HubSpot drain of {n}", drained, deadline, [service, crm], 0.05)
+    done = time.monotonic()
+    seconds, from_spawn = done - ready, done - spawned
     dead = await bench.failed_total(service, status="dead")
     await bench.set_faults(crm, rateLimitPerSecond=None)
     records = int((await bench.get_json(f"{crm.base_url}/api/crm/customers", limit=1))["total"])
@@ -62,16 +67,21 @@ async def hubspot_drain(bench: Bench) -> dict[str, Any]:
     per_second = n / seconds
     target = 0.8 * LIMIT_PER_SECOND * BATCH_SIZE
     say(
-        f"  {n} in {seconds:.1f} s = {per_second:.0f} customers/s (target {target:.0f});"
+        f"  {n} in {seconds:.1f} s from /health = {per_second:.0f} customers/s (target"
+        f" {target:.0f}; {n / from_spawn:.0f}/s from spawn, start-up {ready - spawned:.2f} s);"
         f" {refused} of {entries} records refused 429; {dead} dead"
     )
     return {
         "backlog": n,
         "limitPerSecond": LIMIT_PER_SECOND,
         "batchSize": BATCH_SIZE,
-        "secondsFromSpawn": seconds,
+        "secondsFromReady": seconds,
+        "secondsFromSpawn": from_spawn,
+        "readyAfterSeconds": ready - spawned,
         "perSecond": per_second,
+        "perSecondFromSpawn": n / from_spawn,
         "ratio": per_second / (LIMIT_PER_SECOND * BATCH_SIZE),
+        "ratioFromSpawn": n / from_spawn / (LIMIT_PER_SECOND * BATCH_SIZE),
         "dead": dead,
         "refusedShare": refused / entries if entries else 0.0,
         "statuses": dict(statuses),

@@ -11,6 +11,8 @@ records the service (or the CRM mock, with `BENCH_PROFILE_TARGET=crm`; in Kafka 
 `bench/profile-<phase>.txt` as collapsed stacks, printing the heaviest functions. The
 `kafka` phase also prints each process's CPU per write over the paced load; with
 `BENCH_KAFKA_PRELOAD=1` it runs phase 7's closed-loop load first, as the bench does.
+With `BENCH_LAG_TIMELINE=1` the `lag` and `kafka` phases print the worst lag of each
+quarter second of the paced load.
 """
 
 from __future__ import annotations

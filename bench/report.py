@@ -175,13 +175,23 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
     if hs := measured("hubspot"):
         row(
             f"11 HubSpot drain of {hs['backlog']} at {hs['limitPerSecond']} calls/s x"
-            f" {hs['batchSize']} ({hs['dead']} dead, {100 * hs['refusedShare']:.2f} % refused)",
+            f" {hs['batchSize']} ({hs['dead']} dead, {100 * hs['refusedShare']:.2f} % refused),"
+            " from /health",
             _fmt(hs["perSecond"], "/s"),
             _fmt(hs["limitPerSecond"] * hs["batchSize"], "/s"),
             hs["ratio"],
             ">= 0.8, none dead, <= 1 % refused (issue 17)",
             verdict(hs["ratio"] >= 0.8 and hs["dead"] == 0 and hs["refusedShare"] <= 0.01),
         )
+        if "ratioFromSpawn" in hs:
+            row(
+                f"11 the same from spawn (start-up {hs['readyAfterSeconds']:.2f} s)",
+                _fmt(hs["perSecondFromSpawn"], "/s"),
+                _fmt(hs["limitPerSecond"] * hs["batchSize"], "/s"),
+                hs["ratioFromSpawn"],
+                "-",
+                "-",
+            )
     if sf := measured("salesforce"):
         row(
             f"12 Salesforce drain of {sf['backlog']}, collections of {sf['batchSize']} / one"
