@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from customer_service.crm.throttle import CallThrottle
 from customer_service.sync.retry import (
     JITTER,
     FailureVerdict,
@@ -194,6 +195,18 @@ async def test_calls_taken_up_in_the_second_after_they_left_count_in_it() -> Non
     assert throttle.pace == 19.0  # 0.95 of the 20 the CRM took up in second 1001
 
 
+def _taught_38_a_second() -> tuple[CallThrottle, list[float]]:
+    """A throttle on a wall clock the test moves, taught 38 calls a second by a 429 after
+    40 accepted calls in one second."""
+    wall = [1000.5]
+    throttle = CallThrottle(clock=lambda: wall[0])
+    for _ in range(40):
+        throttle.answered(201, None)
+    throttle.answered(429, "0")
+    assert throttle.pace == 38.0
+    return throttle, wall
+
+
 async def test_a_second_429_learns_from_the_calls_made_at_the_learnt_pace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -202,12 +215,7 @@ async def test_a_second_429_learns_from_the_calls_made_at_the_learnt_pace(
     from customer_service.crm import throttle as throttle_module
 
     monkeypatch.setattr(throttle_module, "SETTLING_SECONDS", 0.0)
-    wall = [1000.5]
-    throttle = throttle_module.CallThrottle(clock=lambda: wall[0])
-    for _ in range(40):
-        throttle.answered(201, None)
-    throttle.answered(429, "0")
-    assert throttle.pace == 38.0
+    throttle, wall = _taught_38_a_second()
     wall[0] = 1001.5
     for _ in range(30):
         throttle.answered(201, None)
@@ -223,12 +231,7 @@ async def test_a_429_just_after_a_growth_is_learnt(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(throttle_module, "SETTLING_SECONDS", 0.1)
     monkeypatch.setattr(throttle_module, "GROWTH_SECONDS", 0.2)
-    wall = [1000.5]
-    throttle = throttle_module.CallThrottle(clock=lambda: wall[0])
-    for _ in range(40):
-        throttle.answered(201, None)
-    throttle.answered(429, "0")
-    assert throttle.pace == 38.0
+    throttle, wall = _taught_38_a_second()
     await asyncio.sleep(0.25)  # past a growth interval: the next call grows the pace
     wall[0] = 1001.5
     await throttle.wait_turn(patience=2.0)
