@@ -53,8 +53,10 @@ run-kafka: $(STAMP)
 	$(RUN_ENV) $(KAFKA_ENV) $(BIN)/customer-service serve & \
 	wait
 
+# Two processes (pytest-xdist): most end-to-end tests wait on real processes and timers,
+# so two workers halve the suite's time on 2 cores (each has its own PostgreSQL database).
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
