@@ -111,8 +111,8 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             )
     if d := measured("drain"):
         row(
-            f"3 drain rate of {d['backlog']} / CRM max ({d['retryConcurrency']} conc.), "
-            "from /health",
+            f"3 drain rate of {d['backlog']} / CRM max ({d['retryConcurrency']} conc."
+            f"{', before + after' if 'before' in d['crmMax'] else ''}), from /health",
             _fmt(d.get("perSecondFromReady", d["perSecond"]), "/s"),
             _fmt(d["crmMax"]["perSecond"], "/s"),
             d["ratio"],
