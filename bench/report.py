@@ -42,6 +42,17 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             }
         )
 
+    def from_spawn(number: str, phase: dict[str, Any], rate: float, baseline: float) -> None:
+        """The record row under a drain timed from `/health`: the rate from the spawn."""
+        row(
+            f"{number} the same from spawn (start-up {phase['readyAfterSeconds']:.2f} s)",
+            _fmt(rate, "/s"),
+            _fmt(baseline, "/s"),
+            phase["ratioFromSpawn"],
+            "-",
+            "-",
+        )
+
     def measured(key: str) -> dict[str, Any] | None:
         data: dict[str, Any] = metrics.get(key, {})
         if not data or data.get("skipped"):
@@ -120,14 +131,7 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             verdict(d["ratio"] >= 0.9),
         )
         if "ratioFromSpawn" in d:
-            row(
-                f"3 the same from spawn (start-up {d['readyAfterSeconds']:.2f} s)",
-                _fmt(d["perSecond"], "/s"),
-                _fmt(d["crmMax"]["perSecond"], "/s"),
-                d["ratioFromSpawn"],
-                "-",
-                "-",
-            )
+            from_spawn("3", d, d["perSecond"], d["crmMax"]["perSecond"])
     if sc := measured("scaleOut"):
         for key, crm, target in (
             ("remote", "CRM +{ms} ms", "> 1 (issue 7)"),
@@ -184,14 +188,7 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
             verdict(hs["ratio"] >= 0.8 and hs["dead"] == 0 and hs["refusedShare"] <= 0.01),
         )
         if "ratioFromSpawn" in hs:
-            row(
-                f"11 the same from spawn (start-up {hs['readyAfterSeconds']:.2f} s)",
-                _fmt(hs["perSecondFromSpawn"], "/s"),
-                _fmt(hs["limitPerSecond"] * hs["batchSize"], "/s"),
-                hs["ratioFromSpawn"],
-                "-",
-                "-",
-            )
+            from_spawn("11", hs, hs["perSecondFromSpawn"], hs["limitPerSecond"] * hs["batchSize"])
     if sf := measured("salesforce"):
         row(
             f"12 Salesforce drain of {sf['backlog']}, collections of {sf['batchSize']} / one"
