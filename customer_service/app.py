@@ -19,6 +19,7 @@ from customer_service.reconciliation.reconciler import Reconciler
 from customer_service.reconciliation.router import router as reconciliation_router
 from customer_service.request_id import RequestIdMiddleware
 from customer_service.sync.connector import build_connector
+from customer_service.sync.cpu_share import CpuShare
 from customer_service.sync.engine import DeliveryEngine
 from customer_service.sync.router import router as failed_router
 from customer_service.sync.scheduler import RetryJob, build_scheduler
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, run_scheduler: bool = True) 
             enabled=settings.sync_enabled,
             on_outcome=metrics.observe_delivery,
             api_load=api_load,
+            cpu_share=CpuShare(),
         )
         retry_job = RetryJob(delivery, settings, connector)
         app.state.settings = settings

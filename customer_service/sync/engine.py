@@ -23,8 +23,9 @@ Live deliveries: `kick` (called after the commit that wrote outbox rows) marks c
 wanted and starts a batch task, unless one is waiting to claim already. One batch claims
 at a time, taking everything kicked meanwhile (so the batches grow with the load); while
 it sends and settles, the next one claims. At most `GATHER_BATCHES` live batches start
-within `STEADY_GATHER_SECONDS` (within `GATHER_SECONDS` under a saturating load: the API in
-`BUSY_API_TRANSACTIONS` transactions at once), so the kicks in between gather into fewer,
+within `STEADY_GATHER_SECONDS` (within `GATHER_SECONDS` when the service is short of its
+loop: the API in `BUSY_API_TRANSACTIONS` transactions at once, or the process at
+`BUSY_CPU_SHARE` of its core, `cpu_share`), so the kicks in between gather into fewer,
 larger batches and each claim and settle serves more customers; a kick after a quiet
 moment starts its batch at once. (32 writers on PostgreSQL, three alternating rounds:
 594-678 writes a second with sync on against 494-575 without the busy window. A steady
@@ -98,6 +99,9 @@ MAX_BATCH_CUSTOMERS = 500
 # and one settle for more customers). The steady window is what a kick waits at most
 # below that load, short beside the sync lag.
 BUSY_API_TRANSACTIONS = 12
+# ... or with the process at this share of its core over the last quarter second
+# (`cpu_share`): short of CPU before requests queue.
+BUSY_CPU_SHARE = 0.8
 GATHER_BATCHES = 2
 GATHER_SECONDS = 0.05
 STEADY_GATHER_SECONDS = 0.02
@@ -183,6 +187,7 @@ class DeliveryEngine:
         enabled: bool = True,
         on_outcome: OutcomeObserver | None = None,
         api_load: Callable[[], int] | None = None,
+        cpu_share: Callable[[], float] | None = None,
     ) -> None:
         self.connector = connector
         self.health = health or CrmHealth()
@@ -228,6 +233,8 @@ class DeliveryEngine:
         # The API's transactions under way (`deps.ApiLoad`), and when the live batches of
         # the last GATHER_SECONDS started; the timer that starts the next once they age.
         self._api_load = api_load
+        # The share of a core the process used lately (`cpu_share.CpuShare`).
+        self._cpu_share = cpu_share
         self._young: list[float] = []
         self._gather_timer: asyncio.TimerHandle | None = None
         self.health.on_recovery.append(self._release_held)
@@ -282,7 +289,7 @@ class DeliveryEngine:
             return True
         loop = asyncio.get_running_loop()
         now = loop.time()
-        busy = self._api_load is not None and self._api_load() >= BUSY_API_TRANSACTIONS
+        busy = self._busy()
         window = GATHER_SECONDS if busy else STEADY_GATHER_SECONDS
         self._young = [t for t in self._young if now - t < GATHER_SECONDS]
         recent = [t for t in self._young if now - t < window]
@@ -292,6 +299,13 @@ class DeliveryEngine:
             return True
         self._young.append(now)
         return False
+
+    def _busy(self) -> bool:
+        """Whether the service is short of its event loop: the API in many transactions at
+        once, or the process near its core."""
+        if self._api_load is not None and self._api_load() >= BUSY_API_TRANSACTIONS:
+            return True
+        return self._cpu_share is not None and self._cpu_share() >= BUSY_CPU_SHARE
 
     def _gathered(self) -> None:
         self._gather_timer = None

@@ -1,8 +1,8 @@
 """Live deliveries gather: at most `GATHER_BATCHES` batches start within
-`STEADY_GATHER_SECONDS`, or within `GATHER_SECONDS` under a saturating load (the API in
-many transactions at once), the kicks in between going into the next, larger batch; every
-customer is still delivered, once. A kick after a quiet moment starts its batch at once
-(the sync lag wants it)."""
+`STEADY_GATHER_SECONDS`, or within `GATHER_SECONDS` when the service is short of its loop
+(the API in many transactions at once, or the process near its core), the kicks in
+between going into the next, larger batch; every customer is still delivered, once. A
+kick after a quiet moment starts its batch at once (the sync lag wants it)."""
 
 import asyncio
 from collections.abc import Callable, Coroutine
@@ -24,10 +24,14 @@ CUSTOMERS = 40
 
 
 async def _deliver_kicked_one_by_one(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, api_load: int
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    api_load: int,
+    cpu_share: float = 0.0,
 ) -> tuple[list[float], list[int]]:
-    """Kick CUSTOMERS customers one by one, 2 ms apart, with the API that busy; the times
-    live batches were started, and the customers the CRM got, in order."""
+    """Kick CUSTOMERS customers one by one, 2 ms apart, with the API that busy and the
+    process at that share of its core; the times live batches were started, and the
+    customers the CRM got, in order."""
     settings = make_settings(sync_enabled=False)  # the app's own engine stays idle
     app = create_app(settings, run_scheduler=False)
     async with LifespanManager(app):
@@ -40,7 +44,11 @@ async def _deliver_kicked_one_by_one(
             return Delivered(f"crm-{change.customer_id}")
 
         engine = DeliveryEngine(
-            app.state.sessionmaker, FakeConnector(answer), settings, api_load=lambda: api_load
+            app.state.sessionmaker,
+            FakeConnector(answer),
+            settings,
+            api_load=lambda: api_load,
+            cpu_share=lambda: cpu_share,
         )
         started: list[float] = []
         real_batch = engine._live_batch
@@ -75,13 +83,29 @@ async def test_under_a_saturating_load_kicks_gather_into_fewer_batches(
     assert len(started) < CUSTOMERS / 2
 
 
+async def test_with_the_process_near_its_core_kicks_gather_into_fewer_batches(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API not busy, but the process at `BUSY_CPU_SHARE` of its core: the busy window,
+    before requests queue in front of the loop."""
+    light = engine_module.BUSY_API_TRANSACTIONS - 1
+    started, sent = await _deliver_kicked_one_by_one(
+        make_settings, monkeypatch, light, cpu_share=engine_module.BUSY_CPU_SHARE
+    )
+    assert sorted(sent) == sorted(set(sent)) and len(sent) == CUSTOMERS
+    window = engine_module.GATHER_SECONDS * 0.98
+    assert _most_started_within(started, window) <= engine_module.GATHER_BATCHES
+
+
 async def test_under_a_light_load_kicks_gather_within_the_steady_window_only(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A steady stream of kicks (one every 2 ms) with the API not busy: a batch for every
     few customers (before, a batch a kick or two), but not held to the busy window."""
     light = engine_module.BUSY_API_TRANSACTIONS - 1
-    started, sent = await _deliver_kicked_one_by_one(make_settings, monkeypatch, light)
+    started, sent = await _deliver_kicked_one_by_one(
+        make_settings, monkeypatch, light, cpu_share=engine_module.BUSY_CPU_SHARE - 0.01
+    )
     assert sorted(sent) == sorted(set(sent)) and len(sent) == CUSTOMERS
     steady = engine_module.STEADY_GATHER_SECONDS * 0.98
     assert _most_started_within(started, steady) <= engine_module.GATHER_BATCHES
