@@ -19,6 +19,13 @@ class Clocks:
         self.reads += 1
         return self.cpu
 
+    def advance(self, wall: float, cpu: float) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+    def gauge(self) -> CpuShare:
+        return CpuShare(period=0.25, wall=self.read_wall, cpu=self.read_cpu)
+
 
 def test_share_of_a_core() -> None:
     assert share_of_a_core(0.2, 0.25) == pytest.approx(0.8)
@@ -29,34 +36,29 @@ def test_share_of_a_core() -> None:
 
 def test_the_share_is_that_of_the_last_full_period() -> None:
     clocks = Clocks()
-    gauge = CpuShare(period=0.25, wall=clocks.read_wall, cpu=clocks.read_cpu)
+    gauge = clocks.gauge()
     assert gauge() == pytest.approx(0.0)  # no period has passed yet
-    clocks.wall += 0.25
-    clocks.cpu += 0.2
+    clocks.advance(wall=0.25, cpu=0.2)
     assert gauge() == pytest.approx(0.8)
     # Within the next period the reading stands, whatever the CPU does meanwhile.
-    clocks.wall += 0.1
-    clocks.cpu += 0.1
+    clocks.advance(wall=0.1, cpu=0.1)
     assert gauge() == pytest.approx(0.8)
-    clocks.wall += 0.15
-    clocks.cpu += 0.0
+    clocks.advance(wall=0.15, cpu=0.0)
     assert gauge() == pytest.approx(0.4)  # 0.1 s of CPU over the 0.25 s since the last reading
 
 
 def test_a_long_quiet_stretch_reads_low_at_once() -> None:
     clocks = Clocks()
-    gauge = CpuShare(period=0.25, wall=clocks.read_wall, cpu=clocks.read_cpu)
-    clocks.wall += 0.25
-    clocks.cpu += 0.25
+    gauge = clocks.gauge()
+    clocks.advance(wall=0.25, cpu=0.25)
     assert gauge() == pytest.approx(1.0)
-    clocks.wall += 10.0
-    clocks.cpu += 0.5
+    clocks.advance(wall=10.0, cpu=0.5)
     assert gauge() == pytest.approx(0.05)
 
 
 def test_the_cpu_clock_is_read_only_once_a_period() -> None:
     clocks = Clocks()
-    gauge = CpuShare(period=0.25, wall=clocks.read_wall, cpu=clocks.read_cpu)
+    gauge = clocks.gauge()
     reads = clocks.reads
     for _ in range(100):
         gauge()
