@@ -5,6 +5,7 @@ between going into the next, larger batch; every customer is still delivered, on
 kick after a quiet moment starts its batch at once (the sync lag wants it)."""
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -146,3 +147,22 @@ async def test_a_kick_after_a_quiet_moment_starts_its_batch_at_once(
         await engine.close()
     # Each batch's task is made in its kick: no timer in between.
     assert in_kick == [True] * len(ids)
+
+
+async def test_the_services_engine_watches_the_process_cpu(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`create_app` gives its engine the process's CPU gauge: the event loop kept busy (no
+    request under way) opens the busy window, and it closes once the process idles again.
+    The threshold is lowered so that a machine busy with other tests cannot keep the
+    spinning process under it."""
+    monkeypatch.setattr(engine_module, "BUSY_CPU_SHARE", 0.2)
+    app = create_app(make_settings(), run_scheduler=False)
+    async with LifespanManager(app):
+        engine: DeliveryEngine = app.state.delivery
+        deadline = time.monotonic() + 10
+        while not engine._busy():  # spinning on the loop's thread: the process at its core
+            assert time.monotonic() < deadline, "the busy window never opened on CPU"
+        while engine._busy():
+            assert time.monotonic() < deadline, "the busy window never closed"
+            await asyncio.sleep(0.05)
