@@ -8,15 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_mock import ledger, store
+from crm_mock.applied_run import DUPLICATE_STATUS, AppliedRun, call_of, log_row
 from crm_mock.events import CustomerEvent
 from crm_mock.faults import decide_fault
 from crm_mock.routes import CUSTOMERS_PATH
 
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
-DUPLICATE_STATUS = 409
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,9 @@ class Applier:
         fault = decide_fault(faults, self._rng.random())
         async with self._sessionmaker() as session, session.begin():
             if fault is not None:
-                method, path = _call_of(event, None)
+                method, path = call_of(event, None)
                 await _log(session, event, method, path, fault.status_code, received)
-                return Refused(
-                    f"CRM answered {fault.status_code}: fault injected: {fault.reason}",
-                    permanent=_is_permanent(fault.status_code),
-                )
+                return _refused(fault.status_code, fault.reason)
             return await _apply(session, event, received)
 
     async def apply_run(self, events: Sequence[CustomerEvent]) -> list[Result]:
@@ -113,41 +111,34 @@ class Applier:
         return asked.results.result()
 
     async def _apply_runs(self, runs: list[list[CustomerEvent]]) -> list[list[Result]]:
-        ids = list({event.external_id for events in runs for event in events})
-        entries: list[store.RequestLogEntry] = []
-        outcomes: list[list[Result]] = []
         async with self._sessionmaker() as session, session.begin():
-            faults = await ledger.shared_faults(session)
-            if faults.latency_ms:
-                return [[] for _ in runs]
-            held = await ledger.with_open_letters(session, ids)
-            run = _Run(
-                session,
-                await store.find_customers_by_external_ids(session, ids),
-                await ledger.applied_versions(session, ids),
-                entries,
-            )
-            for events in runs:
-                results: list[Result] = []
-                outcomes.append(results)
-                for event in events:
-                    if event.external_id in held:
-                        break
-                    received = store.utc_now()
-                    fault = decide_fault(faults, self._rng.random())
-                    if fault is not None:
-                        method, path = _call_of(event, None)
-                        entries.append(_entry(event, method, path, fault.status_code, received))
-                        results.append(
-                            Refused(
-                                f"CRM answered {fault.status_code}: fault injected: {fault.reason}",
-                                permanent=_is_permanent(fault.status_code),
-                            )
-                        )
-                        break
-                    results.append(await run.apply(event, received))
-            await run.write()
-            await store.append_request_log_entries(session, entries)
+            connection = await session.connection()
+            return await connection.run_sync(self._apply_runs_on, runs)
+
+    def _apply_runs_on(
+        self, connection: Connection, runs: list[list[CustomerEvent]]
+    ) -> list[list[Result]]:
+        faults = ledger.faults_in(connection)
+        if faults.latency_ms:
+            return [[] for _ in runs]
+        ids = list({event.external_id for events in runs for event in events})
+        held = ledger.open_letters_in(connection, ids)
+        run = AppliedRun(connection, ids)
+        outcomes: list[list[Result]] = []
+        for events in runs:
+            results: list[Result] = []
+            outcomes.append(results)
+            for event in events:
+                if event.external_id in held:
+                    break
+                received = store.utc_now()
+                fault = decide_fault(faults, self._rng.random())
+                if fault is not None:
+                    run.log(event, *call_of(event, None), fault.status_code, received)
+                    results.append(_refused(fault.status_code, fault.reason))
+                    break
+                results.append(Applied(run.apply(event, received)))
+        run.write()
         return outcomes
 
 
@@ -157,86 +148,12 @@ class _AskedRun:
     results: asyncio.Future[list[Result]]
 
 
-class _Run:
-    """`_apply` for many events in one session: the records and versions of the run's
-    customers are read up front and kept up to date here, the writes made once at the end
-    (`write`), and the log entries inserted in one statement by the caller.
-
-    New records and version rows are never added to the session: they wait here and are
-    inserted by one Core statement each (profiled at a steady 400 events/s, the ORM's
-    flush of the new objects was a third of the consumer's CPU). Those read up front are
-    the session's, and its flush writes their changes."""
-
-    def __init__(
-        self,
-        session: AsyncSession,
-        records: dict[str, store.CrmCustomerRecord],
-        versions: dict[str, ledger.EventVersion],
-        entries: list[store.RequestLogEntry],
-    ) -> None:
-        self._session = session
-        self._records = records
-        self._versions = versions
-        self._entries = entries
-        # By external id: made in this run, not inserted yet.
-        self._new_records: dict[str, store.CrmCustomerRecord] = {}
-        self._new_versions: dict[str, ledger.EventVersion] = {}
-
-    async def write(self) -> None:
-        """Insert what the run made, then flush the changes of what it read."""
-        await store.insert_new_customers(self._session, list(self._new_records.values()))
-        await ledger.insert_versions(self._session, list(self._new_versions.values()))
-        await self._session.flush()
-
-    async def apply(self, event: CustomerEvent, received: Any) -> Applied:
-        external_id = event.external_id
-        record = self._records.get(external_id)
-        known = self._versions.get(external_id)
-        if known is not None and event.rank <= known.version:
-            method, path = _call_of(event, record.id if record else None)
-            self._entries.append(_entry(event, method, path, DUPLICATE_STATUS, received))
-            return Applied(record.id if record else None)
-        crm_id: str | None
-        if event.event_type == "DELETE":
-            method, path, status, crm_id = "DELETE", CUSTOMERS_PATH, 404, None
-            if record is not None:
-                if self._new_records.pop(external_id, None) is None:
-                    await self._session.delete(record)
-                    # At once: a record made later in this run may take the same
-                    # external id, and is inserted at the end.
-                    await self._session.flush()
-                del self._records[external_id]
-                path, status = f"{CUSTOMERS_PATH}/{record.id}", 204
-        else:
-            assert event.customer is not None
-            if record is None:
-                record = store.new_customer(event.customer)
-                self._new_records[external_id] = record
-                self._records[external_id] = record
-                method, path, status = "POST", CUSTOMERS_PATH, 201
-            else:
-                store.overwrite_customer(record, event.customer)
-                method, path, status = "PUT", f"{CUSTOMERS_PATH}/{record.id}", 200
-            crm_id = record.id
-        if known is None:
-            known = ledger.EventVersion(
-                external_id=external_id, version=event.rank, event_id=event.event_id
-            )
-            self._new_versions[external_id] = known
-            self._versions[external_id] = known
-        else:
-            known.version = event.rank
-            known.event_id = event.event_id
-        self._entries.append(_entry(event, method, path, status, received))
-        return Applied(crm_id)
-
-
 async def _apply(session: AsyncSession, event: CustomerEvent, received: Any) -> Applied:
     external_id = event.external_id
     record = await store.find_customer_by_external_id(session, external_id)
     known = await ledger.applied_version(session, external_id)
     if known is not None and event.rank <= known:
-        method, path = _call_of(event, record.id if record else None)
+        method, path = call_of(event, record.id if record else None)
         await _log(session, event, method, path, DUPLICATE_STATUS, received)
         return Applied(record.id if record else None)
     if event.event_type == "DELETE":
@@ -260,24 +177,9 @@ async def _apply(session: AsyncSession, event: CustomerEvent, received: Any) -> 
     return Applied(crm_id)
 
 
-def _call_of(event: CustomerEvent, crm_id: str | None) -> tuple[str, str]:
-    """The HTTP call an event stands for, for the request log."""
-    method = {"CREATE": "POST", "UPDATE": "PUT", "DELETE": "DELETE"}[event.event_type]
-    path = f"{CUSTOMERS_PATH}/{crm_id}" if crm_id else CUSTOMERS_PATH
-    return method, path
-
-
-def _entry(
-    event: CustomerEvent, method: str, path: str, status: int, received: Any
-) -> store.RequestLogEntry:
-    return store.RequestLogEntry(
-        method=method,
-        path=path,
-        status=status,
-        external_id=event.external_id,
-        idempotency_key=event.event_id,
-        body=event.model_dump(mode="json", by_alias=True),
-        received_at=received,
+def _refused(status: int, reason: str) -> Refused:
+    return Refused(
+        f"CRM answered {status}: fault injected: {reason}", permanent=_is_permanent(status)
     )
 
 
@@ -289,7 +191,8 @@ async def _log(
     status: int,
     received: Any,
 ) -> None:
-    await store.append_request_log(session, _entry(event, method, path, status, received))
+    entry = store.RequestLogEntry(**log_row(event, method, path, status, received))
+    await store.append_request_log(session, entry)
 
 
 def _is_permanent(status: int) -> bool:

@@ -15,9 +15,10 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Integer, String, Table, Text, bindparam, insert, select
+from sqlalchemy import Connection, Integer, String, Text, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -84,7 +85,17 @@ _READ_SWITCH = select(FaultSwitchRow.settings).where(FaultSwitchRow.id == SWITCH
 
 async def shared_faults(session: AsyncSession) -> FaultSettings:
     """The switch as the HTTP server last set it (healthy when it never did)."""
-    text = (await session.execute(_READ_SWITCH)).scalar_one_or_none()
+    return _switch_of((await session.execute(_READ_SWITCH)).scalar_one_or_none())
+
+
+def faults_in(connection: Connection) -> FaultSettings:
+    """`shared_faults` on a sync connection."""
+    return _switch_of(connection.execute(_READ_SWITCH).scalar_one_or_none())
+
+
+@lru_cache(maxsize=16)
+def _switch_of(text: str | None) -> FaultSettings:
+    # Parsed once per text: the switch is read in every transaction, and seldom changes.
     return FaultSettings() if text is None else FaultSettings.model_validate_json(text)
 
 
@@ -106,33 +117,6 @@ async def note_version(
         row.version = version
         row.event_id = event_id
     await session.flush()
-
-
-_VERSIONS_OF = select(EventVersion).where(
-    EventVersion.external_id.in_(bindparam("ids", expanding=True))
-)
-
-
-_INSERT_VERSION = insert(cast(Table, EventVersion.__table__))
-
-
-async def insert_versions(session: AsyncSession, versions: Sequence[EventVersion]) -> None:
-    """Insert version rows not added to the session, in one Core statement (not the ORM's
-    flush of each new object)."""
-    if versions:
-        rows = [
-            {"external_id": v.external_id, "version": v.version, "event_id": v.event_id}
-            for v in versions
-        ]
-        await session.execute(_INSERT_VERSION, rows)
-
-
-async def applied_versions(
-    session: AsyncSession, external_ids: Sequence[str]
-) -> dict[str, EventVersion]:
-    """The version rows of these external ids, by external id (one query)."""
-    rows = (await session.execute(_VERSIONS_OF, {"ids": list(external_ids)})).scalars().all()
-    return {row.external_id: row for row in rows}
 
 
 # --- dead letters --------------------------------------------------------------------------
@@ -159,9 +143,9 @@ _WITH_OPEN_LETTERS = (
 )
 
 
-async def with_open_letters(session: AsyncSession, external_ids: Sequence[str]) -> set[str]:
-    """Which of these customers have an open dead letter (one query)."""
-    found = await session.execute(_WITH_OPEN_LETTERS, {"ids": list(external_ids)})
+def open_letters_in(connection: Connection, external_ids: Sequence[str]) -> set[str]:
+    """Which of these customers have an open dead letter (one query, a sync connection)."""
+    found = connection.execute(_WITH_OPEN_LETTERS, {"ids": list(external_ids)})
     return {external_id for external_id in found.scalars() if external_id}
 
 

@@ -20,6 +20,7 @@ from uuid import uuid4
 import aiosqlite
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Dialect,
     Index,
@@ -482,13 +483,21 @@ def overwrite_customer(record: CrmCustomerRecord, request: CrmCustomerRequest) -
     record.updated_at = utc_now()
 
 
+def customer_fields(request: CrmCustomerRequest) -> dict[str, Any]:
+    """A record's columns that a create or a replace sets from the request."""
+    return {
+        "external_id": request.external_id,
+        "first_name": request.first_name,
+        "last_name": request.last_name,
+        "email": request.email,
+        "phone": request.phone,
+        "address": request.address,
+    }
+
+
 def _copy_fields(record: CrmCustomerRecord, request: CrmCustomerRequest) -> None:
-    record.external_id = request.external_id
-    record.first_name = request.first_name
-    record.last_name = request.last_name
-    record.email = request.email
-    record.phone = request.phone
-    record.address = request.address
+    for column, value in customer_fields(request).items():
+        setattr(record, column, value)
 
 
 # --- idempotency ---------------------------------------------------------------------------
@@ -573,13 +582,32 @@ async def append_request_log_entries(
     id given to one of them is a multiple of `prune_every`."""
     if not entries:
         return
-    table = cast(Table, RequestLogEntry.__table__)
     rows = [{column: getattr(entry, column) for column in _LOG_COLUMNS} for entry in entries]
-    ids = (await session.execute(insert(table).returning(table.c.id), rows)).scalars().all()
-    if any(entry_id % prune_every == 0 for entry_id in ids):
-        await session.execute(
-            sql_delete(RequestLogEntry).where(RequestLogEntry.id <= max(ids) - retention)
+    await session.run_sync(
+        lambda sync_session: insert_log_rows(
+            sync_session.connection(), rows, retention=retention, prune_every=prune_every
         )
+    )
+
+
+_LOG = cast(Table, RequestLogEntry.__table__)
+_INSERT_LOG = insert(_LOG).returning(_LOG.c.id)
+_PRUNE_LOG = sql_delete(_LOG).where(_LOG.c.id <= bindparam("last"))
+
+
+def insert_log_rows(
+    connection: Connection,
+    rows: Sequence[dict[str, Any]],
+    *,
+    retention: int = REQUEST_LOG_RETENTION,
+    prune_every: int = REQUEST_LOG_PRUNE_EVERY,
+) -> None:
+    """`append_request_log_entries` for rows of `_LOG_COLUMNS`, on a sync connection."""
+    if not rows:
+        return
+    ids = connection.execute(_INSERT_LOG, rows).scalars().all()
+    if any(entry_id % prune_every == 0 for entry_id in ids):
+        connection.execute(_PRUNE_LOG, {"last": max(ids) - retention})
 
 
 _LOG_COLUMNS = (

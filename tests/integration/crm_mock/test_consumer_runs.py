@@ -380,3 +380,29 @@ async def test_the_runs_of_partitions_settled_together_share_one_transaction(
     assert settled == [101, 101, 101, 101]
     assert transactions == 1
     assert len(await _log(sessionmaker)) == 8
+
+
+async def test_a_run_replaces_a_stored_record_in_place_and_raises_its_version(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A record and version row stored by an earlier run are updated where they are: the
+    same CRM id and creation time, the run's last write, the newest version."""
+    consumer = _consumer(sessionmaker, FakeProducer(auto_ack=True))
+    await asyncio.wait_for(consumer._partition(_messages((41, "CREATE", 1), (42, "CREATE", 1))), 10)
+    async with sessionmaker() as session:
+        stored = await store.find_customer_by_external_id(session, "41")
+    assert stored is not None
+    messages = _messages((41, "UPDATE", 2), (41, "UPDATE", 3), first_offset=300)
+    assert await asyncio.wait_for(consumer._partition(messages), 10) == messages[-1].offset
+    async with sessionmaker() as session:
+        record = await store.find_customer_by_external_id(session, "41")
+        untouched = await store.find_customer_by_external_id(session, "42")
+        versions = (
+            await ledger.applied_version(session, "41"),
+            await ledger.applied_version(session, "42"),
+        )
+    assert record is not None and record.id == stored.id and record.first_name == "v3"
+    assert record.created_at == stored.created_at and record.updated_at > stored.updated_at
+    assert untouched is not None and untouched.first_name == "v1"
+    assert versions == (3 * 2, 1 * 2)
+    assert (await _log(sessionmaker))[2:] == [("41", "PUT", 200), ("41", "PUT", 200)]
