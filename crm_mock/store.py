@@ -583,11 +583,9 @@ async def append_request_log_entries(
     if not entries:
         return
     rows = [{column: getattr(entry, column) for column in _LOG_COLUMNS} for entry in entries]
-    await session.run_sync(
-        lambda sync_session: insert_log_rows(
-            sync_session.connection(), rows, retention=retention, prune_every=prune_every
-        )
-    )
+    ids = (await session.execute(_INSERT_LOG, rows)).scalars().all()
+    if (last := _pruned_up_to(ids, retention, prune_every)) is not None:
+        await session.execute(_PRUNE_LOG, {"last": last})
 
 
 _LOG = cast(Table, RequestLogEntry.__table__)
@@ -606,8 +604,16 @@ def insert_log_rows(
     if not rows:
         return
     ids = connection.execute(_INSERT_LOG, rows).scalars().all()
+    if (last := _pruned_up_to(ids, retention, prune_every)) is not None:
+        connection.execute(_PRUNE_LOG, {"last": last})
+
+
+def _pruned_up_to(ids: Sequence[int], retention: int, prune_every: int) -> int | None:
+    """The last id to prune after inserting entries with these ids: None unless one of them
+    is a multiple of `prune_every` (see `append_request_log`)."""
     if any(entry_id % prune_every == 0 for entry_id in ids):
-        connection.execute(_PRUNE_LOG, {"last": max(ids) - retention})
+        return max(ids) - retention
+    return None
 
 
 _LOG_COLUMNS = (
