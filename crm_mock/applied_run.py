@@ -4,7 +4,8 @@ connection of one greenlet (`AsyncConnection.run_sync`), in SQLAlchemy Core.
 The records and version rows of the run's customers are read up front (one query each),
 every event is applied to that state in memory, and the writes are made at the end: the
 records gone or replaced deleted, the new ones inserted and the changed ones updated (one
-statement each), then the version rows, then the request log (`store.insert_log_rows`).
+statement each, `store.write_customer_rows`), then the version rows
+(`ledger.write_versions`), then the request log (`store.insert_log_rows`).
 Deletes come first, so a stored record deleted and created again in one run (a new CRM
 id, the same external id) is gone before its successor is inserted.
 
@@ -15,31 +16,15 @@ needs 1.4-1.5 ms of CPU an event against 1.65-1.9 (bench/README "2026-12-08, nig
 """
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import BindParameter, Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection
 
 from crm_mock import ledger, store
 from crm_mock.events import CustomerEvent
 from crm_mock.routes import CUSTOMERS_PATH
 
 DUPLICATE_STATUS = 409
-
-_CUSTOMERS = cast(Table, store.CrmCustomerRecord.__table__)
-_VERSIONS = cast(Table, ledger.EventVersion.__table__)
-_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
-
-_CUSTOMERS_OF = select(_CUSTOMERS).where(_CUSTOMERS.c.external_id.in_(_IDS))
-_INSERT_CUSTOMERS = insert(_CUSTOMERS)
-# The columns set come from the rows given (every column but the id, see `_changed`).
-_UPDATE_CUSTOMER = update(_CUSTOMERS).where(_CUSTOMERS.c.id == bindparam("b_id"))
-_DELETE_CUSTOMERS = delete(_CUSTOMERS).where(_CUSTOMERS.c.id.in_(_IDS))
-
-_VERSIONS_OF = select(_VERSIONS.c.external_id, _VERSIONS.c.version).where(
-    _VERSIONS.c.external_id.in_(_IDS)
-)
-_INSERT_VERSIONS = insert(_VERSIONS)
-_UPDATE_VERSION = update(_VERSIONS).where(_VERSIONS.c.external_id == bindparam("b_external_id"))
 
 
 def call_of(event: CustomerEvent, crm_id: str | None) -> tuple[str, str]:
@@ -69,16 +54,10 @@ class AppliedRun:
 
     def __init__(self, connection: Connection, external_ids: Sequence[str]) -> None:
         self._connection = connection
-        ids = {"ids": list(external_ids)}
         # What the database holds (by external id), and what the run has made of it.
-        self._stored = {
-            row["external_id"]: dict(row)
-            for row in connection.execute(_CUSTOMERS_OF, ids).mappings()
-        }
+        self._stored = store.customer_rows_of(connection, external_ids)
         self._records: dict[str, dict[str, Any]] = dict(self._stored)
-        self._stored_versions: dict[str, int] = dict(
-            connection.execute(_VERSIONS_OF, ids).tuples().all()
-        )
+        self._stored_versions = ledger.versions_of(connection, external_ids)
         self._versions: dict[str, tuple[int, str]] = {}
         self._log: list[dict[str, Any]] = []
 
@@ -124,32 +103,16 @@ class AppliedRun:
     def write(self) -> None:
         """Make the run's writes (see the module's docstring)."""
         deleted, inserted, updated = self._changed()
-        connection = self._connection
-        if deleted:
-            connection.execute(_DELETE_CUSTOMERS, {"ids": deleted})
-        if inserted:
-            connection.execute(_INSERT_CUSTOMERS, inserted)
-        if updated:
-            connection.execute(_UPDATE_CUSTOMER, updated)
-        new_versions = [
-            {"external_id": external_id, "version": version, "event_id": event_id}
-            for external_id, (version, event_id) in self._versions.items()
-            if external_id not in self._stored_versions
-        ]
-        if new_versions:
-            connection.execute(_INSERT_VERSIONS, new_versions)
-        changed_versions = [
-            {"b_external_id": external_id, "version": version, "event_id": event_id}
-            for external_id, (version, event_id) in self._versions.items()
-            if external_id in self._stored_versions
-        ]
-        if changed_versions:
-            connection.execute(_UPDATE_VERSION, changed_versions)
-        store.insert_log_rows(connection, self._log)
+        store.write_customer_rows(
+            self._connection, deleted=deleted, inserted=inserted, updated=updated
+        )
+        ledger.write_versions(self._connection, self._versions, self._stored_versions.keys())
+        store.insert_log_rows(self._connection, self._log)
 
     def _changed(self) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
-        """The CRM ids to delete, the records to insert and the rows to update, in the
-        order of the external ids (a stable order of row locks between transactions)."""
+        """The CRM ids to delete, the records to insert and the rows to update (as
+        `store.write_customer_rows` takes them), in the order of the external ids (a
+        stable order of row locks between transactions)."""
         deleted: list[str] = []
         inserted: list[dict[str, Any]] = []
         updated: list[dict[str, Any]] = []

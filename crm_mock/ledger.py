@@ -13,12 +13,12 @@
   applied over it; `crm-mock dlq replay` applies them and closes them.
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Integer, String, Text, bindparam, select
+from sqlalchemy import Connection, Integer, String, Table, Text, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -117,6 +117,41 @@ async def note_version(
         row.version = version
         row.event_id = event_id
     await session.flush()
+
+
+_VERSIONS = cast(Table, EventVersion.__table__)
+_VERSION_ROWS_OF = select(_VERSIONS.c.external_id, _VERSIONS.c.version).where(
+    _VERSIONS.c.external_id.in_(bindparam("ids", expanding=True))
+)
+_INSERT_VERSIONS = insert(_VERSIONS)
+_UPDATE_VERSIONS = update(_VERSIONS).where(_VERSIONS.c.external_id == bindparam("b_external_id"))
+
+
+def versions_of(connection: Connection, external_ids: Sequence[str]) -> dict[str, int]:
+    """The applied versions of these external ids (one query, a sync connection)."""
+    found = connection.execute(_VERSION_ROWS_OF, {"ids": list(external_ids)})
+    return dict(found.tuples().all())
+
+
+def write_versions(
+    connection: Connection, versions: dict[str, tuple[int, str]], stored: Collection[str]
+) -> None:
+    """Record (version, event id) per external id: an update for those in `stored`, an
+    insert for the others (one statement each)."""
+    new = [
+        {"external_id": external_id, "version": version, "event_id": event_id}
+        for external_id, (version, event_id) in versions.items()
+        if external_id not in stored
+    ]
+    if new:
+        connection.execute(_INSERT_VERSIONS, new)
+    changed = [
+        {"b_external_id": external_id, "version": version, "event_id": event_id}
+        for external_id, (version, event_id) in versions.items()
+        if external_id in stored
+    ]
+    if changed:
+        connection.execute(_UPDATE_VERSIONS, changed)
 
 
 # --- dead letters --------------------------------------------------------------------------

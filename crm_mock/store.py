@@ -35,6 +35,7 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    update,
 )
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.engine import make_url
@@ -459,6 +460,39 @@ _DELETE_CUSTOMERS = (
 )
 
 
+_CUSTOMER_ROWS_OF = select(_CUSTOMERS).where(
+    _CUSTOMERS.c.external_id.in_(bindparam("ids", expanding=True))
+)
+# The columns set come from the rows given, the record's id as `b_id`.
+_UPDATE_CUSTOMER_ROWS = update(_CUSTOMERS).where(_CUSTOMERS.c.id == bindparam("b_id"))
+
+
+def customer_rows_of(
+    connection: Connection, external_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """`find_customers_by_external_ids` as plain rows, on a sync connection."""
+    found = connection.execute(_CUSTOMER_ROWS_OF, {"ids": list(external_ids)}).mappings()
+    return {row["external_id"]: dict(row) for row in found}
+
+
+def write_customer_rows(
+    connection: Connection,
+    *,
+    deleted: Sequence[str],
+    inserted: Sequence[dict[str, Any]],
+    updated: Sequence[dict[str, Any]],
+) -> None:
+    """Delete records by CRM id, insert rows, update rows (each every column but the id,
+    and the id as `b_id`): one statement each, the deletes first (a row inserted may take
+    a deleted one's external id)."""
+    if deleted:
+        connection.execute(_DELETE_CUSTOMERS, {"ids": list(deleted)})
+    if inserted:
+        connection.execute(_INSERT_CUSTOMER, list(inserted))
+    if updated:
+        connection.execute(_UPDATE_CUSTOMER_ROWS, list(updated))
+
+
 def new_customer(request: CrmCustomerRequest) -> CrmCustomerRecord:
     """A record with a fresh CRM id, not added to a session: the caller inserts many at
     once (`insert_new_customers`)."""
@@ -593,18 +627,13 @@ _INSERT_LOG = insert(_LOG).returning(_LOG.c.id)
 _PRUNE_LOG = sql_delete(_LOG).where(_LOG.c.id <= bindparam("last"))
 
 
-def insert_log_rows(
-    connection: Connection,
-    rows: Sequence[dict[str, Any]],
-    *,
-    retention: int = REQUEST_LOG_RETENTION,
-    prune_every: int = REQUEST_LOG_PRUNE_EVERY,
-) -> None:
+def insert_log_rows(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """`append_request_log_entries` for rows of `_LOG_COLUMNS`, on a sync connection."""
     if not rows:
         return
     ids = connection.execute(_INSERT_LOG, rows).scalars().all()
-    if (last := _pruned_up_to(ids, retention, prune_every)) is not None:
+    last = _pruned_up_to(ids, REQUEST_LOG_RETENTION, REQUEST_LOG_PRUNE_EVERY)
+    if last is not None:
         connection.execute(_PRUNE_LOG, {"last": last})
 
 
