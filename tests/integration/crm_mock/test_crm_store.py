@@ -60,6 +60,36 @@ async def test_request_log_keeps_every_entry_between_prunes(engine: AsyncEngine)
     assert count == 14
 
 
+async def test_the_consumers_run_prunes_its_log_rows_as_the_http_server_does(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`insert_log_rows` (a Kafka run's log, on the run's sync connection) keeps the same
+    rule as `append_request_log`: when an id it was given is a multiple of the prune
+    period, every entry older than the newest `REQUEST_LOG_RETENTION` goes."""
+    monkeypatch.setattr(store, "REQUEST_LOG_RETENTION", 10)
+    monkeypatch.setattr(store, "REQUEST_LOG_PRUNE_EVERY", 5)
+    columns = ("method", "path", "status", "external_id", "idempotency_key", "body", "received_at")
+
+    def rows(numbers: range) -> list[dict[str, object]]:
+        return [{c: getattr(log_entry(n), c) for c in columns} for n in numbers]
+
+    # Runs of 3 and 4 rows: ids 1-3, 4-7 (5 is in it: prunes <= -3, nothing), 8-11 (10:
+    # prunes <= 1), then 12-14 (no multiple of 5: nothing pruned).
+    for numbers in (range(1, 4), range(4, 8), range(8, 12), range(12, 15)):
+        async with engine.begin() as connection:
+            await connection.run_sync(store.insert_log_rows, rows(numbers))
+    async with engine.connect() as connection:
+        ids = (await connection.execute(select(store.RequestLogEntry.id))).scalars().all()
+    assert sorted(ids) == list(range(2, 15))
+
+    # 15-24: ids 15 and 20 are in it; the prune keeps the newest 10 of the 24.
+    async with engine.begin() as connection:
+        await connection.run_sync(store.insert_log_rows, rows(range(15, 25)))
+    async with engine.connect() as connection:
+        ids = (await connection.execute(select(store.RequestLogEntry.id))).scalars().all()
+    assert sorted(ids) == list(range(15, 25))
+
+
 async def test_timestamps_read_back_timezone_aware_in_utc(engine: AsyncEngine) -> None:
     sessionmaker = store.create_sessionmaker(engine)
     written = log_entry(1)
