@@ -85,15 +85,13 @@ class AppliedRun:
                 path, status = f"{CUSTOMERS_PATH}/{record['id']}", 204
         else:
             assert event.customer is not None
-            now = store.utc_now()
-            fields = store.customer_fields(event.customer)
             if record is None:
-                record = {"id": store.new_crm_id(), **fields, "created_at": now}
+                record = store.new_customer_row(event.customer)
                 method, path, status = "POST", CUSTOMERS_PATH, 201
             else:
-                record = {**record, **fields}
+                fields = store.customer_fields(event.customer)
+                record = {**record, **fields, "updated_at": store.utc_now()}
                 method, path, status = "PUT", f"{CUSTOMERS_PATH}/{record['id']}", 200
-            record["updated_at"] = now
             self._records[external_id] = record
             crm_id = record["id"]
         self._versions[external_id] = (event.rank, event.event_id)

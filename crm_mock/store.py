@@ -299,15 +299,12 @@ async def create_customer(session: AsyncSession, request: CrmCustomerRequest) ->
     insert is tried first and the unique index decides, so two concurrent creates of one
     external id cannot both succeed.
     """
-    now = utc_now()
-    record = CrmCustomerRecord(id=new_crm_id(), created_at=now, updated_at=now)
-    _copy_fields(record, request)
+    row = new_customer_row(request)
+    record = CrmCustomerRecord(**row)
     try:
         # A Core insert of the record's columns: the ORM's flush of one new object cost
         # more than the rest of the call's SQL (the record is returned, not attached).
-        await session.execute(
-            _INSERT_CUSTOMER, {column: getattr(record, column) for column in _CUSTOMER_COLUMNS}
-        )
+        await session.execute(_INSERT_CUSTOMER, row)
     except IntegrityError:
         await session.rollback()
         existing = await find_customer_by_external_id(session, request.external_id)
@@ -493,13 +490,16 @@ def write_customer_rows(
         connection.execute(_UPDATE_CUSTOMER_ROWS, list(updated))
 
 
+def new_customer_row(request: CrmCustomerRequest) -> dict[str, Any]:
+    """A new record's columns: a fresh CRM id, the request's fields, created now."""
+    now = utc_now()
+    return {"id": new_crm_id(), **customer_fields(request), "created_at": now, "updated_at": now}
+
+
 def new_customer(request: CrmCustomerRequest) -> CrmCustomerRecord:
     """A record with a fresh CRM id, not added to a session: the caller inserts many at
     once (`insert_new_customers`)."""
-    now = utc_now()
-    record = CrmCustomerRecord(id=new_crm_id(), created_at=now, updated_at=now)
-    _copy_fields(record, request)
-    return record
+    return CrmCustomerRecord(**new_customer_row(request))
 
 
 async def insert_new_customers(session: AsyncSession, records: Sequence[CrmCustomerRecord]) -> None:
@@ -599,10 +599,8 @@ async def append_request_log(
     await session.flush()
     # Keyed on the id rather than an in-memory counter, so it holds across restarts and
     # processes; a gap in the ids only delays a prune.
-    if entry.id % prune_every == 0:
-        await session.execute(
-            sql_delete(RequestLogEntry).where(RequestLogEntry.id <= entry.id - retention)
-        )
+    if (last := _pruned_up_to([entry.id], retention, prune_every)) is not None:
+        await session.execute(_PRUNE_LOG, {"last": last})
 
 
 async def append_request_log_entries(
